@@ -1,0 +1,122 @@
+//! Application::build binds first (tests use port 0), wires the shared state, the route table
+//! and the background tasks, and shuts them down together.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::http;
+use crate::http::auth::ApiKeys;
+use crate::idenfy::IdenfyClient;
+use crate::live::{self, Hub};
+use crate::metrics::Metrics;
+use crate::service;
+use crate::telemetry;
+
+/// The one shared state value every handler and task receives.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub idenfy: IdenfyClient,
+    pub settings: Arc<Settings>,
+    pub api_keys: Arc<ApiKeys>,
+    pub metrics: Arc<Metrics>,
+    pub hub: Hub,
+    /// Base URL browsers use, without a trailing slash.
+    pub public_url: Arc<str>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, pool: PgPool) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)?;
+        let address = listener.local_addr()?;
+        let public_url: Arc<str> = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"))
+            .trim_end_matches('/')
+            .into();
+        let state = AppState {
+            idenfy: IdenfyClient::new(
+                &settings.idenfy_base_url,
+                settings.idenfy_api_key.clone(),
+                settings.idenfy_api_secret.clone(),
+                settings.idenfy_timeout,
+            ),
+            api_keys: Arc::new(ApiKeys::new(&settings.api_keys)),
+            metrics: Arc::new(Metrics::default()),
+            hub: Hub::default(),
+            settings: Arc::new(settings),
+            public_url,
+            pool,
+        };
+
+        let stop = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(service::expiry::run(state.clone(), stop.clone())),
+            tokio::spawn(live::listen(
+                state.hub.clone(),
+                (*state.pool.connect_options()).clone(),
+                stop.clone(),
+            )),
+        ];
+
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(app_state.clone()))
+                .wrap(from_fn(telemetry::request_span))
+                .configure(|cfg| http::configure(cfg, &app_state.settings))
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
+        tracing::info!(%address, "facepair listening");
+        Ok(Self {
+            port: address.port(),
+            server,
+            stop,
+            tasks,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until a signal (SIGINT/SIGTERM) or `handle().stop()`, lets in-flight requests
+    /// finish, then stops the background tasks.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.state.pool.close().await;
+        result
+    }
+}

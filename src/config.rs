@@ -1,0 +1,238 @@
+//! Typed settings, read once from flags or `FACEPAIR_*` environment variables and validated at
+//! start-up. Secrets have no defaults and redact themselves in `Debug`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::domain::Lifetime;
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: SecretString,
+
+    /// Largest number of pooled database connections. PostgreSQL on 2 cores peaks at 4-16.
+    #[arg(long, env = "FACEPAIR_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a pooled connection before answering 503.
+    #[arg(long, env = "FACEPAIR_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address and port to serve on.
+    #[arg(long, env = "FACEPAIR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Base URL browsers use to reach facepair, for `watch_url` and the pairing page.
+    /// Defaults to http://<listen>.
+    #[arg(long, env = "FACEPAIR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Comma-separated platform API keys; several at once for rotation.
+    #[arg(
+        long,
+        env = "FACEPAIR_API_KEYS",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<SecretString>,
+
+    /// iDenfy's API base URL.
+    #[arg(
+        long,
+        env = "FACEPAIR_IDENFY_BASE_URL",
+        default_value = "https://ivs.idenfy.com"
+    )]
+    pub idenfy_base_url: String,
+
+    /// iDenfy API key (HTTP Basic user name).
+    #[arg(long, env = "FACEPAIR_IDENFY_API_KEY", hide_env_values = true)]
+    pub idenfy_api_key: SecretString,
+
+    /// iDenfy API secret (HTTP Basic password).
+    #[arg(long, env = "FACEPAIR_IDENFY_API_SECRET", hide_env_values = true)]
+    pub idenfy_api_secret: SecretString,
+
+    /// Comma-separated webhook signing keys; several at once for rotation.
+    #[arg(
+        long,
+        env = "FACEPAIR_IDENFY_SIGNING_KEYS",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true
+    )]
+    pub idenfy_signing_keys: Vec<SecretString>,
+
+    /// Timeout of one call to iDenfy, in seconds.
+    #[arg(long, env = "FACEPAIR_IDENFY_TIMEOUT_SECONDS", default_value_t = 8)]
+    pub idenfy_timeout_seconds: u64,
+
+    /// Lifetime of a digit code when the platform does not set one (1..2592000).
+    #[arg(long, env = "FACEPAIR_CODE_LIFETIME_SECONDS", default_value_t = 600)]
+    pub code_lifetime_seconds: i64,
+
+    /// Codes one login may be issued, the first included.
+    #[arg(long, env = "FACEPAIR_MAX_ATTEMPTS_PER_LOGIN", default_value_t = 3)]
+    pub max_attempts_per_login: i32,
+
+    /// Codes one scan_ref may be issued in any hour, across its logins.
+    #[arg(
+        long,
+        env = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
+        default_value_t = 10
+    )]
+    pub max_attempts_per_scan_ref_hour: i64,
+
+    /// How often browsers may poll a watch token, in seconds.
+    #[arg(long, env = "FACEPAIR_POLL_INTERVAL_SECONDS", default_value_t = 2)]
+    pub poll_interval_seconds: u32,
+
+    /// Largest webhook body accepted, in bytes.
+    #[arg(long, env = "FACEPAIR_WEBHOOK_MAX_BYTES", default_value_t = 64 * 1024)]
+    pub webhook_max_bytes: usize,
+
+    /// How often the expiry task looks for pending attempts past their expiry, in milliseconds.
+    #[arg(long, env = "FACEPAIR_EXPIRY_INTERVAL_MS", default_value_t = 1000)]
+    pub expiry_interval_ms: u64,
+
+    /// `json` for one JSON object per line, `text` for people.
+    #[arg(long, env = "FACEPAIR_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Everything the running service needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    pub api_keys: Vec<SecretString>,
+    pub idenfy_base_url: String,
+    pub idenfy_api_key: SecretString,
+    pub idenfy_api_secret: SecretString,
+    pub idenfy_signing_keys: Vec<SecretString>,
+    pub idenfy_timeout: Duration,
+    pub code_lifetime: Lifetime,
+    pub max_attempts_per_login: i32,
+    pub max_attempts_per_scan_ref_hour: i64,
+    pub poll_interval_seconds: u32,
+    pub webhook_max_bytes: usize,
+    pub expiry_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+fn bad(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        reason: reason.into(),
+    }
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        use secrecy::ExposeSecret;
+        let non_empty = |keys: &[SecretString]| {
+            !keys.is_empty() && keys.iter().all(|k| !k.expose_secret().trim().is_empty())
+        };
+        if !non_empty(&self.api_keys) {
+            return Err(bad(
+                "FACEPAIR_API_KEYS",
+                "must list at least one non-empty key",
+            ));
+        }
+        if self.api_keys.iter().any(|k| k.expose_secret().len() < 16) {
+            return Err(bad(
+                "FACEPAIR_API_KEYS",
+                "every key must be at least 16 characters",
+            ));
+        }
+        if !non_empty(&self.idenfy_signing_keys) {
+            return Err(bad(
+                "FACEPAIR_IDENFY_SIGNING_KEYS",
+                "must list at least one non-empty key",
+            ));
+        }
+        if self.idenfy_api_key.expose_secret().is_empty() {
+            return Err(bad("FACEPAIR_IDENFY_API_KEY", "must not be empty"));
+        }
+        if self.idenfy_api_secret.expose_secret().is_empty() {
+            return Err(bad("FACEPAIR_IDENFY_API_SECRET", "must not be empty"));
+        }
+        if !(self.idenfy_base_url.starts_with("http://")
+            || self.idenfy_base_url.starts_with("https://"))
+        {
+            return Err(bad("FACEPAIR_IDENFY_BASE_URL", "must be an http(s) URL"));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad("FACEPAIR_PUBLIC_URL", "must be an http(s) URL"));
+        }
+        let code_lifetime = Lifetime::from_seconds(self.code_lifetime_seconds)
+            .map_err(|e| bad("FACEPAIR_CODE_LIFETIME_SECONDS", e.reason))?;
+        if self.max_attempts_per_login < 1 {
+            return Err(bad("FACEPAIR_MAX_ATTEMPTS_PER_LOGIN", "must be at least 1"));
+        }
+        if self.max_attempts_per_scan_ref_hour < 1 {
+            return Err(bad(
+                "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=60).contains(&self.poll_interval_seconds) {
+            return Err(bad("FACEPAIR_POLL_INTERVAL_SECONDS", "must be 1 to 60"));
+        }
+        if !(1..=30).contains(&self.idenfy_timeout_seconds) {
+            return Err(bad("FACEPAIR_IDENFY_TIMEOUT_SECONDS", "must be 1 to 30"));
+        }
+        if !(1024..=1024 * 1024).contains(&self.webhook_max_bytes) {
+            return Err(bad("FACEPAIR_WEBHOOK_MAX_BYTES", "must be 1024 to 1048576"));
+        }
+        Ok(Settings {
+            listen: self.listen,
+            public_url: self.public_url.clone(),
+            api_keys: self.api_keys.clone(),
+            idenfy_base_url: self.idenfy_base_url.clone(),
+            idenfy_api_key: self.idenfy_api_key.clone(),
+            idenfy_api_secret: self.idenfy_api_secret.clone(),
+            idenfy_signing_keys: self.idenfy_signing_keys.clone(),
+            idenfy_timeout: Duration::from_secs(self.idenfy_timeout_seconds),
+            code_lifetime,
+            max_attempts_per_login: self.max_attempts_per_login,
+            max_attempts_per_scan_ref_hour: self.max_attempts_per_scan_ref_hour,
+            poll_interval_seconds: self.poll_interval_seconds,
+            webhook_max_bytes: self.webhook_max_bytes,
+            expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(50)),
+        })
+    }
+}
+
+impl DatabaseArgs {
+    pub fn pool_options(&self) -> sqlx::postgres::PgPoolOptions {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.db_max_connections.max(1))
+            .acquire_timeout(Duration::from_millis(self.db_acquire_timeout_ms))
+    }
+}

@@ -1,0 +1,7 @@
+//! Logins, attempts, the state machine and budgets. No I/O here.
+
+pub mod state;
+pub mod types;
+
+pub use state::{AttemptEvent, AttemptStatus, IdenfyOutcome, LoginStatus, Source};
+pub use types::{DigitString, Invalid, Lifetime, Locale, ScanRef, UserRef, WatchToken};

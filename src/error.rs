@@ -1,0 +1,360 @@
+//! The one API error type. Every failure a client can see maps to a status, a stable
+//! snake_case code and a message; 5xx bodies say nothing internal, the log has the cause.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::Invalid;
+use crate::idenfy::IdenfyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the query string is invalid: {0}")]
+    MalformedQuery(String),
+    #[error("{0}")]
+    InvalidField(#[from] Invalid),
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0}")]
+    InvalidSignature(&'static str),
+    #[error("no login with this id")]
+    LoginNotFound,
+    #[error("no login for this watch token")]
+    WatchTokenNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
+    #[error("iDenfy does not know this scan_ref")]
+    UnknownScanRef,
+    #[error("this person must complete a full identity verification before face authentication")]
+    IdentificationRequired,
+    #[error("the login was already redeemed")]
+    AlreadyRedeemed,
+    #[error("the login is not approved (status: {status})")]
+    NotApproved { status: &'static str },
+    #[error("the login is already approved; redeem it instead of asking for a new code")]
+    AlreadyApproved,
+    #[error("the login was canceled")]
+    LoginCanceled,
+    #[error("the login has ended (status: {status})")]
+    LoginFinished { status: &'static str },
+    #[error("{message}")]
+    BudgetExhausted {
+        message: &'static str,
+        budget: &'static str,
+        retry_after: Option<u64>,
+    },
+    #[error("polling faster than poll_interval_seconds; wait for Retry-After")]
+    SlowDown { retry_after: u64 },
+    #[error("iDenfy is rate-limiting facepair; try again later")]
+    IdenfyRateLimited { retry_after: u64 },
+    #[error("iDenfy is unavailable")]
+    IdenfyUnavailable(#[source] IdenfyError),
+    #[error("iDenfy did not answer in time")]
+    IdenfyTimeout(#[source] IdenfyError),
+    #[error("iDenfy refused the request")]
+    IdenfyRejected(#[source] IdenfyError),
+    #[error("the database is unavailable")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case; switch on this, not on the message.
+    pub code: &'static str,
+    pub message: String,
+    /// Echoes the `x-request-id` response header; quote it when asking for help.
+    pub request_id: String,
+    /// For `invalid_field`: which field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+    /// For `attempt_budget_exhausted`: `login` or `scan_ref_hourly`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<&'static str>,
+}
+
+/// Every code a client may see, with its status, for the docs and the OpenAPI document.
+pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    (
+        "malformed_json",
+        400,
+        "the body is not valid JSON or has wrongly typed fields",
+    ),
+    (
+        "malformed_query",
+        400,
+        "the query string has wrongly typed parameters",
+    ),
+    (
+        "invalid_field",
+        422,
+        "a field failed validation; `field` names it",
+    ),
+    (
+        "unsupported_media_type",
+        415,
+        "the body must be application/json",
+    ),
+    ("payload_too_large", 413, "the body exceeds the size limit"),
+    (
+        "unauthorized",
+        401,
+        "missing or invalid `Authorization: Bearer` API key",
+    ),
+    (
+        "invalid_signature",
+        401,
+        "webhook signature missing, malformed or matching no signing key",
+    ),
+    ("login_not_found", 404, "no login with this id"),
+    (
+        "watch_token_not_found",
+        404,
+        "no login for this watch token",
+    ),
+    ("route_not_found", 404, "no such route"),
+    (
+        "method_not_allowed",
+        405,
+        "the route exists but not with this method",
+    ),
+    ("unknown_scan_ref", 404, "iDenfy does not know the scan_ref"),
+    (
+        "identification_required",
+        409,
+        "the person must complete a full identity verification first",
+    ),
+    ("already_redeemed", 409, "the login was redeemed before"),
+    ("not_approved", 409, "redeem before an attempt succeeded"),
+    (
+        "already_approved",
+        409,
+        "a new code was asked for an approved login",
+    ),
+    (
+        "login_canceled",
+        409,
+        "the login was canceled by the platform",
+    ),
+    ("login_finished", 409, "the login can no longer change"),
+    (
+        "attempt_budget_exhausted",
+        429,
+        "the per-login or per-scan_ref hourly attempt budget is spent",
+    ),
+    ("slow_down", 429, "polled faster than poll_interval_seconds"),
+    (
+        "idenfy_rate_limited",
+        429,
+        "iDenfy is rate-limiting facepair",
+    ),
+    (
+        "idenfy_unavailable",
+        503,
+        "iDenfy could not be reached or failed",
+    ),
+    ("idenfy_timeout", 504, "iDenfy did not answer in time"),
+    (
+        "idenfy_rejected",
+        502,
+        "iDenfy refused facepair's request (credentials, funds, account or request)",
+    ),
+    (
+        "database_unavailable",
+        503,
+        "PostgreSQL is unreachable or overloaded",
+    ),
+    ("internal_error", 500, "a bug; the log has the cause"),
+];
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::MalformedQuery(_) => "malformed_query",
+            Self::InvalidField(_) => "invalid_field",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidSignature(_) => "invalid_signature",
+            Self::LoginNotFound => "login_not_found",
+            Self::WatchTokenNotFound => "watch_token_not_found",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnknownScanRef => "unknown_scan_ref",
+            Self::IdentificationRequired => "identification_required",
+            Self::AlreadyRedeemed => "already_redeemed",
+            Self::NotApproved { .. } => "not_approved",
+            Self::AlreadyApproved => "already_approved",
+            Self::LoginCanceled => "login_canceled",
+            Self::LoginFinished { .. } => "login_finished",
+            Self::BudgetExhausted { .. } => "attempt_budget_exhausted",
+            Self::SlowDown { .. } => "slow_down",
+            Self::IdenfyRateLimited { .. } => "idenfy_rate_limited",
+            Self::IdenfyUnavailable(_) => "idenfy_unavailable",
+            Self::IdenfyTimeout(_) => "idenfy_timeout",
+            Self::IdenfyRejected(_) => "idenfy_rejected",
+            Self::DatabaseUnavailable(_) => "database_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::SlowDown { retry_after } | Self::IdenfyRateLimited { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::BudgetExhausted { retry_after, .. } => *retry_after,
+            Self::DatabaseUnavailable(_) | Self::IdenfyUnavailable(_) => Some(2),
+            _ => None,
+        }
+    }
+
+    /// What the client may read: the message for 4xx, a fixed sentence for 5xx.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error; quote the request_id when reporting it".into(),
+            Self::DatabaseUnavailable(_) => "the database is unavailable; retry shortly".into(),
+            Self::IdenfyRejected(e) => match e {
+                IdenfyError::PaymentRequired { .. } => {
+                    "iDenfy reports no funds or an exceeded limit on facepair's account".into()
+                }
+                IdenfyError::Unauthorized { .. } => {
+                    "iDenfy refused facepair's API credentials or account".into()
+                }
+                IdenfyError::BadResponse(_) => "iDenfy answered something unreadable".into(),
+                _ => "iDenfy refused the request".into(),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => Self::DatabaseUnavailable(e),
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| {
+                    // connection exceptions, shutdown, too many connections
+                    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+                }) =>
+            {
+                Self::DatabaseUnavailable(e)
+            }
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<IdenfyError> for ApiError {
+    fn from(e: IdenfyError) -> Self {
+        match e {
+            IdenfyError::NotFound => Self::UnknownScanRef,
+            IdenfyError::RateLimited { retry_after } => Self::IdenfyRateLimited {
+                retry_after: retry_after.unwrap_or(30).clamp(1, 3600),
+            },
+            IdenfyError::Timeout => Self::IdenfyTimeout(e),
+            IdenfyError::Server { .. } | IdenfyError::Unreachable(_) => Self::IdenfyUnavailable(e),
+            IdenfyError::Unauthorized { .. }
+            | IdenfyError::PaymentRequired { .. }
+            | IdenfyError::Rejected { .. }
+            | IdenfyError::BadResponse(_) => Self::IdenfyRejected(e),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::MalformedQuery(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized | Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::LoginNotFound
+            | Self::WatchTokenNotFound
+            | Self::RouteNotFound
+            | Self::UnknownScanRef => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::IdentificationRequired
+            | Self::AlreadyRedeemed
+            | Self::NotApproved { .. }
+            | Self::AlreadyApproved
+            | Self::LoginCanceled
+            | Self::LoginFinished { .. } => StatusCode::CONFLICT,
+            Self::BudgetExhausted { .. }
+            | Self::SlowDown { .. }
+            | Self::IdenfyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::IdenfyRejected(_) => StatusCode::BAD_GATEWAY,
+            Self::IdenfyUnavailable(_) | Self::DatabaseUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::IdenfyTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() || matches!(self, Self::IdenfyRateLimited { .. }) {
+            tracing::error!(code = self.code(), error = %error_chain(self), "request failed");
+        }
+        let mut response = HttpResponse::build(status);
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        // the request-id middleware fills in request_id
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.public_message(),
+                request_id: crate::telemetry::current_request_id(),
+                field: match self {
+                    Self::InvalidField(i) => Some(i.field),
+                    _ => None,
+                },
+                budget: match self {
+                    Self::BudgetExhausted { budget, .. } => Some(budget),
+                    _ => None,
+                },
+            },
+        })
+    }
+}
+
+/// The whole cause chain on one line, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

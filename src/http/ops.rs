@@ -1,0 +1,102 @@
+//! Health, metrics and the OpenAPI document.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ERROR_CODES, ErrorBody, ErrorDetail};
+use crate::http::{platform, watch, webhook};
+
+/// Alive: answers without touching any dependency.
+#[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200, description = "the process serves HTTP")))]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready: the database answers.
+#[utoipa::path(get, path = "/health/ready", tag = "ops", responses(
+    (status = 200, description = "PostgreSQL answers"),
+    (status = 503, body = ErrorBody, description = "database_unavailable"),
+))]
+pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    sqlx::query("select 1").execute(&state.pool).await?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "ok", "database": "ok" })))
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(&state.pool))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1")))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::document())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "facepair", description = "Log people in on desktop platforms with iDenfy face authentication and a short digit code."),
+    paths(
+        platform::create_login, platform::get_login, platform::new_attempt, platform::cancel, platform::redeem,
+        watch::get_watch, watch::new_attempt,
+        webhook::receive,
+        live, ready, metrics, openapi,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&Security, &ErrorCodes),
+    tags(
+        (name = "platform", description = "The platform's backend, with `Authorization: Bearer <api key>`"),
+        (name = "browser", description = "The browser, with the watch token alone; no identity data"),
+        (name = "idenfy", description = "iDenfy's signed webhook"),
+        (name = "ops", description = "Health, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+impl ApiDoc {
+    pub fn document() -> utoipa::openapi::OpenApi {
+        Self::openapi()
+    }
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Lists every error code with its status in the document's description, and makes the
+/// `code` field an enum of them.
+struct ErrorCodes;
+
+impl Modify for ErrorCodes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut table =
+            String::from("\n\n## Error codes\n\n| code | status | meaning |\n|---|---|---|\n");
+        for (code, status, meaning) in ERROR_CODES {
+            table.push_str(&format!("| `{code}` | {status} | {meaning} |\n"));
+        }
+        let description = openapi.info.description.get_or_insert_with(String::new);
+        description.push_str(&table);
+        if let Some(components) = openapi.components.as_mut()
+            && let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(detail))) =
+                components.schemas.get_mut("ErrorDetail")
+            && let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(code))) =
+                detail.properties.get_mut("code")
+        {
+            code.enum_values = Some(ERROR_CODES.iter().map(|(c, _, _)| json!(c)).collect());
+        }
+    }
+}

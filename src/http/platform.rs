@@ -1,0 +1,358 @@
+//! The platform API, authorised by an API key.
+
+use actix_web::http::header::{self, ETAG};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::domain::{Lifetime, Locale, ScanRef, Source, UserRef, types};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::auth::ApiKey;
+use crate::service::{self, Audience, LoginState, NewLoginRequest};
+use crate::store::logins::LoginRow;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLogin {
+    /// scanRef of the person's earlier, approved iDenfy verification.
+    #[schema(example = "8df398bb-7340-11ee-9aec-0221b1f59063")]
+    pub scan_ref: Option<String>,
+    /// The platform's own reference for the person; returned on redeem.
+    pub user_ref: Option<String>,
+    /// Two-letter language for iDenfy's app, e.g. `en`.
+    pub locale: Option<String>,
+    /// How long the code lives: 1 to 2,592,000 seconds; default 600.
+    pub lifetime_seconds: Option<i64>,
+    /// The desktop's IP address as the platform saw it.
+    pub client_ip: Option<String>,
+    /// The desktop's user agent.
+    pub user_agent: Option<String>,
+}
+
+impl CreateLogin {
+    fn validate(self, default_lifetime: Lifetime) -> Result<NewLoginRequest, ApiError> {
+        let scan_ref = self
+            .scan_ref
+            .ok_or_else(|| types::Invalid::new("scan_ref", "is required"))?;
+        Ok(NewLoginRequest {
+            scan_ref: ScanRef::parse(&scan_ref)?,
+            user_ref: self.user_ref.as_deref().map(UserRef::parse).transpose()?,
+            locale: self.locale.as_deref().map(Locale::parse).transpose()?,
+            lifetime: self
+                .lifetime_seconds
+                .map(Lifetime::from_seconds)
+                .transpose()?
+                .unwrap_or(default_lifetime),
+            client_ip: self
+                .client_ip
+                .as_deref()
+                .map(types::parse_client_ip)
+                .transpose()?,
+            user_agent: self
+                .user_agent
+                .as_deref()
+                .map(types::parse_user_agent)
+                .transpose()?,
+        })
+    }
+}
+
+/// The new login: its state, and the watch token to hand to the browser.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginCreated {
+    #[serde(flatten)]
+    pub login: LoginState,
+    /// Lets a browser read this login (no identity data) and follow it live. Shown once.
+    pub watch_token: String,
+    /// The hosted pairing page for this login.
+    pub watch_url: String,
+}
+
+/// Who logged in; returned once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redeemed {
+    pub login_id: Uuid,
+    pub scan_ref: String,
+    /// iDenfy's clientId of the verified person.
+    pub client_id: Option<String>,
+    pub user_ref: Option<String>,
+    pub attempt_id: Uuid,
+    /// When iDenfy's success was recorded.
+    pub authenticated_at: DateTime<Utc>,
+    /// iDenfy's riskTags, e.g. `UNTRUSTED_ENVIRONMENT`.
+    pub risk_tags: Vec<String>,
+    /// The phone's IP address as iDenfy reported it.
+    pub phone_ip: Option<String>,
+    /// The desktop's IP address given at creation.
+    pub desktop_ip: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// Long-poll: answer as soon as the state differs from `If-None-Match`, or after this many
+    /// seconds (at most 60).
+    pub wait: Option<u32>,
+}
+
+fn login_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::LoginNotFound)
+}
+
+/// Create a login: check eligibility at iDenfy and issue the first digit code.
+#[utoipa::path(
+    post, path = "/v1/logins", tag = "platform",
+    request_body = CreateLogin,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, body = LoginCreated, description = "created; show `attempt.digit_string`"),
+        (status = 400, body = ErrorBody, description = "malformed_json"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "unknown_scan_ref"),
+        (status = 409, body = ErrorBody, description = "identification_required"),
+        (status = 413, body = ErrorBody, description = "payload_too_large"),
+        (status = 415, body = ErrorBody, description = "unsupported_media_type"),
+        (status = 422, body = ErrorBody, description = "invalid_field"),
+        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, idenfy_rate_limited (Retry-After)"),
+        (status = 502, body = ErrorBody, description = "idenfy_rejected"),
+        (status = 503, body = ErrorBody, description = "idenfy_unavailable, database_unavailable"),
+        (status = 504, body = ErrorBody, description = "idenfy_timeout"),
+    )
+)]
+pub async fn create_login(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    body: web::Json<CreateLogin>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.into_inner().validate(state.settings.code_lifetime)?;
+    let (row, watch_token) = service::create_login(&state, &key.0, request).await?;
+    let login = LoginState::build(
+        &row,
+        Utc::now(),
+        state.settings.poll_interval_seconds,
+        Audience::Platform,
+    );
+    let created = LoginCreated {
+        watch_url: format!("{}/pair/{}", state.public_url, watch_token.expose()),
+        watch_token: watch_token.expose().to_owned(),
+        login,
+    };
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/logins/{}", row.id)))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(created))
+}
+
+/// Read a login. Supports `If-None-Match` (304) and long-polling with `?wait=N`.
+#[utoipa::path(
+    get, path = "/v1/logins/{login_id}", tag = "platform",
+    params(("login_id" = Uuid, Path), WaitQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = LoginState, headers(("ETag" = String))),
+        (status = 304, description = "unchanged since If-None-Match"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "login_not_found"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn get_login(
+    state: web::Data<AppState>,
+    _key: ApiKey,
+    path: web::Path<String>,
+    query: web::Query<WaitQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = login_id(&path)?;
+    respond_with_state(&state, id, &req, query.wait, Audience::Platform).await
+}
+
+/// Issue a fresh code: after a failed, expired or canceled attempt, or superseding a pending one.
+#[utoipa::path(
+    post, path = "/v1/logins/{login_id}/attempts", tag = "platform",
+    params(("login_id" = Uuid, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, body = LoginState, description = "new code in `attempt.digit_string`"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "login_not_found"),
+        (status = 409, body = ErrorBody, description = "already_approved, already_redeemed, login_canceled"),
+        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, idenfy_rate_limited"),
+        (status = 502, body = ErrorBody, description = "idenfy_rejected"),
+        (status = 503, body = ErrorBody, description = "idenfy_unavailable, database_unavailable"),
+        (status = 504, body = ErrorBody, description = "idenfy_timeout"),
+    )
+)]
+pub async fn new_attempt(
+    state: web::Data<AppState>,
+    _key: ApiKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = service::issue_code(&state, login_id(&path)?, Source::Platform).await?;
+    Ok(state_response(
+        HttpResponse::Created(),
+        &state,
+        &row,
+        Audience::Platform,
+    ))
+}
+
+/// End the login. A pending code stops working; canceling twice is harmless.
+#[utoipa::path(
+    post, path = "/v1/logins/{login_id}/cancel", tag = "platform",
+    params(("login_id" = Uuid, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = LoginState),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "login_not_found"),
+        (status = 409, body = ErrorBody, description = "already_redeemed, login_finished"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    _key: ApiKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = service::cancel(&state, login_id(&path)?).await?;
+    Ok(state_response(
+        HttpResponse::Ok(),
+        &state,
+        &row,
+        Audience::Platform,
+    ))
+}
+
+/// Consume an approved login, exactly once, and learn who logged in.
+#[utoipa::path(
+    post, path = "/v1/logins/{login_id}/redeem", tag = "platform",
+    params(("login_id" = Uuid, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Redeemed),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "login_not_found"),
+        (status = 409, body = ErrorBody, description = "already_redeemed, not_approved"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn redeem(
+    state: web::Data<AppState>,
+    _key: ApiKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = service::redeem(&state, login_id(&path)?).await?;
+    let redeemed = Redeemed {
+        login_id: row.id,
+        scan_ref: row.scan_ref,
+        client_id: row.attempt.client_id,
+        user_ref: row.user_ref,
+        attempt_id: row.attempt.id,
+        authenticated_at: row
+            .attempt
+            .finished_at
+            .or(row.approved_at)
+            .unwrap_or(row.created_at),
+        risk_tags: row.attempt.risk_tags.unwrap_or_default(),
+        phone_ip: row.attempt.phone_ip,
+        desktop_ip: row.client_ip,
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(redeemed))
+}
+
+pub(crate) fn state_response(
+    mut builder: actix_web::HttpResponseBuilder,
+    state: &AppState,
+    row: &LoginRow,
+    audience: Audience,
+) -> HttpResponse {
+    let doc = LoginState::build(
+        row,
+        Utc::now(),
+        state.settings.poll_interval_seconds,
+        audience,
+    );
+    builder
+        .insert_header((ETAG, doc.etag()))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(doc)
+}
+
+const MAX_WAIT_SECONDS: u32 = 60;
+
+/// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
+/// request until it differs (a webhook, a platform call, the code's expiry) or time is up.
+pub(crate) async fn respond_with_state(
+    state: &AppState,
+    id: Uuid,
+    req: &HttpRequest,
+    wait: Option<u32>,
+    audience: Audience,
+) -> Result<HttpResponse, ApiError> {
+    let known = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let wait = std::time::Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS).into());
+    let deadline = tokio::time::Instant::now() + wait;
+    // subscribe before reading, so a change between the read and the wait is not missed
+    let mut subscription = (!wait.is_zero()).then(|| state.hub.subscribe(id));
+    loop {
+        let row = service_find(state, id).await?;
+        let doc = LoginState::build(
+            &row,
+            Utc::now(),
+            state.settings.poll_interval_seconds,
+            audience,
+        );
+        let unchanged = known
+            .as_deref()
+            .is_some_and(|k| etag_matches(k, &doc.etag()));
+        let now = tokio::time::Instant::now();
+        let Some(sub) = subscription
+            .as_mut()
+            .filter(|_| unchanged && now < deadline)
+        else {
+            if unchanged {
+                return Ok(HttpResponse::NotModified()
+                    .insert_header((ETAG, doc.etag()))
+                    .finish());
+            }
+            return Ok(HttpResponse::Ok()
+                .insert_header((ETAG, doc.etag()))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(doc));
+        };
+        // the code's expiry changes the document without any event
+        let until_expiry = (doc.attempt.expires_at - Utc::now())
+            .to_std()
+            .ok()
+            .filter(|_| doc.attempt.status == crate::domain::AttemptStatus::Pending);
+        let wake_at = until_expiry
+            .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
+            .unwrap_or(deadline);
+        tokio::select! {
+            _ = sub.changed() => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
+        }
+    }
+}
+
+async fn service_find(state: &AppState, id: Uuid) -> Result<LoginRow, ApiError> {
+    crate::store::logins::find(&state.pool, id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)
+}
+
+fn etag_matches(header_value: &str, etag: &str) -> bool {
+    header_value.trim() == "*"
+        || header_value
+            .split(',')
+            .any(|t| t.trim().trim_start_matches("W/") == etag)
+}

@@ -1,0 +1,8 @@
+//! Everything that speaks iDenfy: the outbound client, the webhook body, the signature.
+
+pub mod client;
+pub mod signature;
+pub mod webhook;
+
+pub use client::{CreatedSession, Eligibility, IdenfyClient, IdenfyError, SessionRequest};
+pub use webhook::{WebhookBody, WebhookStatus};

@@ -1,0 +1,20 @@
+//! facepair: log people in on desktop platforms with iDenfy face authentication and a short
+//! digit code.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod idenfy;
+pub mod live;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{AppState, Application};
+pub use config::Settings;
+
+/// The schema migrations, applied by `facepair migrate` and at the start of `facepair dev`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

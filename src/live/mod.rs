@@ -1,0 +1,128 @@
+//! Live updates: one LISTEN connection per instance wakes the local subscribers of a login.
+//!
+//! Subscribers never trust a notification's content; they re-read the login from PostgreSQL.
+//! After the listener reconnects (notifications sent meanwhile are lost) every subscriber is
+//! woken to re-read, which is the catch-up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const CHANNEL: &str = "facepair_events";
+
+#[derive(Clone, Default)]
+pub struct Hub {
+    logins: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
+}
+
+/// A wake-up channel for one login; dropping the last one frees the entry.
+pub struct Subscription {
+    login_id: Uuid,
+    rx: watch::Receiver<u64>,
+    hub: Hub,
+}
+
+impl Subscription {
+    /// Resolves when the login may have changed since the subscription was made or last woke.
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // the hub never drops a sender that has receivers; park rather than spin
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut logins = self.hub.logins.lock().unwrap();
+        if let Some(tx) = logins.get(&self.login_id)
+            && tx.receiver_count() <= 1
+        {
+            logins.remove(&self.login_id);
+        }
+    }
+}
+
+impl Hub {
+    pub fn subscribe(&self, login_id: Uuid) -> Subscription {
+        let mut logins = self.logins.lock().unwrap();
+        let tx = logins
+            .entry(login_id)
+            .or_insert_with(|| watch::channel(0).0);
+        Subscription {
+            login_id,
+            rx: tx.subscribe(),
+            hub: self.clone(),
+        }
+    }
+
+    pub fn changed(&self, login_id: Uuid) {
+        if let Some(tx) = self.logins.lock().unwrap().get(&login_id) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn wake_all(&self) {
+        for tx in self.logins.lock().unwrap().values() {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.logins
+            .lock()
+            .unwrap()
+            .values()
+            .map(|tx| tx.receiver_count())
+            .sum()
+    }
+}
+
+/// Holds the instance's one LISTEN connection until `stop`, reconnecting with backoff.
+pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: CancellationToken) {
+    // its own connection, outside the request pool, so a busy pool never silences it
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with(connect);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            // anything sent while we were away is re-read by every subscriber
+            hub.wake_all();
+            backoff = Duration::from_millis(100);
+            loop {
+                match listener.try_recv().await? {
+                    Some(n) => {
+                        if let Ok(id) = n.payload().parse::<Uuid>() {
+                            hub.changed(id);
+                        }
+                    }
+                    None => hub.wake_all(),
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = session => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection lost");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,501 @@
+//! The operations on logins: domain rules, store and iDenfy composed. Handlers and background
+//! tasks call these; none of them re-implements a rule.
+//!
+//! No database connection is held while iDenfy is being called.
+
+pub mod expiry;
+pub mod view;
+pub mod webhook;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::domain::state::{self, CodeRefusal, LoginFacts};
+use crate::domain::{
+    AttemptEvent, AttemptStatus, Lifetime, Locale, LoginStatus, ScanRef, Source, UserRef,
+    WatchToken,
+};
+use crate::error::ApiError;
+use crate::idenfy::{CreatedSession, Eligibility, SessionRequest};
+use crate::store::attempts::{self, IdenfyReport, NewAttempt};
+use crate::store::events::{self, NewEvent};
+use crate::store::logins::{self, LoginRow, NewLogin, StatusChange};
+
+pub use view::{Audience, LoginState, effective};
+
+/// A validated request for a new login.
+#[derive(Debug)]
+pub struct NewLoginRequest {
+    pub scan_ref: ScanRef,
+    pub user_ref: Option<UserRef>,
+    pub locale: Option<Locale>,
+    pub lifetime: Lifetime,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// Checks eligibility at iDenfy, creates the session with a digit code, and stores the login
+/// with its first attempt in one transaction.
+pub async fn create_login(
+    state: &AppState,
+    api_key_id: &str,
+    req: NewLoginRequest,
+) -> Result<(LoginRow, WatchToken), ApiError> {
+    check_scan_ref_budget(state, &mut *state.pool.acquire().await?, &req.scan_ref).await?;
+
+    let eligibility = state.idenfy.check_status(&req.scan_ref).await;
+    state.metrics.idenfy_call("check_status", &eligibility);
+    let eligibility = eligibility?;
+    if eligibility == Eligibility::Identification {
+        return Err(ApiError::IdentificationRequired);
+    }
+    let session = create_session(
+        state,
+        &req.scan_ref,
+        eligibility,
+        req.lifetime,
+        req.locale.as_ref(),
+    )
+    .await?;
+
+    let login_id = Uuid::now_v7();
+    let watch_token = WatchToken::generate();
+    let mut tx = state.pool.begin().await?;
+    attempts::lock_scan_ref(&mut tx, req.scan_ref.as_str()).await?;
+    if let Err(e) = check_scan_ref_budget(state, &mut tx, &req.scan_ref).await {
+        tracing::warn!(%login_id, "an iDenfy session was created but the scan_ref budget ran out meanwhile; the session is left unused");
+        return Err(e);
+    }
+    logins::insert(
+        &mut tx,
+        &NewLogin {
+            id: login_id,
+            scan_ref: req.scan_ref.as_str(),
+            user_ref: req.user_ref.as_ref().map(UserRef::as_str),
+            locale: req.locale.as_ref().map(Locale::as_str),
+            lifetime_seconds: req.lifetime.seconds() as i32,
+            max_attempts: state.settings.max_attempts_per_login,
+            client_ip: req.client_ip.map(|ip| ip.to_string()),
+            user_agent: req.user_agent.as_deref(),
+            api_key_id,
+            watch_token_hash: &watch_token.hash(),
+        },
+    )
+    .await?;
+    let attempt_id = insert_attempt(&mut tx, login_id, 1, &session, req.lifetime).await?;
+    let seq = logins::set_status(
+        &mut tx,
+        login_id,
+        LoginStatus::Pending.as_str(),
+        StatusChange::default(),
+    )
+    .await?;
+    events::append(
+        &mut tx,
+        NewEvent {
+            login_id,
+            seq,
+            kind: "login_created",
+            source: Source::Platform.as_str(),
+            login_status: LoginStatus::Pending.as_str(),
+            attempt_id: Some(attempt_id),
+            delivery_id: None,
+            detail: json!({ "attempt_number": 1, "eligibility": format!("{eligibility:?}").to_uppercase() }),
+        },
+    )
+    .await?;
+    let row = logins::find(&mut *tx, login_id)
+        .await?
+        .ok_or_else(|| internal("login vanished inside its own transaction"))?;
+    tx.commit().await?;
+    state.metrics.logins_created.inc();
+    tracing::info!(%login_id, %attempt_id, "login created");
+    Ok((row, watch_token))
+}
+
+/// Issues a fresh code: after a failed, expired or canceled attempt, or superseding a pending
+/// one, within the login's and the scan_ref's budgets.
+pub async fn issue_code(
+    state: &AppState,
+    login_id: Uuid,
+    source: Source,
+) -> Result<LoginRow, ApiError> {
+    let row = logins::find(&state.pool, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    ensure_code_allowed(&row, Utc::now())?;
+    let scan_ref = ScanRef::parse(&row.scan_ref).map_err(|e| internal(&e.to_string()))?;
+    check_scan_ref_budget(state, &mut *state.pool.acquire().await?, &scan_ref).await?;
+    let lifetime = Lifetime::from_seconds(row.lifetime_seconds.into())
+        .map_err(|e| internal(&e.to_string()))?;
+    let locale = row.locale.as_deref().and_then(|l| Locale::parse(l).ok());
+    let session = create_session(
+        state,
+        &scan_ref,
+        Eligibility::Authentication,
+        lifetime,
+        locale.as_ref(),
+    )
+    .await?;
+
+    let mut tx = state.pool.begin().await?;
+    let row = logins::lock(&mut tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    let now = Utc::now();
+    let recheck = async {
+        ensure_code_allowed(&row, now)?;
+        attempts::lock_scan_ref(&mut tx, &row.scan_ref).await?;
+        check_scan_ref_budget(state, &mut tx, &scan_ref).await
+    }
+    .await;
+    if let Err(e) = recheck {
+        tracing::warn!(%login_id, "the login changed while iDenfy created a session; the session is left unused");
+        return Err(e);
+    }
+    // the code being replaced ends first: expired if its time is up, superseded if not
+    let event = match view::effective(&row, now).0 {
+        AttemptStatus::Pending => Some(AttemptEvent::Superseded),
+        AttemptStatus::Expired if row.attempt.status == AttemptStatus::Pending.as_str() => {
+            Some(AttemptEvent::ClockExpired)
+        }
+        _ => None,
+    };
+    if let Some(event) = event {
+        let source = if event == AttemptEvent::ClockExpired {
+            Source::Clock
+        } else {
+            source
+        };
+        move_attempt(&mut tx, &row, event, source, &IdenfyReport::default(), None).await?;
+    }
+    let number = row.attempt.number + 1;
+    let attempt_id = insert_attempt(&mut tx, login_id, number, &session, lifetime).await?;
+    let seq = logins::set_status(
+        &mut tx,
+        login_id,
+        LoginStatus::Pending.as_str(),
+        StatusChange::default(),
+    )
+    .await?;
+    events::append(
+        &mut tx,
+        NewEvent {
+            login_id,
+            seq,
+            kind: "attempt_issued",
+            source: source.as_str(),
+            login_status: LoginStatus::Pending.as_str(),
+            attempt_id: Some(attempt_id),
+            delivery_id: None,
+            detail: json!({ "attempt_number": number }),
+        },
+    )
+    .await?;
+    let row = logins::find(&mut *tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    tx.commit().await?;
+    notify(state, login_id).await;
+    tracing::info!(%login_id, %attempt_id, attempt_number = number, "new code issued");
+    Ok(row)
+}
+
+/// Ends the login for good; a pending code is canceled with it. Canceling twice is harmless.
+pub async fn cancel(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let row = logins::lock(&mut tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    let now = Utc::now();
+    match view::effective(&row, now).1 {
+        LoginStatus::Canceled => return Ok(row),
+        LoginStatus::Redeemed => return Err(ApiError::AlreadyRedeemed),
+        LoginStatus::Exhausted => {
+            return Err(ApiError::LoginFinished {
+                status: LoginStatus::Exhausted.as_str(),
+            });
+        }
+        LoginStatus::Pending
+        | LoginStatus::Approved
+        | LoginStatus::Failed
+        | LoginStatus::Expired => {}
+    }
+    let (attempt_now, _) = view::effective(&row, now);
+    if attempt_now == AttemptStatus::Expired
+        && row.attempt.status == AttemptStatus::Pending.as_str()
+    {
+        move_attempt(
+            &mut tx,
+            &row,
+            AttemptEvent::ClockExpired,
+            Source::Clock,
+            &IdenfyReport::default(),
+            None,
+        )
+        .await?;
+    } else {
+        move_attempt(
+            &mut tx,
+            &row,
+            AttemptEvent::LoginCanceled,
+            Source::Platform,
+            &IdenfyReport::default(),
+            None,
+        )
+        .await?;
+    }
+    let seq = logins::set_status(
+        &mut tx,
+        login_id,
+        LoginStatus::Canceled.as_str(),
+        StatusChange {
+            canceled: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    events::append(
+        &mut tx,
+        NewEvent {
+            login_id,
+            seq,
+            kind: "login_canceled",
+            source: Source::Platform.as_str(),
+            login_status: LoginStatus::Canceled.as_str(),
+            attempt_id: Some(row.attempt.id),
+            delivery_id: None,
+            detail: json!({}),
+        },
+    )
+    .await?;
+    let row = logins::find(&mut *tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    tx.commit().await?;
+    notify(state, login_id).await;
+    tracing::info!(%login_id, "login canceled");
+    Ok(row)
+}
+
+/// Consumes an approved login exactly once. The row lock makes concurrent redeems queue; the
+/// second sees `redeemed`.
+pub async fn redeem(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let row = logins::lock(&mut tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    match view::effective(&row, Utc::now()).1 {
+        LoginStatus::Approved => {}
+        LoginStatus::Redeemed => return Err(ApiError::AlreadyRedeemed),
+        other => {
+            return Err(ApiError::NotApproved {
+                status: other.as_str(),
+            });
+        }
+    }
+    let seq = logins::set_status(
+        &mut tx,
+        login_id,
+        LoginStatus::Redeemed.as_str(),
+        StatusChange {
+            redeemed: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    events::append(
+        &mut tx,
+        NewEvent {
+            login_id,
+            seq,
+            kind: "login_redeemed",
+            source: Source::Platform.as_str(),
+            login_status: LoginStatus::Redeemed.as_str(),
+            attempt_id: Some(row.attempt.id),
+            delivery_id: None,
+            detail: json!({}),
+        },
+    )
+    .await?;
+    let row = logins::find(&mut *tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    tx.commit().await?;
+    notify(state, login_id).await;
+    tracing::info!(%login_id, "login redeemed");
+    Ok(row)
+}
+
+/// What a move did, for the caller's verdict and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Moved {
+    pub attempt: AttemptStatus,
+    pub login: LoginStatus,
+}
+
+/// Applies `event` to the login's current attempt (already locked) through the state machine:
+/// the attempt, the login's status and one event row, in the caller's transaction. `None` when
+/// the state machine says the event changes nothing.
+pub async fn move_attempt(
+    conn: &mut PgConnection,
+    row: &LoginRow,
+    event: AttemptEvent,
+    source: Source,
+    report: &IdenfyReport,
+    delivery_id: Option<Uuid>,
+) -> Result<Option<Moved>, sqlx::Error> {
+    let current = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
+    let Some(to) = state::next(current, event) else {
+        return Ok(None);
+    };
+    attempts::finish(conn, row.attempt.id, to.as_str(), source.as_str(), report).await?;
+    let canceled = event == AttemptEvent::LoginCanceled;
+    let login = state::login_status(LoginFacts {
+        current_attempt: to,
+        attempts_used: row.attempt.number,
+        max_attempts: row.max_attempts,
+        redeemed: row.redeemed_at.is_some(),
+        canceled: canceled || row.canceled_at.is_some(),
+    });
+    let change = StatusChange {
+        approved: to == AttemptStatus::Succeeded,
+        canceled,
+        redeemed: false,
+    };
+    let seq = logins::set_status(conn, row.id, login.as_str(), change).await?;
+    let mut detail = json!({ "attempt_number": row.attempt.number });
+    if let Some(reason) = &report.fail_reason {
+        detail["fail_reason"] = json!(reason);
+    }
+    if let Some(status) = &report.idenfy_status {
+        detail["idenfy_status"] = json!(status);
+    }
+    if let Some(tags) = &report.risk_tags {
+        detail["risk_tags"] = json!(tags);
+    }
+    events::append(
+        conn,
+        NewEvent {
+            login_id: row.id,
+            seq,
+            kind: attempt_event_kind(to),
+            source: source.as_str(),
+            login_status: login.as_str(),
+            attempt_id: Some(row.attempt.id),
+            delivery_id,
+            detail,
+        },
+    )
+    .await?;
+    Ok(Some(Moved { attempt: to, login }))
+}
+
+fn attempt_event_kind(to: AttemptStatus) -> &'static str {
+    match to {
+        AttemptStatus::Pending => "attempt_issued",
+        AttemptStatus::Succeeded => "attempt_succeeded",
+        AttemptStatus::Failed => "attempt_failed",
+        AttemptStatus::Canceled => "attempt_canceled",
+        AttemptStatus::Expired => "attempt_expired",
+        AttemptStatus::Superseded => "attempt_superseded",
+    }
+}
+
+fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiError> {
+    let (_, status) = view::effective(row, now);
+    state::may_issue_code(status, row.attempt.number, row.max_attempts).map_err(|refusal| {
+        match refusal {
+            CodeRefusal::Approved => ApiError::AlreadyApproved,
+            CodeRefusal::Redeemed => ApiError::AlreadyRedeemed,
+            CodeRefusal::Canceled => ApiError::LoginCanceled,
+            CodeRefusal::BudgetExhausted => ApiError::BudgetExhausted {
+                message: "this login has used all its codes; create a new login",
+                budget: "login",
+                retry_after: None,
+            },
+        }
+    })
+}
+
+async fn check_scan_ref_budget(
+    state: &AppState,
+    conn: &mut PgConnection,
+    scan_ref: &ScanRef,
+) -> Result<(), ApiError> {
+    let (issued, frees_at) =
+        attempts::issued_for_scan_ref_last_hour(&mut *conn, scan_ref.as_str()).await?;
+    if issued < state.settings.max_attempts_per_scan_ref_hour {
+        return Ok(());
+    }
+    let wait = frees_at
+        .map(|t| (t - Utc::now()).num_seconds().max(1) as u64)
+        .unwrap_or(3600);
+    Err(ApiError::BudgetExhausted {
+        message: "this scan_ref was issued too many codes in the last hour",
+        budget: "scan_ref_hourly",
+        retry_after: Some(wait),
+    })
+}
+
+async fn create_session(
+    state: &AppState,
+    scan_ref: &ScanRef,
+    eligibility: Eligibility,
+    lifetime: Lifetime,
+    locale: Option<&Locale>,
+) -> Result<CreatedSession, ApiError> {
+    let result = state
+        .idenfy
+        .create_session(&SessionRequest {
+            scan_ref,
+            eligibility,
+            lifetime,
+            locale,
+        })
+        .await;
+    state.metrics.idenfy_call("create_session", &result);
+    Ok(result?)
+}
+
+async fn insert_attempt(
+    conn: &mut PgConnection,
+    login_id: Uuid,
+    number: i32,
+    session: &CreatedSession,
+    lifetime: Lifetime,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    // counted from after iDenfy answered, so facepair's expiry never comes before iDenfy's
+    let expires_at = Utc::now() + chrono::Duration::seconds(lifetime.seconds().into());
+    attempts::insert(
+        conn,
+        &NewAttempt {
+            id,
+            login_id,
+            number,
+            idenfy_token: &session.token,
+            digit_string: session.digit_string.as_str(),
+            idenfy_max_attempt_count: session.max_attempt_count,
+            expires_at,
+        },
+    )
+    .await?;
+    Ok(id)
+}
+
+/// Tells every instance's listeners that the login changed. Best effort: a lost notification
+/// is covered by the listeners' catch-up from the events table.
+pub async fn notify(state: &AppState, login_id: Uuid) {
+    if let Err(e) = events::notify(&state.pool, login_id).await {
+        tracing::warn!(%login_id, error = %e, "NOTIFY failed; listeners catch up from the events table");
+    }
+    state.hub.changed(login_id);
+}
+
+fn internal(what: &str) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!("{what}"))
+}

@@ -1,0 +1,131 @@
+//! The login document every reader sees: platform GET, watch GET, SSE, long-poll.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::state::{self, LoginFacts};
+use crate::domain::{AttemptStatus, LoginStatus};
+use crate::store::logins::LoginRow;
+
+/// Who reads: the platform's backend sees identity data, a browser never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Platform,
+    Browser,
+}
+
+/// Where a login stands now. A pending code past its expiry reads as expired at once.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LoginState {
+    pub login_id: Uuid,
+    pub status: LoginStatus,
+    /// Platform only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_ref: Option<String>,
+    /// Platform only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_ref: Option<String>,
+    pub attempt: AttemptState,
+    /// Codes issued so far, this one included.
+    pub attempts_used: i32,
+    pub max_attempts: i32,
+    /// Whether `POST .../attempts` would issue a new code now.
+    pub can_request_new_code: bool,
+    /// Poll no faster than this; browsers polling faster get 429 `slow_down`.
+    pub poll_interval_seconds: u32,
+    pub created_at: DateTime<Utc>,
+    /// The server's clock when this document was made; count down from `expires_at` against
+    /// it, not against the local clock.
+    pub server_time: DateTime<Utc>,
+    /// The sequence number of the last event; SSE `id:` uses the same numbers.
+    pub event_seq: i32,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AttemptState {
+    pub id: Uuid,
+    /// 1 for the login's first code, 2 for the next, ...
+    pub number: i32,
+    pub status: AttemptStatus,
+    /// The code to show; present only while the attempt is pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digit_string: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    /// Tries iDenfy allows within this session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempt_count: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// iDenfy's failReason for a failed attempt, e.g. `FACE_MISMATCH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
+}
+
+/// The attempt and login status as of `now`, derived by the domain rules.
+pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginStatus) {
+    let stored = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
+    let attempt = state::effective(stored, row.attempt.expires_at, now);
+    let login = state::login_status(LoginFacts {
+        current_attempt: attempt,
+        attempts_used: row.attempt.number,
+        max_attempts: row.max_attempts,
+        redeemed: row.redeemed_at.is_some(),
+        canceled: row.canceled_at.is_some(),
+    });
+    (attempt, login)
+}
+
+impl LoginState {
+    pub fn build(
+        row: &LoginRow,
+        now: DateTime<Utc>,
+        poll_interval_seconds: u32,
+        audience: Audience,
+    ) -> Self {
+        let (attempt_status, status) = effective(row, now);
+        let platform = audience == Audience::Platform;
+        Self {
+            login_id: row.id,
+            status,
+            scan_ref: platform.then(|| row.scan_ref.clone()),
+            user_ref: if platform { row.user_ref.clone() } else { None },
+            attempt: AttemptState {
+                id: row.attempt.id,
+                number: row.attempt.number,
+                status: attempt_status,
+                digit_string: if attempt_status == AttemptStatus::Pending {
+                    row.attempt.digit_string.clone()
+                } else {
+                    None
+                },
+                expires_at: row.attempt.expires_at,
+                max_attempt_count: row.attempt.idenfy_max_attempt_count,
+                finished_at: row.attempt.finished_at.or_else(|| {
+                    (attempt_status != AttemptStatus::Pending && row.attempt.finished_at.is_none())
+                        .then_some(row.attempt.expires_at)
+                }),
+                fail_reason: row.attempt.fail_reason.clone(),
+            },
+            attempts_used: row.attempt.number,
+            max_attempts: row.max_attempts,
+            can_request_new_code: state::may_issue_code(
+                status,
+                row.attempt.number,
+                row.max_attempts,
+            )
+            .is_ok(),
+            poll_interval_seconds,
+            created_at: row.created_at,
+            server_time: now,
+            event_seq: row.event_seq,
+        }
+    }
+
+    /// Changes whenever the document's meaning does: a new event, or the clock expiring the
+    /// code.
+    pub fn etag(&self) -> String {
+        format!("\"{}-{}\"", self.event_seq, self.attempt.status.as_str())
+    }
+}

@@ -1,0 +1,232 @@
+//! Recording one verified webhook delivery: stored raw with its verdict, and the state change
+//! it causes, in one transaction. The caller answers 2xx only after this commits.
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::domain::{AttemptEvent, AttemptStatus, Source};
+use crate::error::ApiError;
+use crate::idenfy::{WebhookBody, WebhookStatus};
+use crate::service::{self, view};
+use crate::store::attempts::{self, IdenfyReport};
+use crate::store::deliveries::{self, NewDelivery};
+use crate::store::logins;
+
+/// What became of a delivery. Every verdict but a database failure is answered 2xx: iDenfy
+/// must stop retrying something that will never change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The attempt moved.
+    Applied,
+    /// The same body was received before.
+    Duplicate,
+    /// No attempt has this token.
+    UnknownToken,
+    /// The token's login is for another scanRef.
+    ScanRefMismatch,
+    /// iDenfy had already reported this attempt's outcome.
+    AttemptTerminal,
+    /// The attempt had ended on facepair's side (expired, superseded, canceled) before the
+    /// outcome arrived.
+    Late,
+    /// `status` is not one facepair knows; kept as received.
+    UnknownStatus,
+    /// Not JSON, or not the webhook's shape.
+    Unparseable,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 8] = [
+        Self::Applied,
+        Self::Duplicate,
+        Self::UnknownToken,
+        Self::ScanRefMismatch,
+        Self::AttemptTerminal,
+        Self::Late,
+        Self::UnknownStatus,
+        Self::Unparseable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::UnknownToken => "unknown_token",
+            Self::ScanRefMismatch => "scan_ref_mismatch",
+            Self::AttemptTerminal => "attempt_terminal",
+            Self::Late => "late",
+            Self::UnknownStatus => "unknown_status",
+            Self::Unparseable => "unparseable",
+        }
+    }
+}
+
+pub struct Received<'a> {
+    pub body: &'a [u8],
+    pub signing_key_index: usize,
+    pub content_type: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+}
+
+pub struct Recorded {
+    pub delivery_id: Uuid,
+    pub verdict: Verdict,
+}
+
+pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded, ApiError> {
+    let sha: [u8; 32] = Sha256::digest(received.body).into();
+    let parsed = WebhookBody::parse(received.body);
+    let delivery_id = Uuid::now_v7();
+
+    let mut tx = state.pool.begin().await?;
+    let seen = deliveries::lock_and_seen(&mut tx, &sha).await?;
+    let mut login_id = None;
+    let mut attempt_id = None;
+    let mut detail = None;
+    let mut changed = false;
+
+    let verdict = match &parsed {
+        Err(e) => {
+            detail = Some(format!(
+                "line {} column {}: {}",
+                e.line(),
+                e.column(),
+                format!("{:?}", e.classify()).to_lowercase()
+            ));
+            Verdict::Unparseable
+        }
+        Ok(body) => {
+            let found = match body.token.as_deref() {
+                Some(token) => attempts::login_for_token(&mut *tx, token).await?,
+                None => None,
+            };
+            match found {
+                None => Verdict::UnknownToken,
+                Some((lid, aid)) => {
+                    login_id = Some(lid);
+                    attempt_id = Some(aid);
+                    if seen {
+                        Verdict::Duplicate
+                    } else {
+                        let v = judge(&mut tx, body, lid, aid, delivery_id).await?;
+                        changed = v == Verdict::Applied || v == Verdict::Late;
+                        v
+                    }
+                }
+            }
+        }
+    };
+    // a duplicate of an unknown-token body is still a duplicate
+    let verdict = if seen && verdict == Verdict::UnknownToken {
+        Verdict::Duplicate
+    } else {
+        verdict
+    };
+
+    let body = parsed.as_ref().ok();
+    deliveries::insert(
+        &mut tx,
+        &NewDelivery {
+            id: delivery_id,
+            body: received.body,
+            body_sha256: &sha,
+            content_type: received.content_type,
+            event_type: received.event_type,
+            signing_key_index: received.signing_key_index as i32,
+            token: body.and_then(|b| b.token.as_deref()),
+            idenfy_status: body.map(|b| b.status.as_str()),
+            verdict: verdict.as_str(),
+            attempt_id,
+            login_id,
+            detail: detail.as_deref(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+
+    state.metrics.delivery(verdict, received.signing_key_index);
+    tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = ?login_id, "webhook recorded");
+    if changed && let Some(login_id) = login_id {
+        service::notify(state, login_id).await;
+    }
+    Ok(Recorded {
+        delivery_id,
+        verdict,
+    })
+}
+
+/// Decides a delivery for a known attempt, moving it when the state machine allows.
+async fn judge(
+    tx: &mut sqlx::PgConnection,
+    body: &WebhookBody,
+    login_id: Uuid,
+    attempt_id: Uuid,
+    delivery_id: Uuid,
+) -> Result<Verdict, ApiError> {
+    let row = logins::lock(tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    if body.scan_ref.as_deref().is_some_and(|s| s != row.scan_ref) {
+        return Ok(Verdict::ScanRefMismatch);
+    }
+    let outcome = match WebhookStatus::parse(&body.status) {
+        WebhookStatus::Outcome(o) => o,
+        WebhookStatus::Unknown(_) => return Ok(Verdict::UnknownStatus),
+    };
+    if row.attempt.id != attempt_id {
+        // an older attempt: it ended when the next code was issued
+        return Ok(settled_verdict(tx, attempt_id).await?);
+    }
+    let now = Utc::now();
+    let stored = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
+    if stored == AttemptStatus::Pending && view::effective(&row, now).0 == AttemptStatus::Expired {
+        // facepair's clock already shows this code expired; what readers saw stays true
+        service::move_attempt(
+            tx,
+            &row,
+            AttemptEvent::ClockExpired,
+            Source::Clock,
+            &IdenfyReport::default(),
+            None,
+        )
+        .await?;
+        return Ok(Verdict::Late);
+    }
+    let report = IdenfyReport {
+        idenfy_status: Some(body.status.clone()),
+        fail_reason: body.fail_reason.clone(),
+        risk_tags: body.risk_tags.clone(),
+        idenfy_session_id: body.id.clone(),
+        client_id: body.client_id.clone(),
+        phone_ip: body.ip_address.clone(),
+        face_photo_url: body.face_photo.clone(),
+    };
+    let moved = service::move_attempt(
+        tx,
+        &row,
+        AttemptEvent::Idenfy(outcome),
+        Source::Webhook,
+        &report,
+        Some(delivery_id),
+    )
+    .await?;
+    match moved {
+        Some(_) => Ok(Verdict::Applied),
+        None => Ok(settled_verdict(tx, attempt_id).await?),
+    }
+}
+
+/// For an attempt that had already ended: was it iDenfy that ended it, or facepair?
+async fn settled_verdict(
+    tx: &mut sqlx::PgConnection,
+    attempt_id: Uuid,
+) -> Result<Verdict, sqlx::Error> {
+    let source = attempts::outcome_source(tx, attempt_id).await?;
+    Ok(match source.as_deref() {
+        Some("webhook" | "reconciliation") => Verdict::AttemptTerminal,
+        _ => Verdict::Late,
+    })
+}

@@ -1,0 +1,245 @@
+//! logins, read together with their current (latest) attempt.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// A login and its current attempt, as stored (before the clock's overlay).
+#[derive(Debug, Clone)]
+pub struct LoginRow {
+    pub id: Uuid,
+    pub scan_ref: String,
+    pub user_ref: Option<String>,
+    pub locale: Option<String>,
+    pub lifetime_seconds: i32,
+    pub max_attempts: i32,
+    pub client_ip: Option<String>,
+    pub status: String,
+    pub event_seq: i32,
+    pub created_at: DateTime<Utc>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub redeemed_at: Option<DateTime<Utc>>,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub attempt: AttemptRow,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub id: Uuid,
+    pub number: i32,
+    pub status: String,
+    pub digit_string: Option<String>,
+    pub idenfy_max_attempt_count: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome_source: Option<String>,
+    pub fail_reason: Option<String>,
+    pub risk_tags: Option<Vec<String>>,
+    pub client_id: Option<String>,
+    pub phone_ip: Option<String>,
+}
+
+/// Reads a login by id. `lock` takes the row lock (login first, then attempt: the one lock
+/// order every writer follows).
+pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts,
+               host(l.client_ip) as client_ip, l.status, l.event_seq, l.created_at,
+               l.approved_at, l.redeemed_at, l.canceled_at,
+               a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
+               a.digit_string, a.idenfy_max_attempt_count,
+               a.created_at as "attempt_created_at!", a.expires_at as "expires_at!",
+               a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip
+        from logins l
+        join lateral (
+            select * from attempts where login_id = l.id order by number desc limit 1
+        ) a on true
+        where l.id = $1
+        "#,
+        id
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| LoginRow {
+        id: r.id,
+        scan_ref: r.scan_ref,
+        user_ref: r.user_ref,
+        locale: r.locale,
+        lifetime_seconds: r.lifetime_seconds,
+        max_attempts: r.max_attempts,
+        client_ip: r.client_ip,
+        status: r.status,
+        event_seq: r.event_seq,
+        created_at: r.created_at,
+        approved_at: r.approved_at,
+        redeemed_at: r.redeemed_at,
+        canceled_at: r.canceled_at,
+        attempt: AttemptRow {
+            id: r.attempt_id,
+            number: r.attempt_number,
+            status: r.attempt_status,
+            digit_string: r.digit_string,
+            idenfy_max_attempt_count: r.idenfy_max_attempt_count,
+            created_at: r.attempt_created_at,
+            expires_at: r.expires_at,
+            finished_at: r.finished_at,
+            outcome_source: r.outcome_source,
+            fail_reason: r.fail_reason,
+            risk_tags: r.risk_tags,
+            client_id: r.client_id,
+            phone_ip: r.phone_ip,
+        },
+    }))
+}
+
+/// The login a watch token belongs to.
+pub async fn id_for_watch_hash(
+    conn: impl PgExecutor<'_>,
+    hash: &[u8],
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!("select id from logins where watch_token_hash = $1", hash)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Takes the login's row lock and its current attempt's, then reads both.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<LoginRow>, sqlx::Error> {
+    let locked = sqlx::query_scalar!("select id from logins where id = $1 for update", id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if locked.is_none() {
+        return Ok(None);
+    }
+    sqlx::query_scalar!(
+        "select id from attempts where login_id = $1 order by number desc limit 1 for update",
+        id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    find(&mut *conn, id).await
+}
+
+pub struct NewLogin<'a> {
+    pub id: Uuid,
+    pub scan_ref: &'a str,
+    pub user_ref: Option<&'a str>,
+    pub locale: Option<&'a str>,
+    pub lifetime_seconds: i32,
+    pub max_attempts: i32,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<&'a str>,
+    pub api_key_id: &'a str,
+    pub watch_token_hash: &'a [u8],
+}
+
+pub async fn insert(conn: &mut PgConnection, l: &NewLogin<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        insert into logins (id, scan_ref, user_ref, locale, lifetime_seconds, max_attempts,
+                            client_ip, user_agent, api_key_id, watch_token_hash, status)
+        values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, 'pending')
+        "#,
+        l.id,
+        l.scan_ref,
+        l.user_ref,
+        l.locale,
+        l.lifetime_seconds,
+        l.max_attempts,
+        l.client_ip,
+        l.user_agent,
+        l.api_key_id,
+        l.watch_token_hash
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What changes on the login row with a new status; the event sequence advances by one.
+#[derive(Debug, Default)]
+pub struct StatusChange {
+    pub approved: bool,
+    pub redeemed: bool,
+    pub canceled: bool,
+}
+
+/// Sets the status and returns the new event sequence number.
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    change: StatusChange,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        update logins
+        set status = $2,
+            event_seq = event_seq + 1,
+            updated_at = now(),
+            approved_at = case when $3 then now() else approved_at end,
+            redeemed_at = case when $4 then now() else redeemed_at end,
+            canceled_at = case when $5 then now() else canceled_at end
+        where id = $1
+        returning event_seq
+        "#,
+        id,
+        status,
+        change.approved,
+        change.redeemed,
+        change.canceled
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// The outcome of a browser's poll against the slow_down rule.
+pub enum Poll {
+    Answered(Uuid),
+    TooSoon { retry_after_ms: i64 },
+    UnknownToken,
+}
+
+/// Records a watch-token poll if at least `interval_ms` (less a small allowance for network
+/// jitter) passed since the last answered one. A poll that is refused is not recorded, so a
+/// client that waits `Retry-After` is answered next time.
+pub async fn record_watch_poll(
+    conn: &mut PgConnection,
+    hash: &[u8],
+    interval_ms: i64,
+) -> Result<Poll, sqlx::Error> {
+    const JITTER_ALLOWANCE_MS: i64 = 250;
+    let floor = (interval_ms - JITTER_ALLOWANCE_MS).max(0);
+    let answered = sqlx::query_scalar!(
+        r#"
+        update logins set watch_polled_at = now()
+        where watch_token_hash = $1
+          and (watch_polled_at is null
+               or watch_polled_at <= now() - make_interval(secs => $2::bigint / 1000.0))
+        returning id
+        "#,
+        hash,
+        floor
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = answered {
+        return Ok(Poll::Answered(id));
+    }
+    let last = sqlx::query_scalar!(
+        r#"
+        select (extract(epoch from (now() - watch_polled_at)) * 1000)::bigint as "elapsed_ms"
+        from logins where watch_token_hash = $1
+        "#,
+        hash
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match last {
+        None => Poll::UnknownToken,
+        Some(elapsed) => Poll::TooSoon {
+            retry_after_ms: (interval_ms - elapsed.unwrap_or(0)).max(1),
+        },
+    })
+}

@@ -1,0 +1,92 @@
+//! Logging: one JSON (or human) line per request with its id, route, status and latency.
+//! Secrets, digit codes, tokens and selfie URLs are never logged: the access line carries the
+//! route pattern, never the path (which may hold a watch token).
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use tracing::Instrument as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("FACEPAIR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served, for error bodies.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id (the caller's `x-request-id` if it is sane), a root span, an
+/// `x-request-id` response header and one access log line.
+pub async fn request_span(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let result = REQUEST_ID
+        .scope(id.clone(), next.call(req))
+        .instrument(span.clone())
+        .await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let _enter = span.enter();
+    match result {
+        Ok(mut res) => {
+            let status = res.status().as_u16();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+            }
+            tracing::info!(status, latency_ms, "request");
+            Ok(res)
+        }
+        Err(e) => {
+            tracing::info!(
+                status = e.as_response_error().status_code().as_u16(),
+                latency_ms,
+                "request"
+            );
+            Err(e)
+        }
+    }
+}
