@@ -1,0 +1,265 @@
+//! Starts facepair on port 0 against the test's own database, with wiremock playing iDenfy.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use facepair::Application;
+use facepair::config::Settings;
+use facepair::domain::Lifetime;
+use facepair::idenfy::signature;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub const API_KEY: &str = "test-platform-key-0001";
+pub const API_KEY_2: &str = "test-platform-key-0002";
+pub const SIGNING_KEY: &str = "test-signing-key-current";
+pub const OLD_SIGNING_KEY: &str = "test-signing-key-previous";
+pub const SCAN_REF: &str = "8df398bb-7340-11ee-9aec-0221b1f59063";
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub idenfy: MockServer,
+    pub pool: PgPool,
+    pub handle: actix_web::dev::ServerHandle,
+}
+
+pub fn settings(idenfy_uri: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        api_keys: vec![SecretString::from(API_KEY), SecretString::from(API_KEY_2)],
+        idenfy_base_url: idenfy_uri.to_owned(),
+        idenfy_api_key: SecretString::from("idenfy-key"),
+        idenfy_api_secret: SecretString::from("idenfy-secret"),
+        idenfy_signing_keys: vec![
+            SecretString::from(SIGNING_KEY),
+            SecretString::from(OLD_SIGNING_KEY),
+        ],
+        idenfy_timeout: Duration::from_secs(2),
+        code_lifetime: Lifetime::from_seconds(600).unwrap(),
+        max_attempts_per_login: 3,
+        max_attempts_per_scan_ref_hour: 10,
+        poll_interval_seconds: 2,
+        webhook_max_bytes: 64 * 1024,
+        expiry_interval: Duration::from_millis(200),
+    }
+}
+
+impl TestApp {
+    /// facepair with an iDenfy that knows [`SCAN_REF`] as ready to authenticate.
+    pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, |_| {}).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let idenfy = MockServer::start().await;
+        let mut s = settings(&idenfy.uri());
+        tweak(&mut s);
+        Self::start(pool, idenfy, s).await
+    }
+
+    /// Another instance on the same database and the same iDenfy.
+    pub async fn second_instance(&self) -> TestApp {
+        let idenfy = MockServer::builder().start().await;
+        let s = settings(&self.idenfy.uri());
+        Self::start(self.pool.clone(), idenfy, s).await
+    }
+
+    async fn start(pool: PgPool, idenfy: MockServer, s: Settings) -> Self {
+        let app = Application::build(s, pool.clone())
+            .await
+            .expect("facepair starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            idenfy,
+            pool,
+            handle,
+        }
+    }
+
+    pub async fn mock_eligible(&self) {
+        mock_check_status(&self.idenfy, "AUTHENTICATION").await;
+        mock_sessions(&self.idenfy).await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn create_login(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/logins"))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a login for [`SCAN_REF`] and returns its 201 body.
+    pub async fn login(&self) -> Value {
+        let response = self
+            .create_login(
+                json!({ "scan_ref": SCAN_REF, "user_ref": "user-42", "client_ip": "198.51.100.7" }),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_login(&self, id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/logins/{id}")))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn state(&self, id: &str) -> Value {
+        let response = self.get_login(id).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The iDenfy session token facepair stored for an attempt.
+    pub async fn token_of(&self, attempt_id: &str) -> String {
+        sqlx::query_scalar("select idenfy_token from attempts where id = $1::uuid")
+            .bind(attempt_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn send_webhook(&self, body: &[u8], key: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/webhooks/idenfy"))
+            .header("content-type", "application/json")
+            .header("idenfy-event-type", "FACIAL_AUTHENTICATION")
+            .header("idenfy-signature", signature::sign(key.as_bytes(), body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends iDenfy's webhook for the attempt and returns (status, verdict).
+    pub async fn webhook(&self, attempt_id: &str, status: &str, extra: Value) -> (u16, String) {
+        let token = self.token_of(attempt_id).await;
+        let body = webhook_body(&token, status, extra);
+        let response = self.send_webhook(body.as_bytes(), SIGNING_KEY).await;
+        let code = response.status().as_u16();
+        let json: Value = response.json().await.unwrap_or(Value::Null);
+        (
+            code,
+            json["verdict"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `check` holds, failing after `within`.
+    pub async fn eventually<F, Fut>(&self, within: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if check().await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        drop(handle.stop(false));
+    }
+}
+
+pub fn webhook_body(token: &str, status: &str, extra: Value) -> String {
+    let mut body = json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "scanRef": SCAN_REF,
+        "clientId": "FD155HLZ5Z",
+        "token": token,
+        "status": status,
+        "type": "AUTHENTICATION",
+        "method": "FACE_MATCHING",
+        "facePhoto": null,
+        "ipAddress": null,
+        "failReason": null,
+        "riskTags": null
+    });
+    if let Value::Object(map) = extra {
+        for (k, v) in map {
+            body[k] = v;
+        }
+    }
+    body.to_string()
+}
+
+pub async fn mock_check_status(server: &MockServer, kind: &str) {
+    Mock::given(method("GET"))
+        .and(path_regex(
+            r"^/identification/facial-auth/[^/]+/check-status/$",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "type": kind })))
+        .mount(server)
+        .await;
+}
+
+/// A session endpoint that answers like iDenfy: a fresh token and 8-digit code each call.
+pub async fn mock_sessions(server: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/partner/authentication-info"))
+        .respond_with(Sessions)
+        .mount(server)
+        .await;
+}
+
+struct Sessions;
+
+static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Respond for Sessions {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let token = format!("TOK{}{:0>20}", uuid::Uuid::new_v4().simple(), n)[..40].to_owned();
+        ResponseTemplate::new(200).set_body_json(json!({
+            "token": token,
+            "maxAttemptCount": 3,
+            "digitString": format!("{:08}", (n * 7_919 + 12_345_678) % 100_000_000),
+        }))
+    }
+}

@@ -1,0 +1,429 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+fn id(v: &Value, field: &str) -> String {
+    match field {
+        "attempt" => v["attempt"]["id"].as_str().unwrap().to_owned(),
+        _ => v["login_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+#[sqlx::test]
+async fn redeem_once_after_approval(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    assert_eq!(
+        code(app.post(&format!("/v1/logins/{lid}/redeem")).await).await,
+        (409, "not_approved".into())
+    );
+    app.webhook(
+        &id(&login, "attempt"),
+        "SUCCESS",
+        json!({ "ipAddress": "203.0.113.9", "riskTags": [] }),
+    )
+    .await;
+
+    let response = app.post(&format!("/v1/logins/{lid}/redeem")).await;
+    assert_eq!(response.status(), 200);
+    let who: Value = response.json().await.unwrap();
+    assert_eq!(who["scan_ref"], SCAN_REF);
+    assert_eq!(who["client_id"], "FD155HLZ5Z");
+    assert_eq!(who["user_ref"], "user-42");
+    assert_eq!(who["attempt_id"], login["attempt"]["id"]);
+    assert_eq!(who["phone_ip"], "203.0.113.9");
+    assert_eq!(who["desktop_ip"], "198.51.100.7");
+    assert!(who["authenticated_at"].as_str().is_some());
+
+    assert_eq!(
+        code(app.post(&format!("/v1/logins/{lid}/redeem")).await).await,
+        (409, "already_redeemed".into())
+    );
+    assert_eq!(app.state(&lid).await["status"], "redeemed");
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'login_redeemed'")
+            .await,
+        1
+    );
+    // nothing moves a redeemed login
+    assert_eq!(
+        code(app.post(&format!("/v1/logins/{lid}/attempts")).await).await,
+        (409, "already_redeemed".into())
+    );
+    assert_eq!(
+        code(app.post(&format!("/v1/logins/{lid}/cancel")).await).await,
+        (409, "already_redeemed".into())
+    );
+}
+
+#[sqlx::test]
+async fn concurrent_redeems_exactly_one_wins(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
+        .await;
+    let other = app.second_instance().await;
+    let path = format!("/v1/logins/{lid}/redeem");
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let target = if i % 2 == 0 { &app } else { &other };
+        calls.push(target.post(&path));
+    }
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        15,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'login_redeemed'")
+            .await,
+        1
+    );
+}
+
+#[sqlx::test]
+async fn a_new_code_after_failure_and_the_budget(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    let attempts = format!("/v1/logins/{lid}/attempts");
+
+    app.webhook(
+        &id(&login, "attempt"),
+        "FAILED",
+        json!({ "failReason": "FACE_MISMATCH" }),
+    )
+    .await;
+    let response = app.post(&attempts).await;
+    assert_eq!(response.status(), 201);
+    let second: Value = response.json().await.unwrap();
+    assert_eq!(second["status"], "pending");
+    assert_eq!(second["attempt"]["number"], 2);
+    assert_ne!(
+        second["attempt"]["digit_string"],
+        login["attempt"]["digit_string"]
+    );
+
+    // superseding a pending code
+    let response = app.post(&attempts).await;
+    assert_eq!(response.status(), 201);
+    let third: Value = response.json().await.unwrap();
+    assert_eq!(third["attempt"]["number"], 3);
+    assert_eq!(third["can_request_new_code"], false, "budget of 3 spent");
+    let superseded: String = sqlx::query_scalar("select status from attempts where number = 2")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(superseded, "superseded");
+
+    // a late webhook for the superseded attempt changes nothing
+    let (status, verdict) = app
+        .webhook(&id(&second, "attempt"), "SUCCESS", json!({}))
+        .await;
+    assert_eq!((status, verdict.as_str()), (200, "late"));
+    assert_eq!(app.state(&lid).await["status"], "pending");
+
+    let response = app.post(&attempts).await;
+    assert_eq!(response.status(), 429);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "attempt_budget_exhausted");
+    assert_eq!(body["error"]["budget"], "login");
+    assert_eq!(app.count("select count(*) from attempts").await, 3);
+
+    // the last code fails: the login is exhausted
+    app.webhook(
+        &id(&third, "attempt"),
+        "FAILED",
+        json!({ "failReason": "FAKE_FACE" }),
+    )
+    .await;
+    let state = app.state(&lid).await;
+    assert_eq!(state["status"], "exhausted");
+    assert_eq!(state["can_request_new_code"], false);
+    let history: Vec<String> = sqlx::query_scalar("select status from attempts order by number")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(history, ["failed", "superseded", "failed"]);
+}
+
+#[sqlx::test]
+async fn no_new_code_for_an_approved_or_canceled_login(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let approved = app.login().await;
+    app.webhook(&id(&approved, "attempt"), "SUCCESS", json!({}))
+        .await;
+    let path = format!("/v1/logins/{}/attempts", id(&approved, "login"));
+    assert_eq!(
+        code(app.post(&path).await).await,
+        (409, "already_approved".into())
+    );
+
+    let canceled = app.login().await;
+    let cid = id(&canceled, "login");
+    let response = app.post(&format!("/v1/logins/{cid}/cancel")).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "canceled");
+    assert_eq!(body["attempt"]["status"], "canceled");
+    // twice is harmless
+    assert_eq!(
+        app.post(&format!("/v1/logins/{cid}/cancel")).await.status(),
+        200
+    );
+    assert_eq!(
+        code(app.post(&format!("/v1/logins/{cid}/attempts")).await).await,
+        (409, "login_canceled".into())
+    );
+    assert_eq!(
+        code(app.post(&format!("/v1/logins/{cid}/redeem")).await).await,
+        (409, "not_approved".into())
+    );
+    // the person finishing in the app afterwards changes nothing
+    let (_, verdict) = app
+        .webhook(&id(&canceled, "attempt"), "SUCCESS", json!({}))
+        .await;
+    assert_eq!(verdict, "late");
+    assert_eq!(app.state(&cid).await["status"], "canceled");
+    assert_eq!(
+        app.count(&format!(
+            "select count(*) from events where login_id = '{cid}' and kind = 'login_canceled'"
+        ))
+        .await,
+        1
+    );
+}
+
+#[sqlx::test]
+async fn unknown_logins_are_404(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for path in [
+        "/v1/logins/00000000-0000-0000-0000-000000000000",
+        "/v1/logins/not-a-uuid",
+    ] {
+        let response = app.get_login(path.trim_start_matches("/v1/logins/")).await;
+        assert_eq!(
+            code(response).await,
+            (404, "login_not_found".into()),
+            "{path}"
+        );
+    }
+    for action in ["attempts", "cancel", "redeem"] {
+        let response = app
+            .post(&format!(
+                "/v1/logins/00000000-0000-0000-0000-000000000000/{action}"
+            ))
+            .await;
+        assert_eq!(
+            code(response).await,
+            (404, "login_not_found".into()),
+            "{action}"
+        );
+    }
+}
+
+/// A code past its expiry reads as expired at once, and the expiry task records it once even
+/// with two instances running.
+#[sqlx::test]
+async fn expiry_by_facepairs_clock(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let _other = app.second_instance().await;
+    app.mock_eligible().await;
+    let response = app
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 1 }))
+        .await;
+    let login: Value = response.json().await.unwrap();
+    let lid = id(&login, "login");
+    let expires_at: chrono::DateTime<chrono::Utc> = login["attempt"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    app.eventually(Duration::from_secs(5), || async {
+        chrono::Utc::now() > expires_at
+    })
+    .await;
+    let state = app.state(&lid).await;
+    assert_eq!(state["status"], "expired");
+    assert_eq!(state["attempt"]["status"], "expired");
+    assert!(state["attempt"].get("digit_string").is_none());
+    assert_eq!(state["can_request_new_code"], true);
+
+    app.eventually(Duration::from_secs(5), || async {
+        app.count(
+            "select count(*) from attempts where status = 'expired' and outcome_source = 'clock'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    // give the other instance's task several more ticks to (wrongly) record it again
+    let seq_before = app.count("select max(seq)::bigint from events").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'attempt_expired'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select max(seq)::bigint from events").await,
+        seq_before
+    );
+    assert_eq!(
+        app.count("select count(*) from attempts where digit_string is not null")
+            .await,
+        0
+    );
+
+    // iDenfy's own EXPIRED arriving afterwards is stored and changes nothing
+    let (status, verdict) = app
+        .webhook(&id(&login, "attempt"), "EXPIRED", json!({}))
+        .await;
+    assert_eq!((status, verdict.as_str()), (200, "late"));
+    // and a fresh code may be had
+    assert_eq!(
+        app.post(&format!("/v1/logins/{lid}/attempts"))
+            .await
+            .status(),
+        201
+    );
+}
+
+#[sqlx::test]
+async fn a_success_after_expiry_is_late(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.expiry_interval = Duration::from_secs(3600)).await;
+    app.mock_eligible().await;
+    let login: Value = app
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 1 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let expires_at: chrono::DateTime<chrono::Utc> = login["attempt"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.eventually(Duration::from_secs(5), || async {
+        chrono::Utc::now() > expires_at
+    })
+    .await;
+    // the expiry task has not run; the webhook itself records the expiry first
+    let (status, verdict) = app
+        .webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
+        .await;
+    assert_eq!((status, verdict.as_str()), (200, "late"));
+    assert_eq!(app.state(&id(&login, "login")).await["status"], "expired");
+    assert_eq!(
+        app.count("select count(*) from attempts where outcome_source = 'clock'")
+            .await,
+        1
+    );
+}
+
+#[sqlx::test]
+async fn etag_and_not_modified(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    let response = app.get_login(&lid).await;
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let get = |etag: String| {
+        app.http
+            .get(app.url(&format!("/v1/logins/{lid}")))
+            .bearer_auth(API_KEY)
+            .header("if-none-match", etag)
+            .send()
+    };
+    let response = get(etag.clone()).await.unwrap();
+    assert_eq!(response.status(), 304);
+    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
+        .await;
+    let response = get(etag.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_ne!(response.headers()["etag"].to_str().unwrap(), etag);
+}
+
+#[sqlx::test]
+async fn long_poll_answers_when_the_webhook_lands(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    let etag = app.get_login(&lid).await.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let other = app.second_instance().await;
+    let started = std::time::Instant::now();
+    let poll = app
+        .http
+        .get(app.url(&format!("/v1/logins/{lid}?wait=20")))
+        .bearer_auth(API_KEY)
+        .header("if-none-match", &etag)
+        .send();
+    let attempt = id(&login, "attempt");
+    // the webhook lands on the other instance
+    let (response, _) = tokio::join!(poll, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other.webhook(&attempt, "SUCCESS", json!({})).await
+    });
+    let response = response.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered on the change, not at the deadline"
+    );
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["status"],
+        "approved"
+    );
+
+    // unchanged until the deadline: 304
+    let etag = app.get_login(&lid).await.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .http
+        .get(app.url(&format!("/v1/logins/{lid}?wait=1")))
+        .bearer_auth(API_KEY)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304);
+}

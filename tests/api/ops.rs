@@ -1,0 +1,111 @@
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+#[sqlx::test]
+async fn health(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.pool.close().await;
+    let response = app.http.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "database_unavailable");
+    assert_eq!(
+        app.http
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[sqlx::test]
+async fn unknown_routes_and_methods_use_the_error_body(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let response = app.http.get(app.url("/v2/nothing")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "route_not_found");
+    assert_eq!(body["error"]["request_id"], request_id.as_str());
+    let response = app.http.delete(app.url("/v1/logins")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
+    let response = app
+        .http
+        .get(app.url("/health/live"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+}
+
+#[sqlx::test]
+async fn openapi_covers_every_route_and_error_code(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/logins",
+        "/v1/logins/{login_id}",
+        "/v1/logins/{login_id}/attempts",
+        "/v1/logins/{login_id}/cancel",
+        "/v1/logins/{login_id}/redeem",
+        "/v1/watch/{watch_token}",
+        "/v1/watch/{watch_token}/attempts",
+        "/v1/webhooks/idenfy",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let codes = doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap();
+    for (code, _, _) in facepair::error::ERROR_CODES {
+        assert!(codes.iter().any(|c| c == code), "{code}");
+        assert!(doc["info"]["description"].as_str().unwrap().contains(code));
+    }
+}

@@ -1,0 +1,128 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+#[sqlx::test]
+async fn a_browser_sees_no_identity_data(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = login["watch_token"].as_str().unwrap();
+    let response = app
+        .http
+        .get(app.url(&format!("/v1/watch/{token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["login_id"], login["login_id"]);
+    assert_eq!(
+        body["attempt"]["digit_string"],
+        login["attempt"]["digit_string"]
+    );
+    let text = body.to_string();
+    assert!(
+        !text.contains(SCAN_REF) && !text.contains("user-42") && !text.contains("198.51.100.7"),
+        "{text}"
+    );
+    assert!(body.get("scan_ref").is_none() && body.get("user_ref").is_none());
+}
+
+#[sqlx::test]
+async fn unknown_or_malformed_watch_tokens_are_404(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for token in [
+        "nope",
+        "fpw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "fpw_%00",
+    ] {
+        let response = app
+            .http
+            .get(app.url(&format!("/v1/watch/{token}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{token}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["error"]["code"],
+            "watch_token_not_found"
+        );
+    }
+}
+
+/// RFC 8628's rule: never on the first poll, refused when too fast, answered again once the
+/// client waits as told; held in PostgreSQL, so it spans instances.
+#[sqlx::test]
+async fn polling_too_fast_is_told_to_slow_down(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let other = app.second_instance().await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let path = format!("/v1/watch/{}", login["watch_token"].as_str().unwrap());
+
+    let first = app.http.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(first.status(), 200, "never on the first poll");
+    let second = other.http.get(other.url(&path)).send().await.unwrap();
+    assert_eq!(
+        second.status(),
+        429,
+        "the other instance knows about the first poll"
+    );
+    let retry_after: u64 = second.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        second.json::<Value>().await.unwrap()["error"]["code"],
+        "slow_down"
+    );
+
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let third = app.http.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(third.status(), 200, "waiting as told is not punished");
+
+    // a long poll is not a fast poll
+    let long = app
+        .http
+        .get(app.url(&format!("{path}?wait=2")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 200);
+}
+
+#[sqlx::test]
+async fn a_browser_may_ask_for_a_new_code(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    app.webhook(
+        login["attempt"]["id"].as_str().unwrap(),
+        "FAILED",
+        json!({ "failReason": "FACE_TOO_SMALL" }),
+    )
+    .await;
+    let token = login["watch_token"].as_str().unwrap();
+    let response = app
+        .http
+        .post(app.url(&format!("/v1/watch/{token}/attempts")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["attempt"]["number"], 2);
+    assert!(body.get("scan_ref").is_none());
+    let source: String =
+        sqlx::query_scalar("select source from events where kind = 'attempt_issued'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(source, "watch");
+}

@@ -1,0 +1,363 @@
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+fn attempt_id(login: &Value) -> String {
+    login["attempt"]["id"].as_str().unwrap().to_owned()
+}
+
+fn login_id(login: &Value) -> String {
+    login["login_id"].as_str().unwrap().to_owned()
+}
+
+#[sqlx::test]
+async fn success_approves_and_keeps_what_idenfy_said(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let extra = json!({
+        "id": "8d471b4c-3822-4547-aec5-a9d0cc0aa105", "ipAddress": "203.0.113.7",
+        "riskTags": ["UNTRUSTED_ENVIRONMENT"], "facePhoto": "https://s3.example.invalid/FRONT.png?Signature=x"
+    });
+    assert_eq!(
+        app.webhook(&attempt_id(&login), "SUCCESS", extra).await,
+        (200, "applied".into())
+    );
+    let state = app.state(&login_id(&login)).await;
+    assert_eq!(state["status"], "approved");
+    assert_eq!(state["attempt"]["status"], "succeeded");
+    assert!(
+        state["attempt"].get("digit_string").is_none(),
+        "the code is gone once the attempt ends"
+    );
+    type Kept = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<Vec<String>>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Kept = sqlx::query_as(
+        "select digit_string, client_id, idenfy_session_id, risk_tags, phone_ip, outcome_source from attempts",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.0, None, "digit code dropped from the database");
+    assert_eq!(row.1.as_deref(), Some("FD155HLZ5Z"));
+    assert_eq!(
+        row.2.as_deref(),
+        Some("8d471b4c-3822-4547-aec5-a9d0cc0aa105")
+    );
+    assert_eq!(row.3, Some(vec!["UNTRUSTED_ENVIRONMENT".to_owned()]));
+    assert_eq!(row.4.as_deref(), Some("203.0.113.7"));
+    assert_eq!(row.5.as_deref(), Some("webhook"));
+    let (verdict, key, event_type, raw): (String, i32, Option<String>, Vec<u8>) =
+        sqlx::query_as("select verdict, signing_key_index, event_type, body from deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((verdict.as_str(), key), ("applied", 0));
+    assert_eq!(event_type.as_deref(), Some("FACIAL_AUTHENTICATION"));
+    assert!(
+        String::from_utf8(raw)
+            .unwrap()
+            .contains("UNTRUSTED_ENVIRONMENT"),
+        "raw body kept"
+    );
+}
+
+#[sqlx::test]
+async fn failed_keeps_the_reason_and_allows_a_new_code(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let (code, verdict) = app
+        .webhook(
+            &attempt_id(&login),
+            "FAILED",
+            json!({ "failReason": "FACE_MISMATCH" }),
+        )
+        .await;
+    assert_eq!((code, verdict.as_str()), (200, "applied"));
+    let state = app.state(&login_id(&login)).await;
+    assert_eq!(state["status"], "failed");
+    assert_eq!(state["attempt"]["fail_reason"], "FACE_MISMATCH");
+    assert_eq!(state["can_request_new_code"], true);
+}
+
+#[sqlx::test]
+async fn statuses_are_read_case_insensitively(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    assert_eq!(
+        app.webhook(&attempt_id(&login), "Canceled", json!({}))
+            .await,
+        (200, "applied".into())
+    );
+    let state = app.state(&login_id(&login)).await;
+    assert_eq!(state["attempt"]["status"], "canceled");
+    assert_eq!(
+        state["status"], "failed",
+        "a person canceling in the app may ask for a new code"
+    );
+}
+
+#[sqlx::test]
+async fn idenfy_expired_expires_the_attempt(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    assert_eq!(
+        app.webhook(&attempt_id(&login), "EXPIRED", json!({})).await,
+        (200, "applied".into())
+    );
+    let state = app.state(&login_id(&login)).await;
+    assert_eq!(
+        (
+            state["status"].as_str(),
+            state["attempt"]["status"].as_str()
+        ),
+        (Some("expired"), Some("expired"))
+    );
+}
+
+/// Duplicates, unknown tokens, terminal attempts and unknown statuses are stored with their
+/// verdict, answered 2xx, and change nothing.
+#[sqlx::test]
+async fn deliveries_that_change_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = app.token_of(&attempt_id(&login)).await;
+
+    let unknown = webhook_body("NO-SUCH-TOKEN", "SUCCESS", json!({}));
+    let response = app.send_webhook(unknown.as_bytes(), SIGNING_KEY).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["verdict"],
+        "unknown_token"
+    );
+
+    let pending_status = webhook_body(&token, "Pending", json!({}));
+    let response = app
+        .send_webhook(pending_status.as_bytes(), SIGNING_KEY)
+        .await;
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["verdict"],
+        "unknown_status"
+    );
+    assert_eq!(app.state(&login_id(&login)).await["status"], "pending");
+
+    let other_person = webhook_body(&token, "SUCCESS", json!({ "scanRef": "someone-else" }));
+    let response = app.send_webhook(other_person.as_bytes(), SIGNING_KEY).await;
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["verdict"],
+        "scan_ref_mismatch"
+    );
+    assert_eq!(app.state(&login_id(&login)).await["status"], "pending");
+
+    let failed = webhook_body(&token, "FAILED", json!({ "failReason": "FAKE_FACE" }));
+    assert_eq!(
+        app.send_webhook(failed.as_bytes(), SIGNING_KEY)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["verdict"],
+        "applied"
+    );
+    assert_eq!(
+        app.send_webhook(failed.as_bytes(), SIGNING_KEY)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["verdict"],
+        "duplicate"
+    );
+    // a different body for the same, already settled session
+    let success = webhook_body(&token, "SUCCESS", json!({}));
+    assert_eq!(
+        app.send_webhook(success.as_bytes(), SIGNING_KEY)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["verdict"],
+        "attempt_terminal"
+    );
+
+    let garbage = b"{\"status\": \"SUCCESS\", \"token\": ";
+    let response = app.send_webhook(garbage, SIGNING_KEY).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["verdict"],
+        "unparseable"
+    );
+    let invalid_utf8 = b"\xff\xfe{\"status\":\"SUCCESS\"}";
+    assert_eq!(
+        app.send_webhook(invalid_utf8, SIGNING_KEY)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["verdict"],
+        "unparseable"
+    );
+
+    let state = app.state(&login_id(&login)).await;
+    assert_eq!(state["status"], "failed");
+    assert_eq!(state["attempt"]["fail_reason"], "FAKE_FACE");
+    assert_eq!(
+        app.count("select count(*) from deliveries").await,
+        8,
+        "every verified delivery stored"
+    );
+    assert_eq!(
+        app.count("select count(*) from deliveries where verdict = 'applied'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from events where kind like 'attempt_%'")
+            .await,
+        1
+    );
+}
+
+#[sqlx::test]
+async fn bad_signatures_store_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = app.token_of(&attempt_id(&login)).await;
+    let body = webhook_body(&token, "SUCCESS", json!({}));
+    let good = facepair::idenfy::signature::sign(SIGNING_KEY.as_bytes(), body.as_bytes());
+    let send = |signature: Option<String>, body: Vec<u8>| {
+        let mut request = app
+            .http
+            .post(app.url("/v1/webhooks/idenfy"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = signature {
+            request = request.header("idenfy-signature", s);
+        }
+        request.send()
+    };
+    let cases = vec![
+        (None, body.clone().into_bytes()),
+        (Some(String::new()), body.clone().into_bytes()),
+        (Some(good[..63].to_owned()), body.clone().into_bytes()),
+        (
+            Some(facepair::idenfy::signature::sign(
+                b"some-other-key",
+                body.as_bytes(),
+            )),
+            body.clone().into_bytes(),
+        ),
+        (
+            Some(good.clone()),
+            body.replace("SUCCESS", "SUCCESs").into_bytes(),
+        ),
+        (
+            Some(good.clone()),
+            body.as_bytes()[..body.len() - 1].to_vec(),
+        ),
+        (Some(format!("sha256={good}")), body.clone().into_bytes()),
+    ];
+    for (signature, body) in cases {
+        let response = send(signature.clone(), body).await.unwrap();
+        assert_eq!(response.status(), 401, "{signature:?}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_signature"
+        );
+    }
+    assert_eq!(app.count("select count(*) from deliveries").await, 0);
+    assert_eq!(app.state(&login_id(&login)).await["status"], "pending");
+
+    // upper-case hex is the same signature
+    let response = send(Some(good.to_uppercase()), body.clone().into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
+}
+
+#[sqlx::test]
+async fn the_previous_signing_key_still_works_and_is_recorded(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = app.token_of(&attempt_id(&login)).await;
+    let body = webhook_body(&token, "SUCCESS", json!({}));
+    assert_eq!(
+        app.send_webhook(body.as_bytes(), OLD_SIGNING_KEY)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.count("select signing_key_index::bigint from deliveries")
+            .await,
+        1
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("facepair_webhook_deliveries_by_key_total{key_index=\"1\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[sqlx::test]
+async fn oversized_bodies_are_refused(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.webhook_max_bytes = 2048).await;
+    let body = format!(
+        "{{\"status\":\"SUCCESS\",\"pad\":\"{}\"}}",
+        "x".repeat(4096)
+    );
+    let response = app.send_webhook(body.as_bytes(), SIGNING_KEY).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+    assert_eq!(app.count("select count(*) from deliveries").await, 0);
+}
+
+/// The same delivery many times at once: exactly one state change, every copy accounted for.
+#[sqlx::test]
+async fn concurrent_duplicates_change_state_once(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = app.token_of(&attempt_id(&login)).await;
+    let body = webhook_body(&token, "SUCCESS", json!({}));
+    let sends = (0..20).map(|_| app.send_webhook(body.as_bytes(), SIGNING_KEY));
+    let responses = futures_util::future::join_all(sends).await;
+    assert!(responses.iter().all(|r| r.status() == 200));
+    assert_eq!(app.count("select count(*) from deliveries").await, 20);
+    assert_eq!(
+        app.count("select count(*) from deliveries where verdict = 'applied'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from deliveries where verdict = 'duplicate'")
+            .await,
+        19
+    );
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'attempt_succeeded'")
+            .await,
+        1
+    );
+}
