@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dev;
 pub mod domain;
 pub mod error;
 pub mod http;
@@ -10,6 +11,7 @@ pub mod idenfy;
 pub mod live;
 pub mod metrics;
 pub mod service;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 

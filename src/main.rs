@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use facepair::config::{DatabaseArgs, LogFormat, ServeArgs};
+use facepair::dev::DevArgs;
+use facepair::sim::{SimArgs, Simulator};
 use facepair::{Application, MIGRATOR, telemetry};
 
 #[derive(Parser)]
@@ -27,6 +29,16 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// The sandbox: migrations, the iDenfy simulator, facepair and a demo platform page,
+    /// wired together with generated secrets.
+    Dev {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        dev: DevArgs,
+    },
+    /// Play iDenfy: its face-authentication API, signed webhooks, a phone page and faults.
+    Sim(Box<SimArgs>),
 }
 
 #[tokio::main]
@@ -35,6 +47,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate { database } => migrate(database).await,
+        Command::Dev { database, dev } => sandbox(database, dev).await,
+        Command::Sim(args) => simulate(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +73,24 @@ async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
     let pool = connect(&database).await?;
     MIGRATOR.run(&pool).await?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn sandbox(database: DatabaseArgs, dev: DevArgs) -> anyhow::Result<()> {
+    telemetry::init(LogFormat::Text);
+    let pool = connect(&database).await?;
+    facepair::dev::run(dev, pool).await
+}
+
+async fn simulate(args: SimArgs) -> anyhow::Result<()> {
+    telemetry::init(LogFormat::Text);
+    let sim = Simulator::start(args.config()?).await?;
+    println!(
+        "iDenfy simulator on {} (phone page: {}/_sim/app)",
+        sim.base_url(),
+        sim.base_url()
+    );
+    sim.run_until_stopped().await?;
     Ok(())
 }
 

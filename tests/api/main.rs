@@ -1,8 +1,10 @@
 //! Black-box tests of the HTTP API against real PostgreSQL (one database per test).
 
 mod create;
+mod e2e;
 mod helpers;
 mod lifecycle;
 mod ops;
+mod sim_conformance;
 mod watch;
 mod webhook;

@@ -1,0 +1,233 @@
+//! `facepair dev`: the sandbox. Applies migrations, starts the iDenfy simulator and facepair
+//! wired to each other with generated secrets, and a demo platform page that logs a person in
+//! through facepair the way a real platform's backend would.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine as _;
+use clap::Args;
+use rand::RngCore as _;
+use secrecy::{ExposeSecret as _, SecretString};
+use sqlx::PgPool;
+
+use crate::app::Application;
+use crate::config::Settings;
+use crate::domain::Lifetime;
+use crate::sim::state::Eligibility;
+use crate::sim::{SimConfig, Simulator};
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Where facepair serves.
+    #[arg(long, env = "FACEPAIR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the iDenfy simulator serves.
+    #[arg(long, env = "FACEPAIR_SIM_LISTEN", default_value = "127.0.0.1:8090")]
+    pub sim_listen: SocketAddr,
+    /// Where the demo platform page serves.
+    #[arg(long, env = "FACEPAIR_DEMO_LISTEN", default_value = "127.0.0.1:8070")]
+    pub demo_listen: SocketAddr,
+}
+
+/// A scanRef the simulator knows as ready for face authentication.
+pub const DEMO_SCAN_REF: &str = "demo-verified-person";
+/// A scanRef that must first complete a full identity verification.
+pub const DEMO_UNVERIFIED_SCAN_REF: &str = "demo-unverified-person";
+
+fn secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
+    crate::MIGRATOR.run(&pool).await?;
+    let api_key = secret("fp_dev_");
+    let idenfy_key = secret("sim_key_");
+    let idenfy_secret = secret("sim_secret_");
+    let signing_key = secret("sim_signing_");
+
+    let mut sim_config = SimConfig::for_tests(&idenfy_key, &idenfy_secret, &signing_key);
+    sim_config.listen = args.sim_listen;
+    sim_config.webhook_retry_delay = Duration::from_secs(2);
+    sim_config.expiry_tick = Duration::from_millis(500);
+    sim_config.scan_refs = vec![
+        (DEMO_SCAN_REF.to_owned(), Eligibility::Authentication),
+        (
+            DEMO_UNVERIFIED_SCAN_REF.to_owned(),
+            Eligibility::Identification,
+        ),
+    ];
+    let sim = Simulator::start(sim_config).await?;
+
+    let settings = Settings {
+        listen: args.listen,
+        public_url: None,
+        api_keys: vec![SecretString::from(api_key.clone())],
+        idenfy_base_url: sim.base_url(),
+        idenfy_api_key: SecretString::from(idenfy_key),
+        idenfy_api_secret: SecretString::from(idenfy_secret),
+        idenfy_signing_keys: vec![SecretString::from(signing_key)],
+        idenfy_timeout: Duration::from_secs(8),
+        code_lifetime: Lifetime::from_seconds(300).expect("static lifetime"),
+        max_attempts_per_login: 3,
+        max_attempts_per_scan_ref_hour: 30,
+        poll_interval_seconds: 2,
+        webhook_max_bytes: 64 * 1024,
+        expiry_interval: Duration::from_secs(1),
+    };
+    let app = Application::build(settings, pool).await?;
+    let host = if args.listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        args.listen.ip().to_string()
+    };
+    let facepair_url = format!("http://{host}:{}", app.port());
+    sim.set_webhook_url(&format!("{facepair_url}/v1/webhooks/idenfy"));
+
+    let demo = Demo {
+        facepair_url: facepair_url.clone(),
+        api_key: SecretString::from(api_key.clone()),
+        http: reqwest::Client::new(),
+        phone_url: format!("{}/_sim/app", sim.base_url()),
+    };
+    let demo_server = HttpServer::new({
+        let demo = web::Data::new(demo);
+        move || {
+            App::new()
+                .app_data(demo.clone())
+                .route("/", web::get().to(demo_page))
+                .route("/demo/config", web::get().to(demo_config))
+                .route("/demo/logins", web::post().to(demo_create))
+                .route("/demo/logins/{id}", web::get().to(demo_get))
+                .route("/demo/logins/{id}/{action}", web::post().to(demo_action))
+        }
+    })
+    .bind(args.demo_listen)?
+    .workers(1)
+    .run();
+    let demo_port = args.demo_listen.port();
+
+    println!(
+        "\nfacepair sandbox is running (Ctrl-C stops everything)\n\n  \
+         demo platform   http://127.0.0.1:{demo_port}/      <- open this, click \"Log in with face\"\n  \
+         phone (iDenfy)  {}/_sim/app   <- enter the code here\n  \
+         facepair API    {facepair_url}   (API key: {api_key})\n  \
+         OpenAPI         {facepair_url}/openapi.json\n  \
+         simulator       {}/_sim/sessions\n\n  \
+         try it with curl:\n    curl -s -X POST {facepair_url}/v1/logins -H 'authorization: Bearer {api_key}' \\\n      \
+         -H 'content-type: application/json' -d '{{\"scan_ref\": \"{DEMO_SCAN_REF}\"}}'\n",
+        sim.base_url(),
+        sim.base_url()
+    );
+
+    let (a, b, c) = tokio::join!(
+        app.run_until_stopped(),
+        sim.run_until_stopped(),
+        demo_server
+    );
+    a?;
+    b?;
+    c?;
+    Ok(())
+}
+
+struct Demo {
+    facepair_url: String,
+    api_key: SecretString,
+    http: reqwest::Client,
+    phone_url: String,
+}
+
+async fn demo_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("dev/demo.html"))
+}
+
+async fn demo_config(demo: web::Data<Demo>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "phone_url": demo.phone_url, "scan_ref": DEMO_SCAN_REF, "unverified_scan_ref": DEMO_UNVERIFIED_SCAN_REF }))
+}
+
+/// The demo's backend calls facepair with the API key, as a platform's backend does; the
+/// browser never sees the key.
+async fn forward(demo: &Demo, request: reqwest::RequestBuilder) -> HttpResponse {
+    let response = request
+        .bearer_auth(demo.api_key.expose_secret())
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let status = actix_web::http::StatusCode::from_u16(r.status().as_u16()).unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
+            let etag = r.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let body = r.bytes().await.unwrap_or_default();
+            let mut out = HttpResponse::build(status);
+            if let Some(etag) = etag {
+                out.insert_header(("etag", etag));
+            }
+            out.content_type("application/json").body(body)
+        }
+        Err(_) => HttpResponse::BadGateway().json(serde_json::json!({ "error": { "code": "facepair_unreachable", "message": "facepair did not answer" } })),
+    }
+}
+
+async fn demo_create(
+    demo: web::Data<Demo>,
+    req: HttpRequest,
+    body: web::Json<serde_json::Value>,
+) -> HttpResponse {
+    let mut body = body.into_inner();
+    body["client_ip"] = serde_json::json!(req.peer_addr().map(|a| a.ip().to_string()));
+    body["user_agent"] = serde_json::json!(
+        req.headers()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+    );
+    body["user_ref"] = serde_json::json!("demo-user");
+    forward(
+        &demo,
+        demo.http
+            .post(format!("{}/v1/logins", demo.facepair_url))
+            .json(&body),
+    )
+    .await
+}
+
+async fn demo_get(
+    demo: web::Data<Demo>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let mut request = demo.http.get(format!(
+        "{}/v1/logins/{}?{}",
+        demo.facepair_url,
+        path,
+        req.query_string()
+    ));
+    if let Some(v) = req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+    {
+        request = request.header("if-none-match", v);
+    }
+    forward(&demo, request).await
+}
+
+async fn demo_action(demo: web::Data<Demo>, path: web::Path<(String, String)>) -> HttpResponse {
+    let (id, action) = path.into_inner();
+    if !matches!(action.as_str(), "attempts" | "redeem" | "cancel") {
+        return HttpResponse::NotFound().finish();
+    }
+    forward(
+        &demo,
+        demo.http
+            .post(format!("{}/v1/logins/{id}/{action}", demo.facepair_url)),
+    )
+    .await
+}
