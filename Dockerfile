@@ -1,0 +1,26 @@
+# facepair: release build with the committed sqlx offline data, slim non-root runtime.
+#   docker build -t facepair .
+#   docker run --rm facepair migrate            (with DATABASE_URL)
+#   docker run -p 8080:8080 --env-file facepair.env facepair
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY .sqlx .sqlx
+COPY migrations migrations
+COPY src src
+ENV SQLX_OFFLINE=true
+RUN cargo build --release --locked --bin facepair
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin facepair
+COPY --from=build /src/target/release/facepair /usr/local/bin/facepair
+USER 10001
+ENV FACEPAIR_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8080/health/ready || exit 1
+ENTRYPOINT ["facepair"]
+CMD ["serve"]
