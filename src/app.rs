@@ -31,6 +31,9 @@ pub struct AppState {
     pub hub: Hub,
     /// Base URL browsers use, without a trailing slash.
     pub public_url: Arc<str>,
+    /// Cancelled when the instance begins to stop: streams close with a reconnect hint,
+    /// background tasks end.
+    pub shutdown: CancellationToken,
 }
 
 pub struct Application {
@@ -64,10 +67,17 @@ impl Application {
             settings: Arc::new(settings),
             public_url,
             pool,
+            shutdown: CancellationToken::new(),
         };
 
-        let stop = CancellationToken::new();
+        let stop = state.shutdown.clone();
         let tasks = vec![
+            tokio::spawn(live::backstop(
+                state.hub.clone(),
+                state.pool.clone(),
+                std::time::Duration::from_secs(5),
+                stop.clone(),
+            )),
             tokio::spawn(service::expiry::run(state.clone(), stop.clone())),
             tokio::spawn(live::listen(
                 state.hub.clone(),
@@ -81,10 +91,11 @@ impl Application {
             App::new()
                 .app_data(web::Data::new(app_state.clone()))
                 .wrap(from_fn(telemetry::request_span))
-                .configure(|cfg| http::configure(cfg, &app_state.settings))
+                .configure(http::configure)
         })
         .listen(listener)?
         .shutdown_timeout(10)
+        .disable_signals()
         .run();
         tracing::info!(%address, "facepair listening");
         Ok(Self {
@@ -108,15 +119,46 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until a signal (SIGINT/SIGTERM) or `handle().stop()`, lets in-flight requests
-    /// finish, then stops the background tasks.
+    /// A token that stops this instance gracefully when cancelled.
+    pub fn stopper(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Serves until SIGINT/SIGTERM, [`Application::stop`] or `handle().stop()`: open streams
+    /// end with a reconnect hint, in-flight requests finish, then the background tasks stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let stop = self.stop.clone();
+        let signals = tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("shutting down"),
+                _ = stop.cancelled() => {}
+            }
+            stop.cancel();
+            handle.stop(true).await;
+        });
         let result = self.server.await;
         self.stop.cancel();
+        let _ = signals.await;
         for task in self.tasks {
             let _ = task.await;
         }
         self.state.pool.close().await;
         result
     }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }

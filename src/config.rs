@@ -106,6 +106,15 @@ pub struct ServeArgs {
     #[arg(long, env = "FACEPAIR_EXPIRY_INTERVAL_MS", default_value_t = 1000)]
     pub expiry_interval_ms: u64,
 
+    /// Comma-separated origins allowed to embed the pairing page in an iframe (CSP
+    /// frame-ancestors); they also receive its `postMessage` on approval. Empty: no framing.
+    #[arg(long, env = "FACEPAIR_FRAME_ANCESTORS", value_delimiter = ',')]
+    pub frame_ancestors: Vec<String>,
+
+    /// Where the pairing page sends the person after approval (`?login_id=` is added).
+    #[arg(long, env = "FACEPAIR_RETURN_URL")]
+    pub return_url: Option<String>,
+
     /// `json` for one JSON object per line, `text` for people.
     #[arg(long, env = "FACEPAIR_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -134,6 +143,8 @@ pub struct Settings {
     pub poll_interval_seconds: u32,
     pub webhook_max_bytes: usize,
     pub expiry_interval: Duration,
+    pub frame_ancestors: Vec<String>,
+    pub return_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +201,30 @@ impl ServeArgs {
         {
             return Err(bad("FACEPAIR_PUBLIC_URL", "must be an http(s) URL"));
         }
+        let origin_like = |o: &str| {
+            (o.starts_with("https://") || o.starts_with("http://"))
+                && !o
+                    .trim_end_matches('/')
+                    .contains(|c: char| c.is_whitespace() || c == ';' || c == '\'' || c == ',')
+                && o.matches('/').count() == 2
+        };
+        let frame_ancestors: Vec<String> = self
+            .frame_ancestors
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if let Some(bad_origin) = frame_ancestors.iter().find(|o| !origin_like(o)) {
+            return Err(bad(
+                "FACEPAIR_FRAME_ANCESTORS",
+                format!("{bad_origin:?} is not an origin like https://platform.example"),
+            ));
+        }
+        if let Some(url) = &self.return_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad("FACEPAIR_RETURN_URL", "must be an http(s) URL"));
+        }
         let code_lifetime = Lifetime::from_seconds(self.code_lifetime_seconds)
             .map_err(|e| bad("FACEPAIR_CODE_LIFETIME_SECONDS", e.reason))?;
         if self.max_attempts_per_login < 1 {
@@ -225,6 +260,8 @@ impl ServeArgs {
             poll_interval_seconds: self.poll_interval_seconds,
             webhook_max_bytes: self.webhook_max_bytes,
             expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(50)),
+            frame_ancestors,
+            return_url: self.return_url.clone(),
         })
     }
 }

@@ -80,6 +80,8 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         poll_interval_seconds: 2,
         webhook_max_bytes: 64 * 1024,
         expiry_interval: Duration::from_secs(1),
+        frame_ancestors: vec![format!("http://127.0.0.1:{}", args.demo_listen.port())],
+        return_url: None,
     };
     let app = Application::build(settings, pool).await?;
     let host = if args.listen.ip().is_unspecified() {

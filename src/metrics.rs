@@ -31,6 +31,8 @@ pub struct Metrics {
     pub expiry_failures: Counter,
     pub expired_by_clock: Counter,
     pub webhook_rejected_signature: Counter,
+    pub sse_opened: Counter,
+    pub sse_closed: Counter,
     deliveries: [Counter; Verdict::ALL.len()],
     deliveries_by_key: Mutex<BTreeMap<usize, u64>>,
     idenfy_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,

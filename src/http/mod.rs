@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod ops;
+pub mod pair;
 pub mod platform;
 pub mod watch;
 pub mod webhook;
@@ -11,41 +12,46 @@ pub mod webhook;
 use actix_web::error::JsonPayloadError;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::config::Settings;
 use crate::error::ApiError;
 
-pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(16 * 1024)
-            .error_handler(json_error),
-    )
-    .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::RouteNotFound.into()))
-    .app_data(
-        web::QueryConfig::default()
-            .error_handler(|e, _| ApiError::MalformedQuery(e.to_string()).into()),
-    )
-    .service(resource("/v1/logins").route(web::post().to(platform::create_login)))
-    .service(resource("/v1/logins/{login_id}").route(web::get().to(platform::get_login)))
-    .service(
-        resource("/v1/logins/{login_id}/attempts").route(web::post().to(platform::new_attempt)),
-    )
-    .service(resource("/v1/logins/{login_id}/cancel").route(web::post().to(platform::cancel)))
-    .service(resource("/v1/logins/{login_id}/redeem").route(web::post().to(platform::redeem)))
-    .service(resource("/v1/watch/{watch_token}").route(web::get().to(watch::get_watch)))
-    .service(resource("/v1/watch/{watch_token}/attempts").route(web::post().to(watch::new_attempt)))
-    .service(
-        resource("/v1/webhooks/idenfy")
-            .app_data(web::PayloadConfig::new(settings.webhook_max_bytes))
-            .route(web::post().to(webhook::receive)),
-    )
-    .service(resource("/health/live").route(web::get().to(ops::live)))
-    .service(resource("/health/ready").route(web::get().to(ops::ready)))
-    .service(resource("/metrics").route(web::get().to(ops::metrics)))
-    .service(resource("/openapi.json").route(web::get().to(ops::openapi)))
-    .default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::RouteNotFound)
-    }));
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let json = web::JsonConfig::default()
+        .limit(16 * 1024)
+        .error_handler(json_error);
+    let path = web::PathConfig::default().error_handler(|_, _| ApiError::RouteNotFound.into());
+    let query = web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::MalformedQuery(e.to_string()).into());
+    cfg.app_data(json)
+        .app_data(path)
+        .app_data(query)
+        // the platform, with an API key
+        .service(resource("/v1/logins").route(web::post().to(platform::create_login)))
+        .service(resource("/v1/logins/{login_id}").route(web::get().to(platform::get_login)))
+        .service(resource("/v1/logins/{login_id}/events").route(web::get().to(platform::events)))
+        .service(
+            resource("/v1/logins/{login_id}/attempts").route(web::post().to(platform::new_attempt)),
+        )
+        .service(resource("/v1/logins/{login_id}/cancel").route(web::post().to(platform::cancel)))
+        .service(resource("/v1/logins/{login_id}/redeem").route(web::post().to(platform::redeem)))
+        // browsers, with the watch token
+        .service(resource("/v1/watch/{watch_token}").route(web::get().to(watch::get_watch)))
+        .service(resource("/v1/watch/{watch_token}/events").route(web::get().to(watch::events)))
+        .service(
+            resource("/v1/watch/{watch_token}/attempts").route(web::post().to(watch::new_attempt)),
+        )
+        .service(resource("/pair/assets/pair.css").route(web::get().to(pair::css)))
+        .service(resource("/pair/assets/pair.js").route(web::get().to(pair::js)))
+        .service(resource("/pair/{watch_token}").route(web::get().to(pair::page)))
+        // iDenfy
+        .service(resource("/v1/webhooks/idenfy").route(web::post().to(webhook::receive)))
+        // ops
+        .service(resource("/health/live").route(web::get().to(ops::live)))
+        .service(resource("/health/ready").route(web::get().to(ops::ready)))
+        .service(resource("/metrics").route(web::get().to(ops::metrics)))
+        .service(resource("/openapi.json").route(web::get().to(ops::openapi)))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::RouteNotFound)
+        }));
 }
 
 fn resource(path: &str) -> actix_web::Resource {

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::app::AppState;
 use crate::error::{ApiError, ERROR_CODES, ErrorBody, ErrorDetail};
-use crate::http::{platform, watch, webhook};
+use crate::http::{pair, platform, watch, webhook};
 
 /// Alive: answers without touching any dependency.
 #[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200, description = "the process serves HTTP")))]
@@ -43,8 +43,8 @@ pub async fn openapi() -> HttpResponse {
 #[openapi(
     info(title = "facepair", description = "Log people in on desktop platforms with iDenfy face authentication and a short digit code."),
     paths(
-        platform::create_login, platform::get_login, platform::new_attempt, platform::cancel, platform::redeem,
-        watch::get_watch, watch::new_attempt,
+        platform::create_login, platform::get_login, platform::events, platform::new_attempt, platform::cancel, platform::redeem,
+        watch::get_watch, watch::events, watch::new_attempt, pair::page,
         webhook::receive,
         live, ready, metrics, openapi,
     ),

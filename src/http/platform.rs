@@ -356,3 +356,43 @@ fn etag_matches(header_value: &str, etag: &str) -> bool {
             .split(',')
             .any(|t| t.trim().trim_start_matches("W/") == etag)
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// Resume after this event (the same as the `Last-Event-ID` header, for clients that cannot
+    /// set headers).
+    pub last_event_id: Option<i32>,
+}
+
+/// The resume point: the `Last-Event-ID` header, else the query parameter.
+pub(crate) fn last_event_id(req: &HttpRequest, query: &EventsQuery) -> Option<i32> {
+    req.headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(query.last_event_id)
+}
+
+/// Follow a login live: Server-Sent Events, resumable with `Last-Event-ID`.
+#[utoipa::path(
+    get, path = "/v1/logins/{login_id}/events", tag = "platform",
+    params(("login_id" = Uuid, Path), EventsQuery, ("Last-Event-ID" = Option<i32>, Header, description = "resume after this event")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+         description = "`id:` event sequence, `event:` kind (`login_created`, `attempt_issued`, `attempt_succeeded`, `attempt_failed`, `attempt_canceled`, `attempt_expired`, `attempt_superseded`, `login_canceled`, `login_redeemed`), `data:` the LoginState document; a `: keep-alive` comment every 15 s; ends when the login can no longer change"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "login_not_found"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn events(
+    state: web::Data<AppState>,
+    _key: ApiKey,
+    path: web::Path<String>,
+    query: web::Query<EventsQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = login_id(&path)?;
+    crate::live::sse::open(&state, id, Audience::Platform, last_event_id(&req, &query)).await
+}

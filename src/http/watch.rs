@@ -6,7 +6,9 @@ use utoipa::IntoParams;
 use crate::app::AppState;
 use crate::domain::{Source, WatchToken};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::platform::{WaitQuery, respond_with_state, state_response};
+use crate::http::platform::{
+    EventsQuery, WaitQuery, last_event_id, respond_with_state, state_response,
+};
 use crate::service::{self, Audience, LoginState};
 use crate::store::logins::{self, Poll};
 
@@ -93,4 +95,34 @@ pub async fn new_attempt(
         &row,
         Audience::Browser,
     ))
+}
+
+/// Follow a login live from the browser: Server-Sent Events, resumable with `Last-Event-ID`,
+/// without identity data.
+#[utoipa::path(
+    get, path = "/v1/watch/{watch_token}/events", tag = "browser",
+    params(WatchPath, EventsQuery, ("Last-Event-ID" = Option<i32>, Header, description = "resume after this event")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, description = "as `/v1/logins/{login_id}/events`, without scan_ref or user_ref"),
+        (status = 404, body = ErrorBody, description = "watch_token_not_found"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn events(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<EventsQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let token = parse_token(&path)?;
+    let login_id = logins::id_for_watch_hash(&state.pool, &token.hash())
+        .await?
+        .ok_or(ApiError::WatchTokenNotFound)?;
+    crate::live::sse::open(
+        &state,
+        login_id,
+        Audience::Browser,
+        last_event_id(&req, &query),
+    )
+    .await
 }

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod sse;
+
 pub const CHANNEL: &str = "facepair_events";
 
 #[derive(Clone, Default)]
@@ -124,5 +126,26 @@ pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: C
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Wakes local subscribers of logins that changed recently, in case a writer crashed between
+/// its commit and its NOTIFY. One cheap query per instance per period, whatever the number of
+/// subscribers.
+pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if hub.logins.lock().unwrap().is_empty() {
+            continue;
+        }
+        match crate::store::events::recently_changed(&pool, 3.0 * period.as_secs_f64()).await {
+            Ok(ids) => ids.into_iter().for_each(|id| hub.changed(id)),
+            Err(e) => tracing::debug!(error = %e, "backstop query failed"),
+        }
     }
 }

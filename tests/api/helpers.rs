@@ -25,6 +25,8 @@ pub struct TestApp {
     pub idenfy: MockServer,
     pub pool: PgPool,
     pub handle: actix_web::dev::ServerHandle,
+    stopper: tokio_util::sync::CancellationToken,
+    stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 pub fn settings(idenfy_uri: &str) -> Settings {
@@ -46,6 +48,8 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         poll_interval_seconds: 2,
         webhook_max_bytes: 64 * 1024,
         expiry_interval: Duration::from_millis(200),
+        frame_ancestors: Vec::new(),
+        return_url: None,
     }
 }
 
@@ -66,7 +70,13 @@ impl TestApp {
     pub async fn second_instance(&self) -> TestApp {
         let idenfy = MockServer::builder().start().await;
         let s = settings(&self.idenfy.uri());
-        Self::start(self.pool.clone(), idenfy, s).await
+        // its own pool, as a separate process would have
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .connect_with((*self.pool.connect_options()).clone())
+            .await
+            .unwrap();
+        Self::start(pool, idenfy, s).await
     }
 
     async fn start(pool: PgPool, idenfy: MockServer, s: Settings) -> Self {
@@ -75,13 +85,24 @@ impl TestApp {
             .expect("facepair starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
-        tokio::spawn(app.run_until_stopped());
+        let stopper = app.stopper();
+        let stopped = Some(tokio::spawn(app.run_until_stopped()));
         TestApp {
             base,
             http: reqwest::Client::new(),
             idenfy,
             pool,
             handle,
+            stopper,
+            stopped,
+        }
+    }
+
+    /// Stops this instance gracefully, as SIGTERM would, and waits for it.
+    pub async fn stop(&mut self) {
+        self.stopper.cancel();
+        if let Some(task) = self.stopped.take() {
+            task.await.unwrap().unwrap();
         }
     }
 

@@ -4,6 +4,7 @@ mod create;
 mod e2e;
 mod helpers;
 mod lifecycle;
+mod live;
 mod ops;
 mod sim_conformance;
 mod watch;

@@ -1,0 +1,167 @@
+//! Server-Sent Events of one login's state changes.
+//!
+//! `id:` is the event's per-login sequence number, `event:` its kind, `data:` the login's state
+//! document (the same JSON as the GET) when the event is sent. A reconnecting client sends
+//! `Last-Event-ID` (or `?last_event_id=`) and gets what it missed from the events table. A
+//! comment every 15 s keeps proxies from closing the stream and finds dead clients. The stream
+//! ends once the login can no longer change, and on shutdown with a reconnect hint.
+//!
+//! Each stream is one future (no task, no channel): it sleeps on the hub until its login
+//! changes.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::web::Bytes;
+use chrono::Utc;
+use futures_util::stream;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::live::Subscription;
+use crate::service::{Audience, LoginState};
+use crate::store::{events, logins};
+
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const RETRY_MS: u32 = 3000;
+const BATCH: i64 = 100;
+
+struct Stream {
+    state: AppState,
+    login_id: Uuid,
+    audience: Audience,
+    last_sent: i32,
+    subscription: Subscription,
+    keep_alive: tokio::time::Interval,
+    phase: Phase,
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    Opening,
+    Live,
+    Done,
+}
+
+/// Opens a stream for a login that exists; `last_event_id` is what the client saw last.
+pub async fn open(
+    state: &AppState,
+    login_id: Uuid,
+    audience: Audience,
+    last_event_id: Option<i32>,
+) -> Result<HttpResponse, ApiError> {
+    // subscribe before the first read, so nothing between the read and the wait is missed
+    let subscription = state.hub.subscribe(login_id);
+    logins::find(&state.pool, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    state.metrics.sse_opened.inc();
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let s = Stream {
+        state: state.clone(),
+        login_id,
+        audience,
+        last_sent: last_event_id.unwrap_or(0).max(0),
+        subscription,
+        keep_alive,
+        phase: Phase::Opening,
+    };
+    let body = stream::unfold(s, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), s))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-store"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(body))
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.state.metrics.sse_closed.inc();
+    }
+}
+
+impl Stream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Opening => {
+                    self.phase = Phase::Live;
+                    let mut out = format!("retry: {RETRY_MS}\n\n");
+                    match self.pending_events().await {
+                        Ok(Some(events)) => out.push_str(&events),
+                        Ok(None) => {}
+                        Err(()) => return Some(Bytes::from(out)),
+                    }
+                    return Some(Bytes::from(out));
+                }
+                Phase::Live => {
+                    tokio::select! {
+                        _ = self.subscription.changed() => {
+                            match self.pending_events().await {
+                                Ok(Some(events)) => return Some(Bytes::from(events)),
+                                Ok(None) => continue,
+                                Err(()) => return Some(Bytes::from_static(b"retry: 2000\n\n")),
+                            }
+                        }
+                        _ = self.keep_alive.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                        _ = self.state.shutdown.cancelled() => {
+                            self.phase = Phase::Done;
+                            return Some(Bytes::from_static(b"retry: 1000\n: server shutting down, reconnect with Last-Event-ID\n\n"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything after `last_sent`, formatted; `Err` after a database failure, which ends the
+    /// stream so the client reconnects and resumes.
+    async fn pending_events(&mut self) -> Result<Option<String>, ()> {
+        let fail = |e: sqlx::Error| {
+            tracing::warn!(login_id = %self.login_id, error = %e, "SSE read failed; closing the stream");
+        };
+        let events = events::after(&self.state.pool, self.login_id, self.last_sent, BATCH)
+            .await
+            .map_err(fail)?;
+        let row = logins::find(&self.state.pool, self.login_id)
+            .await
+            .map_err(fail)?;
+        let Some(row) = row else {
+            self.phase = Phase::Done;
+            return Ok(None);
+        };
+        let Some(last) = events.last() else {
+            if crate::service::effective(&row, Utc::now()).1.is_final() {
+                self.phase = Phase::Done;
+            }
+            return Ok(None);
+        };
+        let doc = LoginState::build(
+            &row,
+            Utc::now(),
+            self.state.settings.poll_interval_seconds,
+            self.audience,
+        );
+        let data = serde_json::to_string(&doc).map_err(|_| ())?;
+        let mut out = String::new();
+        for event in &events {
+            out.push_str(&format!(
+                "id: {}\nevent: {}\ndata: {data}\n\n",
+                event.seq, event.kind
+            ));
+        }
+        self.last_sent = last.seq;
+        // a full batch means more may follow; only end once caught up
+        if doc.status.is_final() && (events.len() as i64) < BATCH && doc.event_seq == last.seq {
+            self.phase = Phase::Done;
+        }
+        Ok(Some(out))
+    }
+}

@@ -1,0 +1,276 @@
+//! Server-Sent Events: live delivery, resume with Last-Event-ID, fan-out across instances.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+#[derive(Debug)]
+pub struct Event {
+    pub id: i64,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// Reads an event stream chunk by chunk.
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+    pub comments: usize,
+    pub retry_hints: Vec<u64>,
+}
+
+impl Sse {
+    pub async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>, auth: bool) -> Sse {
+        let mut request = app.http.get(app.url(path));
+        if auth {
+            request = request.bearer_auth(API_KEY);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
+        Sse {
+            response,
+            buffer: String::new(),
+            comments: 0,
+            retry_hints: Vec::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ends; fails after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut kind, mut data) = (None, None, None);
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        self.retry_hints.push(v.parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        kind = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                if let (Some(id), Some(kind), Some(data)) = (id, kind, data) {
+                    return Some(Event { id, kind, data });
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("no event in time")
+                .unwrap();
+            match chunk {
+                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
+                None => return None,
+            }
+        }
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[sqlx::test]
+async fn events_arrive_live_and_the_stream_ends_with_the_login(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    let mut sse = Sse::open(&app, &format!("/v1/logins/{id}/events"), None, true).await;
+    let first = sse.next(WAIT).await.unwrap();
+    assert_eq!((first.id, first.kind.as_str()), (1, "login_created"));
+    assert_eq!(first.data["status"], "pending");
+    assert_eq!(first.data["scan_ref"], SCAN_REF);
+    assert_eq!(sse.retry_hints, [3000]);
+
+    app.webhook(
+        login["attempt"]["id"].as_str().unwrap(),
+        "SUCCESS",
+        json!({}),
+    )
+    .await;
+    let approved = sse.next(WAIT).await.unwrap();
+    assert_eq!(
+        (approved.id, approved.kind.as_str()),
+        (2, "attempt_succeeded")
+    );
+    assert_eq!(approved.data["status"], "approved");
+    assert_eq!(approved.data["event_seq"], 2);
+
+    app.post(&format!("/v1/logins/{id}/redeem")).await;
+    let redeemed = sse.next(WAIT).await.unwrap();
+    assert_eq!((redeemed.id, redeemed.kind.as_str()), (3, "login_redeemed"));
+    assert!(
+        sse.next(WAIT).await.is_none(),
+        "the stream ends once the login can no longer change"
+    );
+}
+
+#[sqlx::test]
+async fn last_event_id_replays_what_was_missed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    app.webhook(
+        login["attempt"]["id"].as_str().unwrap(),
+        "FAILED",
+        json!({ "failReason": "FACE_MISMATCH" }),
+    )
+    .await;
+    app.post(&format!("/v1/logins/{id}/attempts")).await;
+
+    let mut sse = Sse::open(&app, &format!("/v1/logins/{id}/events"), Some(1), true).await;
+    let missed: Vec<(i64, String)> = [sse.next(WAIT).await.unwrap(), sse.next(WAIT).await.unwrap()]
+        .into_iter()
+        .map(|e| (e.id, e.kind))
+        .collect();
+    assert_eq!(
+        missed,
+        [
+            (2, "attempt_failed".to_owned()),
+            (3, "attempt_issued".to_owned())
+        ]
+    );
+
+    // the query parameter works too, for clients that cannot set headers
+    let mut sse = Sse::open(
+        &app,
+        &format!("/v1/logins/{id}/events?last_event_id=2"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(sse.next(WAIT).await.unwrap().id, 3);
+}
+
+#[sqlx::test]
+async fn the_watch_stream_shows_no_identity_data(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = login["watch_token"].as_str().unwrap();
+    let mut sse = Sse::open(&app, &format!("/v1/watch/{token}/events"), None, false).await;
+    let event = sse.next(WAIT).await.unwrap();
+    assert!(event.data.get("scan_ref").is_none() && event.data.get("user_ref").is_none());
+    assert!(!event.data.to_string().contains(SCAN_REF));
+    let response = app
+        .http
+        .get(app.url("/v1/watch/fpw_nope/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = app
+        .http
+        .get(app.url(&format!(
+            "/v1/logins/{}/events",
+            login["login_id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+/// A webhook delivered to instance A reaches a stream held by instance B; when B goes away
+/// mid-stream the client resumes on A with Last-Event-ID and misses nothing.
+#[sqlx::test]
+async fn fan_out_across_instances_and_resume_after_one_dies(pool: PgPool) {
+    let a = TestApp::spawn(pool).await;
+    a.mock_eligible().await;
+    let mut b = a.second_instance().await;
+    let login = a.login().await;
+    let id = login["login_id"].as_str().unwrap().to_owned();
+    let mut on_b = Sse::open(&b, &format!("/v1/logins/{id}/events"), None, true).await;
+    assert_eq!(on_b.next(WAIT).await.unwrap().kind, "login_created");
+
+    a.webhook(
+        login["attempt"]["id"].as_str().unwrap(),
+        "FAILED",
+        json!({ "failReason": "EYES_CLOSED" }),
+    )
+    .await;
+    let failed = on_b.next(WAIT).await.unwrap();
+    assert_eq!((failed.id, failed.kind.as_str()), (2, "attempt_failed"));
+    let last_seen = failed.id;
+
+    // B stops: its stream closes with a reconnect hint
+    b.stop().await;
+    assert!(on_b.next(WAIT).await.is_none());
+    assert_eq!(on_b.retry_hints.last(), Some(&1000));
+
+    // meanwhile more happens, on A
+    let second: Value = a
+        .post(&format!("/v1/logins/{id}/attempts"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    a.webhook(
+        second["attempt"]["id"].as_str().unwrap(),
+        "SUCCESS",
+        json!({}),
+    )
+    .await;
+
+    let mut on_a = Sse::open(
+        &a,
+        &format!("/v1/logins/{id}/events"),
+        Some(last_seen),
+        true,
+    )
+    .await;
+    let resumed: Vec<String> = [
+        on_a.next(WAIT).await.unwrap(),
+        on_a.next(WAIT).await.unwrap(),
+    ]
+    .into_iter()
+    .map(|e| e.kind)
+    .collect();
+    assert_eq!(resumed, ["attempt_issued", "attempt_succeeded"]);
+}
+
+#[sqlx::test]
+async fn every_open_stream_of_a_login_is_woken(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let other = app.second_instance().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    let mut streams = Vec::new();
+    for i in 0..10 {
+        let target = if i % 2 == 0 { &app } else { &other };
+        let mut sse = Sse::open(target, &format!("/v1/logins/{id}/events"), Some(1), true).await;
+        // nothing pending: the first read would block, so only the opening chunk is consumed later
+        streams.push(async move {
+            let e = sse.next(WAIT).await.unwrap();
+            (e.id, e.kind)
+        });
+    }
+    let waiting = tokio::spawn(futures_util::future::join_all(streams));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.webhook(
+        login["attempt"]["id"].as_str().unwrap(),
+        "SUCCESS",
+        json!({}),
+    )
+    .await;
+    let got = waiting.await.unwrap();
+    assert!(
+        got.iter()
+            .all(|(id, kind)| *id == 2 && kind == "attempt_succeeded"),
+        "{got:?}"
+    );
+}
