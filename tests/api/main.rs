@@ -1,5 +1,6 @@
 //! Black-box tests of the HTTP API against real PostgreSQL (one database per test).
 
+mod browser;
 mod create;
 mod e2e;
 mod helpers;

@@ -86,7 +86,7 @@ function render(next) {
     tick();
     countdownTimer = setInterval(tick, 1000);
   } else if (next.status === 'approved' || next.status === 'redeemed') {
-    outcome('ok', '\u2713', 'You are verified.', 'You can go back to your computer now; it will continue by itself.');
+    outcome('ok', '\u2713', 'Face confirmed.', 'You are being signed in.');
     approved();
   } else if (next.status === 'failed' && next.attempt.status === 'canceled') {
     outcome('bad', '!', 'The check was canceled in the app.', next.can_request_new_code ? 'Get a new code to try again.' : '');

@@ -1,0 +1,311 @@
+//! The pairing page in a real browser: Debian's headless Chromium, driven over WebDriver by
+//! chromedriver. Each state is saved as a screenshot under target/screenshots/.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::e2e::Sandbox;
+use crate::helpers::*;
+
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (scripts/test installs Debian's chromium-driver)");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile =
+            std::env::temp_dir().join(format!("facepair-chromium-{}", uuid::Uuid::new_v4()));
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=520,680",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let response: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = response["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {response}"))
+            .to_owned();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+        }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.http.request(method, url);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let response: Value = request.send().await.unwrap().json().await.unwrap();
+        response["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", json!({ "url": url }))
+            .await;
+    }
+
+    async fn run(&self, script: &str) -> Value {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+        .await
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                json!({ "using": "css selector", "value": css }),
+            )
+            .await;
+        let id = element[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {element}"))
+            .to_owned();
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            json!({}),
+        )
+        .await;
+    }
+
+    /// Waits until `script` returns `want`.
+    async fn until(&self, script: &str, want: Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut last = Value::Null;
+        while tokio::time::Instant::now() < deadline {
+            last = self.run(script).await;
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("`{script}` stayed {last}, wanted {want}");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        self.until(
+            "return document.getAnimations().every(a => a.playState === 'finished')",
+            json!(true),
+        )
+        .await;
+        let png = self
+            .command(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"));
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+}
+
+const CODE: &str = "return document.getElementById('code').textContent";
+const HEADLINE: &str = "return document.getElementById('outcome').hidden ? '' : document.getElementById('headline').textContent";
+
+#[sqlx::test]
+async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let login = sb.app.login().await;
+    let code = login["attempt"]["digit_string"].as_str().unwrap();
+    let browser = Browser::start().await;
+    browser.open(login["watch_url"].as_str().unwrap()).await;
+    browser.until(CODE, json!(code)).await;
+    let label = browser
+        .run("return document.getElementById('code').getAttribute('aria-label')")
+        .await;
+    assert_eq!(
+        label,
+        json!(format!(
+            "Code: {}",
+            code.chars().map(String::from).collect::<Vec<_>>().join(" ")
+        ))
+    );
+    browser.until("return /works for \\d+:\\d\\d more/.test(document.getElementById('countdown').textContent)", json!(true)).await;
+    browser.screenshot("pairing-pending").await;
+
+    browser.run("window.__sameDocument = true").await;
+    assert_eq!(sb.phone(code, "SUCCESS", None).await.status(), 200);
+    browser.until(HEADLINE, json!("Face confirmed.")).await;
+    assert_eq!(
+        browser.run("return window.__sameDocument === true").await,
+        json!(true),
+        "no reload"
+    );
+    browser.screenshot("pairing-approved").await;
+}
+
+#[sqlx::test]
+async fn a_failure_is_explained_and_a_new_code_can_be_had(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let login = sb.app.login().await;
+    let code = login["attempt"]["digit_string"].as_str().unwrap();
+    let browser = Browser::start().await;
+    browser.open(login["watch_url"].as_str().unwrap()).await;
+    browser.until(CODE, json!(code)).await;
+
+    sb.phone(code, "FAILED", Some("FACE_MISMATCH")).await;
+    browser.until(HEADLINE, json!("That did not work.")).await;
+    let detail = browser
+        .run("return document.getElementById('detail').textContent")
+        .await;
+    assert!(
+        detail
+            .as_str()
+            .unwrap()
+            .contains("did not match the person on record"),
+        "{detail}"
+    );
+    assert_eq!(
+        browser
+            .run("return document.getElementById('new-code').hidden")
+            .await,
+        json!(false)
+    );
+    browser.screenshot("pairing-failed").await;
+
+    browser.click("#new-code").await;
+    browser
+        .until(
+            "return document.getElementById('pending').hidden",
+            json!(false),
+        )
+        .await;
+    let state = sb.app.state(login["login_id"].as_str().unwrap()).await;
+    assert_eq!(state["attempt"]["number"], 2);
+    let new_code = state["attempt"]["digit_string"].as_str().unwrap();
+    browser.until(CODE, json!(new_code)).await;
+    browser.screenshot("pairing-new-code").await;
+}
+
+#[sqlx::test]
+async fn an_expired_code_says_so(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let login: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 2 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    browser.open(login["watch_url"].as_str().unwrap()).await;
+    browser
+        .until(
+            CODE,
+            json!(login["attempt"]["digit_string"].as_str().unwrap()),
+        )
+        .await;
+    browser.until(HEADLINE, json!("The code expired.")).await;
+    assert_eq!(
+        browser
+            .run("return document.getElementById('new-code').hidden")
+            .await,
+        json!(false)
+    );
+    browser.screenshot("pairing-expired").await;
+}
+
+#[sqlx::test]
+async fn the_page_is_locked_down(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let response = app
+        .http
+        .get(app.url("/pair/fpw_anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    let framed = TestApp::spawn_with(app.pool.clone(), |s| {
+        s.frame_ancestors = vec!["https://platform.example".into()]
+    })
+    .await;
+    let response = framed
+        .http
+        .get(framed.url("/pair/fpw_anything"))
+        .send()
+        .await
+        .unwrap();
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.ends_with("frame-ancestors https://platform.example"),
+        "{csp}"
+    );
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("&quot;parent_origins&quot;:[&quot;https://platform.example&quot;]"),
+        "config reaches the page"
+    );
+}
