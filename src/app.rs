@@ -86,6 +86,17 @@ impl Application {
             )),
         ];
 
+        let mut tasks = tasks;
+        if let Some(every) = state.settings.retention.every {
+            let r = state.settings.retention;
+            tasks.push(tokio::spawn(crate::ops::retention::run(
+                state.pool.clone(),
+                every,
+                r.identity,
+                r.delivery_bodies,
+                stop.clone(),
+            )));
+        }
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()

@@ -115,6 +115,23 @@ pub struct ServeArgs {
     #[arg(long, env = "FACEPAIR_RETURN_URL")]
     pub return_url: Option<String>,
 
+    /// Days after which a finished login's identity data (scan_ref, user_ref, IP addresses,
+    /// user agent, clientId, selfie URL) is removed; outcomes stay.
+    #[arg(long, env = "FACEPAIR_RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: i64,
+
+    /// Days after which raw webhook bodies are removed.
+    #[arg(
+        long,
+        env = "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub delivery_body_retention_days: i64,
+
+    /// Hours between retention purges; 0 turns the job off (`facepair purge` still works).
+    #[arg(long, env = "FACEPAIR_PURGE_INTERVAL_HOURS", default_value_t = 24)]
+    pub purge_interval_hours: u64,
+
     /// `json` for one JSON object per line, `text` for people.
     #[arg(long, env = "FACEPAIR_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -145,6 +162,26 @@ pub struct Settings {
     pub expiry_interval: Duration,
     pub frame_ancestors: Vec<String>,
     pub return_url: Option<String>,
+    pub retention: Retention,
+}
+
+/// How long identity data and raw webhook bodies are kept, and how often the purge runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub identity: chrono::Duration,
+    pub delivery_bodies: chrono::Duration,
+    /// `None`: no background purge.
+    pub every: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            identity: chrono::Duration::days(90),
+            delivery_bodies: chrono::Duration::days(30),
+            every: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +262,15 @@ impl ServeArgs {
         {
             return Err(bad("FACEPAIR_RETURN_URL", "must be an http(s) URL"));
         }
+        if !(1..=36_500).contains(&self.retention_days) {
+            return Err(bad("FACEPAIR_RETENTION_DAYS", "must be 1 to 36500"));
+        }
+        if !(1..=36_500).contains(&self.delivery_body_retention_days) {
+            return Err(bad(
+                "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
+                "must be 1 to 36500",
+            ));
+        }
         let code_lifetime = Lifetime::from_seconds(self.code_lifetime_seconds)
             .map_err(|e| bad("FACEPAIR_CODE_LIFETIME_SECONDS", e.reason))?;
         if self.max_attempts_per_login < 1 {
@@ -262,6 +308,12 @@ impl ServeArgs {
             expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(50)),
             frame_ancestors,
             return_url: self.return_url.clone(),
+            retention: Retention {
+                identity: chrono::Duration::days(self.retention_days),
+                delivery_bodies: chrono::Duration::days(self.delivery_body_retention_days),
+                every: (self.purge_interval_hours > 0)
+                    .then(|| Duration::from_secs(self.purge_interval_hours * 3600)),
+            },
         })
     }
 }

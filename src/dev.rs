@@ -82,6 +82,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         expiry_interval: Duration::from_secs(1),
         frame_ancestors: vec![format!("http://127.0.0.1:{}", args.demo_listen.port())],
         return_url: None,
+        retention: Default::default(),
     };
     let app = Application::build(settings, pool).await?;
     let host = if args.listen.ip().is_unspecified() {

@@ -10,6 +10,7 @@ pub mod http;
 pub mod idenfy;
 pub mod live;
 pub mod metrics;
+pub mod ops;
 pub mod service;
 pub mod sim;
 pub mod store;

@@ -39,6 +39,56 @@ enum Command {
     },
     /// Play iDenfy: its face-authentication API, signed webhooks, a phone page and faults.
     Sim(Box<SimArgs>),
+    /// Read logins and their history (ops).
+    Logins {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: LoginsCommand,
+    },
+    /// Remove identity data and raw webhook bodies past their retention window.
+    Purge {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Purge identity data of finished logins older than this (e.g. 90d).
+        #[arg(long)]
+        older_than: String,
+        /// Purge raw webhook bodies older than this; defaults to --older-than.
+        #[arg(long)]
+        bodies_older_than: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoginsCommand {
+    /// Logins, newest first.
+    List {
+        #[arg(long)]
+        scan_ref: Option<String>,
+        #[arg(long)]
+        user_ref: Option<String>,
+        /// pending, approved, redeemed, failed, expired, canceled or exhausted.
+        #[arg(long)]
+        status: Option<String>,
+        /// Created at or after: an RFC 3339 time or a duration ago (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Created before: an RFC 3339 time or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One login's whole story.
+    Show {
+        login_id: uuid::Uuid,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -49,6 +99,12 @@ async fn main() -> ExitCode {
         Command::Migrate { database } => migrate(database).await,
         Command::Dev { database, dev } => sandbox(database, dev).await,
         Command::Sim(args) => simulate(*args).await,
+        Command::Logins { database, command } => logins(database, command).await,
+        Command::Purge {
+            database,
+            older_than,
+            bodies_older_than,
+        } => purge(database, older_than, bodies_older_than).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +147,88 @@ async fn simulate(args: SimArgs) -> anyhow::Result<()> {
         sim.base_url()
     );
     sim.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn logins(database: DatabaseArgs, command: LoginsCommand) -> anyhow::Result<()> {
+    use facepair::ops::{parse_since, report};
+    let pool = connect(&database).await?;
+    match command {
+        LoginsCommand::List {
+            scan_ref,
+            user_ref,
+            status,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            if let Some(s) = &status
+                && facepair::domain::LoginStatus::parse(s).is_none()
+            {
+                anyhow::bail!(
+                    "--status: {s:?} is not a login status (pending, approved, redeemed, failed, expired, canceled, exhausted)"
+                );
+            }
+            let filter = report::ListFilter {
+                scan_ref,
+                user_ref,
+                status,
+                since: since
+                    .as_deref()
+                    .map(parse_since)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+                until: until
+                    .as_deref()
+                    .map(parse_since)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+                limit: limit.clamp(1, 10_000),
+            };
+            let rows = report::list(&pool, &filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", report::render_list(&rows));
+            }
+        }
+        LoginsCommand::Show { login_id, json } => {
+            let Some((summary, timeline)) = report::show(&pool, login_id).await? else {
+                anyhow::bail!("no login {login_id}");
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "login": summary, "timeline": timeline })
+                    )?
+                );
+            } else {
+                print!("{}", report::render_show(&summary, &timeline));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn purge(
+    database: DatabaseArgs,
+    older_than: String,
+    bodies_older_than: Option<String>,
+) -> anyhow::Result<()> {
+    use facepair::ops::parse_duration;
+    let identity = parse_duration(&older_than).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+    let bodies = match bodies_older_than {
+        Some(b) => parse_duration(&b).map_err(|e| anyhow::anyhow!("--bodies-older-than: {e}"))?,
+        None => identity,
+    };
+    let pool = connect(&database).await?;
+    let purged = facepair::ops::retention::purge(&pool, identity, bodies).await?;
+    println!(
+        "purged identity data of {} logins ({} attempts) and {} raw webhook bodies",
+        purged.logins, purged.attempts, purged.delivery_bodies
+    );
     Ok(())
 }
 

@@ -24,6 +24,30 @@ impl Counter {
     }
 }
 
+/// Seconds; a Prometheus histogram's upper bounds.
+const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub logins_created: Counter,
@@ -36,6 +60,8 @@ pub struct Metrics {
     deliveries: [Counter; Verdict::ALL.len()],
     deliveries_by_key: Mutex<BTreeMap<usize, u64>>,
     idenfy_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    idenfy_latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    attempts_finished: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
 impl Metrics {
@@ -50,7 +76,38 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    pub fn idenfy_call<T>(&self, operation: &'static str, result: &Result<T, IdenfyError>) {
+    /// An attempt ended: by outcome and, for failures, iDenfy's failReason.
+    pub fn attempt_finished(
+        &self,
+        outcome: crate::domain::AttemptStatus,
+        fail_reason: Option<&str>,
+    ) {
+        let reason = fail_reason
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        *self
+            .attempts_finished
+            .lock()
+            .unwrap()
+            .entry((outcome.as_str(), reason))
+            .or_default() += 1;
+    }
+
+    pub fn idenfy_call<T>(
+        &self,
+        operation: &'static str,
+        result: &Result<T, IdenfyError>,
+        took: std::time::Duration,
+    ) {
+        self.idenfy_latency
+            .lock()
+            .unwrap()
+            .entry(operation)
+            .or_default()
+            .observe(took.as_secs_f64());
         let outcome = match result {
             Ok(_) => "ok",
             Err(IdenfyError::NotFound) => "not_found",
@@ -134,6 +191,43 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "facepair_idenfy_calls_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP facepair_attempts_finished_total Attempts that ended, by outcome and iDenfy failReason.\n# TYPE facepair_attempts_finished_total counter"
+        );
+        for ((outcome, reason), n) in self.attempts_finished.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "facepair_attempts_finished_total{{outcome=\"{outcome}\",fail_reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP facepair_idenfy_call_duration_seconds Time to an answer from iDenfy, by operation.\n# TYPE facepair_idenfy_call_duration_seconds histogram"
+        );
+        for (op, h) in self.idenfy_latency.lock().unwrap().iter() {
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "facepair_idenfy_call_duration_seconds_bucket{{operation=\"{op}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "facepair_idenfy_call_duration_seconds_bucket{{operation=\"{op}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "facepair_idenfy_call_duration_seconds_sum{{operation=\"{op}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "facepair_idenfy_call_duration_seconds_count{{operation=\"{op}\"}} {}",
+                h.count
             );
         }
         let _ = writeln!(

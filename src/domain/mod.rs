@@ -1,5 +1,6 @@
 //! Logins, attempts, the state machine and budgets. No I/O here.
 
+pub mod network;
 pub mod state;
 pub mod types;
 

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::domain::network::NetworkMatch;
 use crate::domain::{Lifetime, Locale, ScanRef, Source, UserRef, types};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::auth::ApiKey;
@@ -75,7 +76,7 @@ pub struct LoginCreated {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Redeemed {
     pub login_id: Uuid,
-    pub scan_ref: String,
+    pub scan_ref: Option<String>,
     /// iDenfy's clientId of the verified person.
     pub client_id: Option<String>,
     pub user_ref: Option<String>,
@@ -88,6 +89,9 @@ pub struct Redeemed {
     pub phone_ip: Option<String>,
     /// The desktop's IP address given at creation.
     pub desktop_ip: Option<String>,
+    /// How the phone's network relates to the desktop's: a phishing signal. `different`
+    /// means the selfie was taken on another network than the one asking to log in.
+    pub network_match: NetworkMatch,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -259,6 +263,12 @@ pub async fn redeem(
         risk_tags: row.attempt.risk_tags.unwrap_or_default(),
         phone_ip: row.attempt.phone_ip,
         desktop_ip: row.client_ip,
+        network_match: row
+            .attempt
+            .network_match
+            .as_deref()
+            .and_then(NetworkMatch::parse)
+            .unwrap_or(NetworkMatch::Unknown),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -59,7 +59,8 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
         )
         .await?;
         tx.commit().await?;
-        if moved.is_some() {
+        if let Some(moved) = moved {
+            moved.record(state);
             expired += 1;
             service::notify(state, login_id).await;
         }

@@ -46,8 +46,11 @@ pub async fn create_login(
 ) -> Result<(LoginRow, WatchToken), ApiError> {
     check_scan_ref_budget(state, &mut *state.pool.acquire().await?, &req.scan_ref).await?;
 
+    let started = std::time::Instant::now();
     let eligibility = state.idenfy.check_status(&req.scan_ref).await;
-    state.metrics.idenfy_call("check_status", &eligibility);
+    state
+        .metrics
+        .idenfy_call("check_status", &eligibility, started.elapsed());
     let eligibility = eligibility?;
     if eligibility == Eligibility::Identification {
         return Err(ApiError::IdentificationRequired);
@@ -127,7 +130,14 @@ pub async fn issue_code(
         .await?
         .ok_or(ApiError::LoginNotFound)?;
     ensure_code_allowed(&row, Utc::now())?;
-    let scan_ref = ScanRef::parse(&row.scan_ref).map_err(|e| internal(&e.to_string()))?;
+    // a login whose identity data was purged has long ended
+    let scan_ref = row
+        .scan_ref
+        .as_deref()
+        .map(ScanRef::parse)
+        .transpose()
+        .map_err(|e| internal(&e.to_string()))?;
+    let scan_ref = scan_ref.ok_or(ApiError::LoginFinished { status: "purged" })?;
     check_scan_ref_budget(state, &mut *state.pool.acquire().await?, &scan_ref).await?;
     let lifetime = Lifetime::from_seconds(row.lifetime_seconds.into())
         .map_err(|e| internal(&e.to_string()))?;
@@ -148,7 +158,7 @@ pub async fn issue_code(
     let now = Utc::now();
     let recheck = async {
         ensure_code_allowed(&row, now)?;
-        attempts::lock_scan_ref(&mut tx, &row.scan_ref).await?;
+        attempts::lock_scan_ref(&mut tx, scan_ref.as_str()).await?;
         check_scan_ref_budget(state, &mut tx, &scan_ref).await
     }
     .await;
@@ -157,21 +167,7 @@ pub async fn issue_code(
         return Err(e);
     }
     // the code being replaced ends first: expired if its time is up, superseded if not
-    let event = match view::effective(&row, now).0 {
-        AttemptStatus::Pending => Some(AttemptEvent::Superseded),
-        AttemptStatus::Expired if row.attempt.status == AttemptStatus::Pending.as_str() => {
-            Some(AttemptEvent::ClockExpired)
-        }
-        _ => None,
-    };
-    if let Some(event) = event {
-        let source = if event == AttemptEvent::ClockExpired {
-            Source::Clock
-        } else {
-            source
-        };
-        move_attempt(&mut tx, &row, event, source, &IdenfyReport::default(), None).await?;
-    }
+    let ended = end_current(&mut tx, &row, now, AttemptEvent::Superseded, source).await?;
     let number = row.attempt.number + 1;
     let attempt_id = insert_attempt(&mut tx, login_id, number, &session, lifetime).await?;
     let seq = logins::set_status(
@@ -199,6 +195,9 @@ pub async fn issue_code(
         .await?
         .ok_or(ApiError::LoginNotFound)?;
     tx.commit().await?;
+    if let Some(moved) = ended {
+        moved.record(state);
+    }
     notify(state, login_id).await;
     tracing::info!(%login_id, %attempt_id, attempt_number = number, "new code issued");
     Ok(row)
@@ -224,30 +223,14 @@ pub async fn cancel(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
         | LoginStatus::Failed
         | LoginStatus::Expired => {}
     }
-    let (attempt_now, _) = view::effective(&row, now);
-    if attempt_now == AttemptStatus::Expired
-        && row.attempt.status == AttemptStatus::Pending.as_str()
-    {
-        move_attempt(
-            &mut tx,
-            &row,
-            AttemptEvent::ClockExpired,
-            Source::Clock,
-            &IdenfyReport::default(),
-            None,
-        )
-        .await?;
-    } else {
-        move_attempt(
-            &mut tx,
-            &row,
-            AttemptEvent::LoginCanceled,
-            Source::Platform,
-            &IdenfyReport::default(),
-            None,
-        )
-        .await?;
-    }
+    let ended = end_current(
+        &mut tx,
+        &row,
+        now,
+        AttemptEvent::LoginCanceled,
+        Source::Platform,
+    )
+    .await?;
     let seq = logins::set_status(
         &mut tx,
         login_id,
@@ -276,6 +259,9 @@ pub async fn cancel(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
         .await?
         .ok_or(ApiError::LoginNotFound)?;
     tx.commit().await?;
+    if let Some(moved) = ended {
+        moved.record(state);
+    }
     notify(state, login_id).await;
     tracing::info!(%login_id, "login canceled");
     Ok(row)
@@ -331,10 +317,40 @@ pub async fn redeem(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
 }
 
 /// What a move did, for the caller's verdict and metrics.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Moved {
     pub attempt: AttemptStatus,
     pub login: LoginStatus,
+    pub fail_reason: Option<String>,
+}
+
+impl Moved {
+    /// Counts the move; call after the transaction committed.
+    pub fn record(&self, state: &AppState) {
+        state
+            .metrics
+            .attempt_finished(self.attempt, self.fail_reason.as_deref());
+    }
+}
+
+/// Ends the login's current attempt if it is still pending: as expired (source: clock) when
+/// its time is up, otherwise with `event` from `source`. `None` if it had already ended.
+pub async fn end_current(
+    conn: &mut PgConnection,
+    row: &LoginRow,
+    now: DateTime<Utc>,
+    event: AttemptEvent,
+    source: Source,
+) -> Result<Option<Moved>, sqlx::Error> {
+    let stored = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
+    let (event, source) = if stored == AttemptStatus::Pending
+        && view::effective(row, now).0 == AttemptStatus::Expired
+    {
+        (AttemptEvent::ClockExpired, Source::Clock)
+    } else {
+        (event, source)
+    };
+    move_attempt(conn, row, event, source, &IdenfyReport::default(), None).await
 }
 
 /// Applies `event` to the login's current attempt (already locked) through the state machine:
@@ -391,7 +407,11 @@ pub async fn move_attempt(
         },
     )
     .await?;
-    Ok(Some(Moved { attempt: to, login }))
+    Ok(Some(Moved {
+        attempt: to,
+        login,
+        fail_reason: report.fail_reason.clone(),
+    }))
 }
 
 fn attempt_event_kind(to: AttemptStatus) -> &'static str {
@@ -448,6 +468,7 @@ async fn create_session(
     lifetime: Lifetime,
     locale: Option<&Locale>,
 ) -> Result<CreatedSession, ApiError> {
+    let started = std::time::Instant::now();
     let result = state
         .idenfy
         .create_session(&SessionRequest {
@@ -457,7 +478,9 @@ async fn create_session(
             locale,
         })
         .await;
-    state.metrics.idenfy_call("create_session", &result);
+    state
+        .metrics
+        .idenfy_call("create_session", &result, started.elapsed());
     Ok(result?)
 }
 

@@ -89,7 +89,7 @@ impl LoginState {
         Self {
             login_id: row.id,
             status,
-            scan_ref: platform.then(|| row.scan_ref.clone()),
+            scan_ref: if platform { row.scan_ref.clone() } else { None },
             user_ref: if platform { row.user_ref.clone() } else { None },
             attempt: AttemptState {
                 id: row.attempt.id,

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::domain::{AttemptEvent, AttemptStatus, Source};
+use crate::domain::{AttemptEvent, AttemptStatus, Source, network};
 use crate::error::ApiError;
 use crate::idenfy::{WebhookBody, WebhookStatus};
 use crate::service::{self, view};
@@ -86,7 +86,7 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
     let mut login_id = None;
     let mut attempt_id = None;
     let mut detail = None;
-    let mut changed = false;
+    let mut change = None;
 
     let verdict = match &parsed {
         Err(e) => {
@@ -111,9 +111,9 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
                     if seen {
                         Verdict::Duplicate
                     } else {
-                        let v = judge(&mut tx, body, lid, aid, delivery_id).await?;
-                        changed = v == Verdict::Applied || v == Verdict::Late;
-                        v
+                        let (verdict, moved) = judge(&mut tx, body, lid, aid, delivery_id).await?;
+                        change = moved;
+                        verdict
                     }
                 }
             }
@@ -149,7 +149,8 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
 
     state.metrics.delivery(verdict, received.signing_key_index);
     tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = ?login_id, "webhook recorded");
-    if changed && let Some(login_id) = login_id {
+    if let (Some(moved), Some(login_id)) = (change, login_id) {
+        moved.record(state);
         service::notify(state, login_id).await;
     }
     Ok(Recorded {
@@ -165,35 +166,32 @@ async fn judge(
     login_id: Uuid,
     attempt_id: Uuid,
     delivery_id: Uuid,
-) -> Result<Verdict, ApiError> {
+) -> Result<(Verdict, Option<service::Moved>), ApiError> {
     let row = logins::lock(tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
-    if body.scan_ref.as_deref().is_some_and(|s| s != row.scan_ref) {
-        return Ok(Verdict::ScanRefMismatch);
+    if body
+        .scan_ref
+        .as_deref()
+        .is_some_and(|s| Some(s) != row.scan_ref.as_deref())
+    {
+        return Ok((Verdict::ScanRefMismatch, None));
     }
     let outcome = match WebhookStatus::parse(&body.status) {
         WebhookStatus::Outcome(o) => o,
-        WebhookStatus::Unknown(_) => return Ok(Verdict::UnknownStatus),
+        WebhookStatus::Unknown(_) => return Ok((Verdict::UnknownStatus, None)),
     };
     if row.attempt.id != attempt_id {
         // an older attempt: it ended when the next code was issued
-        return Ok(settled_verdict(tx, attempt_id).await?);
+        return Ok((settled_verdict(tx, attempt_id).await?, None));
     }
+    // facepair's clock may already show this code expired: what readers saw stays true
     let now = Utc::now();
     let stored = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
     if stored == AttemptStatus::Pending && view::effective(&row, now).0 == AttemptStatus::Expired {
-        // facepair's clock already shows this code expired; what readers saw stays true
-        service::move_attempt(
-            tx,
-            &row,
-            AttemptEvent::ClockExpired,
-            Source::Clock,
-            &IdenfyReport::default(),
-            None,
-        )
-        .await?;
-        return Ok(Verdict::Late);
+        let moved =
+            service::end_current(tx, &row, now, AttemptEvent::ClockExpired, Source::Clock).await?;
+        return Ok((Verdict::Late, moved));
     }
     let report = IdenfyReport {
         idenfy_status: Some(body.status.clone()),
@@ -203,6 +201,9 @@ async fn judge(
         client_id: body.client_id.clone(),
         phone_ip: body.ip_address.clone(),
         face_photo_url: body.face_photo.clone(),
+        network_match: Some(
+            network::compare(row.client_ip.as_deref(), body.ip_address.as_deref()).as_str(),
+        ),
     };
     let moved = service::move_attempt(
         tx,
@@ -214,8 +215,8 @@ async fn judge(
     )
     .await?;
     match moved {
-        Some(_) => Ok(Verdict::Applied),
-        None => Ok(settled_verdict(tx, attempt_id).await?),
+        Some(moved) => Ok((Verdict::Applied, Some(moved))),
+        None => Ok((settled_verdict(tx, attempt_id).await?, None)),
     }
 }
 

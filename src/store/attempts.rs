@@ -44,6 +44,7 @@ pub struct IdenfyReport {
     pub client_id: Option<String>,
     pub phone_ip: Option<String>,
     pub face_photo_url: Option<String>,
+    pub network_match: Option<&'static str>,
 }
 
 /// Ends a pending attempt. The digit code is dropped with it.
@@ -59,7 +60,7 @@ pub async fn finish(
         update attempts
         set status = $2, outcome_source = $3, finished_at = now(), digit_string = null,
             idenfy_status = $4, fail_reason = $5, risk_tags = $6, idenfy_session_id = $7,
-            client_id = $8, phone_ip = $9, face_photo_url = $10
+            client_id = $8, phone_ip = $9, face_photo_url = $10, network_match = $11
         where id = $1 and status = 'pending'
         "#,
         id,
@@ -71,7 +72,8 @@ pub async fn finish(
         report.idenfy_session_id,
         report.client_id,
         report.phone_ip,
-        report.face_photo_url
+        report.face_photo_url,
+        report.network_match
     )
     .execute(conn)
     .await?;

@@ -8,7 +8,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct LoginRow {
     pub id: Uuid,
-    pub scan_ref: String,
+    /// `None` once retention purged the login's identity data.
+    pub scan_ref: Option<String>,
     pub user_ref: Option<String>,
     pub locale: Option<String>,
     pub lifetime_seconds: i32,
@@ -38,6 +39,7 @@ pub struct AttemptRow {
     pub risk_tags: Option<Vec<String>>,
     pub client_id: Option<String>,
     pub phone_ip: Option<String>,
+    pub network_match: Option<String>,
 }
 
 /// Reads a login by id. `lock` takes the row lock (login first, then attempt: the one lock
@@ -51,7 +53,8 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
                a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
                a.digit_string, a.idenfy_max_attempt_count,
                a.created_at as "attempt_created_at!", a.expires_at as "expires_at!",
-               a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip
+               a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip,
+               a.network_match
         from logins l
         join lateral (
             select * from attempts where login_id = l.id order by number desc limit 1
@@ -90,6 +93,7 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
             risk_tags: r.risk_tags,
             client_id: r.client_id,
             phone_ip: r.phone_ip,
+            network_match: r.network_match,
         },
     }))
 }

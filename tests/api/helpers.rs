@@ -50,6 +50,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         expiry_interval: Duration::from_millis(200),
         frame_ancestors: Vec::new(),
         return_url: None,
+        retention: Default::default(),
     }
 }
 
