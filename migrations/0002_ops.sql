@@ -57,8 +57,9 @@ select e.login_id,
            when 'login_created' then jsonb_strip_nulls(jsonb_build_object(
                'desktop_ip', host(l.client_ip), 'desktop_user_agent', l.user_agent,
                'api_key_id', l.api_key_id, 'scan_ref', l.scan_ref, 'user_ref', l.user_ref,
-               'code_expires_at', a.expires_at))
-           when 'attempt_issued' then jsonb_build_object('code_expires_at', a.expires_at)
+               'code_expires_at', to_char(a.expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+           when 'attempt_issued' then jsonb_build_object(
+               'code_expires_at', to_char(a.expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
            else '{}'::jsonb
        end || e.detail                                as detail,
        e.delivery_id

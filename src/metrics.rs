@@ -230,6 +230,11 @@ impl Metrics {
                 h.count
             );
         }
+        let open = self.sse_opened.get().saturating_sub(self.sse_closed.get());
+        let _ = writeln!(
+            out,
+            "# HELP facepair_sse_streams_open Server-Sent Event streams open now.\n# TYPE facepair_sse_streams_open gauge\nfacepair_sse_streams_open {open}"
+        );
         let _ = writeln!(
             out,
             "# HELP facepair_db_pool_connections Database pool connections by state.\n# TYPE facepair_db_pool_connections gauge\nfacepair_db_pool_connections{{state=\"open\"}} {}\nfacepair_db_pool_connections{{state=\"idle\"}} {}",

@@ -96,7 +96,8 @@ pub async fn show(
         r#"
         select at, entry, event_seq, what, source, login_status, attempt_number, detail
         from login_timeline where login_id = $1
-        order by at, event_seq nulls last
+        -- a delivery sorts before the events it caused (same transaction, same instant)
+        order by at, entry, event_seq
         "#,
         login_id
     )
@@ -260,7 +261,7 @@ pub fn render_show(summary: &Summary, timeline: &[TimelineEntry]) -> String {
             "ELAPSED",
             "WHAT",
             "SOURCE",
-            "CODE",
+            "ATTEMPT",
             "LOGIN STATUS",
             "DETAIL",
         ],

@@ -7,6 +7,7 @@ mod helpers;
 mod lifecycle;
 mod live;
 mod ops;
+mod ops_tools;
 mod sim_conformance;
 mod watch;
 mod webhook;

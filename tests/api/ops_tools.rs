@@ -1,0 +1,539 @@
+//! Ops: the views, the `facepair logins` CLI, metrics, retention and log hygiene, seeded through
+//! the real API and the simulator.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::e2e::Sandbox;
+use crate::helpers::*;
+
+/// A story with everything in it: a failed code, a duplicate webhook, a retry, a success
+/// from another network, redemption; plus a second login that expires and an unknown token.
+async fn seed(sb: &Sandbox) -> (String, String) {
+    sb.faults(json!({ "duplicate_webhooks": 1 })).await;
+    let r = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "user_ref": "user-42", "client_ip": "198.51.100.7", "user_agent": "Desktop/1.0" }))
+        .await;
+    let login: Value = r.json().await.unwrap();
+    let id = login["login_id"].as_str().unwrap().to_owned();
+    sb.phone(
+        login["attempt"]["digit_string"].as_str().unwrap(),
+        "FAILED",
+        Some("FACE_MISMATCH"),
+    )
+    .await;
+    sb.wait_for(&id, "failed").await;
+    sb.app
+        .eventually(std::time::Duration::from_secs(5), || async {
+            sb.app.count("select count(*) from deliveries").await == 2
+        })
+        .await;
+    let second: Value = sb
+        .app
+        .post(&format!("/v1/logins/{id}/attempts"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    sb.phone(
+        second["attempt"]["digit_string"].as_str().unwrap(),
+        "SUCCESS",
+        None,
+    )
+    .await;
+    sb.wait_for(&id, "approved").await;
+    assert_eq!(
+        sb.app
+            .post(&format!("/v1/logins/{id}/redeem"))
+            .await
+            .status(),
+        200
+    );
+
+    let other: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "203.0.113.9" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other_id = other["login_id"].as_str().unwrap().to_owned();
+    let token = sb
+        .app
+        .token_of(other["attempt"]["id"].as_str().unwrap())
+        .await;
+    sb.app
+        .http
+        .post(format!("{}/_sim/sessions/{token}/expire", sb.sim_url))
+        .send()
+        .await
+        .unwrap();
+    sb.wait_for(&other_id, "expired").await;
+    let unknown = webhook_body("NO-SUCH-TOKEN", "SUCCESS", json!({}));
+    sb.app.send_webhook(unknown.as_bytes(), SIGNING_KEY).await;
+    (id, other_id)
+}
+
+#[sqlx::test]
+async fn the_views_answer_ops_questions(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let (id, _) = seed(&sb).await;
+
+    let timeline: Vec<(String, String, String, Option<i32>, Value)> = sqlx::query_as(
+        "select entry, what, source, attempt_number, detail from login_timeline where login_id = $1::uuid order by at, entry, event_seq",
+    )
+    .bind(&id)
+    .fetch_all(&sb.app.pool)
+    .await
+    .unwrap();
+    let whats: Vec<&str> = timeline.iter().map(|t| t.1.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "login_created",
+            "webhook_applied",
+            "attempt_failed",
+            "webhook_duplicate",
+            "attempt_issued",
+            "webhook_applied",
+            "attempt_succeeded",
+            "login_redeemed"
+        ]
+    );
+    let created = &timeline[0];
+    assert_eq!(created.1, "login_created");
+    assert_eq!(created.4["desktop_ip"], "198.51.100.7");
+    assert_eq!(created.4["desktop_user_agent"], "Desktop/1.0");
+    assert!(created.4["code_expires_at"].is_string());
+    let failed = timeline.iter().find(|t| t.1 == "attempt_failed").unwrap();
+    assert_eq!(
+        (
+            failed.2.as_str(),
+            failed.3,
+            failed.4["fail_reason"].as_str()
+        ),
+        ("webhook", Some(1), Some("FACE_MISMATCH"))
+    );
+    let delivery = timeline.iter().find(|t| t.1 == "webhook_applied").unwrap();
+    assert_eq!(delivery.4["signing_key_index"], 0);
+    assert_eq!(
+        timeline.iter().find(|t| t.1 == "attempt_issued").unwrap().2,
+        "platform"
+    );
+
+    let outcomes: Vec<(String, Option<String>, String, i64)> =
+        sqlx::query_as("select outcome, fail_reason, outcome_source, attempts from attempt_outcomes_hourly order by outcome")
+            .fetch_all(&sb.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            ("expired".into(), None, "webhook".into(), 1),
+            (
+                "failed".into(),
+                Some("FACE_MISMATCH".into()),
+                "webhook".into(),
+                1
+            ),
+            ("succeeded".into(), None, "webhook".into(), 1)
+        ]
+    );
+
+    let no_effect: Vec<String> =
+        sqlx::query_scalar("select verdict from deliveries_without_effect order by received_at")
+            .fetch_all(&sb.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(no_effect, ["duplicate", "unknown_token"]);
+
+    // both selfies came from another network than the desktop's; the expired login had no phone
+    let mismatches: Vec<(String, String, String, String)> = sqlx::query_as(
+        "select attempt_status, desktop_ip, phone_ip, network_match from network_mismatches order by attempt_number",
+    )
+    .fetch_all(&sb.app.pool)
+    .await
+    .unwrap();
+    let row = |status: &str| {
+        (
+            status.to_owned(),
+            "198.51.100.7".to_owned(),
+            "203.0.113.50".to_owned(),
+            "different".to_owned(),
+        )
+    };
+    assert_eq!(mismatches, [row("failed"), row("succeeded")]);
+}
+
+fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    format!("{}/{db}", base.rsplit_once('/').unwrap().0)
+}
+
+fn cli(pool: &PgPool, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_facepair"))
+        .args(args)
+        .env("DATABASE_URL", database_url(pool))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Replaces what changes from run to run with placeholders of the same width, so the
+/// table's alignment is part of the snapshot.
+fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let rest: String = chars[i..chars.len().min(i + 36)].iter().collect();
+        if rest.len() == 36 && uuid::Uuid::parse_str(&rest).is_ok() {
+            out.push_str("xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx");
+            i += 36;
+            continue;
+        }
+        let c = chars[i];
+        let in_number = c.is_ascii_digit();
+        out.push(if in_number { 'N' } else { c });
+        i += 1;
+    }
+    out
+}
+
+fn snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_SNAPSHOTS=1", path.display()));
+    assert_eq!(
+        actual, expected,
+        "snapshot {name} differs (UPDATE_SNAPSHOTS=1 rewrites it)"
+    );
+}
+
+#[sqlx::test]
+async fn the_logins_cli(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let (id, other) = seed(&sb).await;
+
+    snapshot(
+        "logins_list.txt",
+        &normalise(&cli(&sb.app.pool, &["logins", "list"])),
+    );
+    snapshot(
+        "logins_show.txt",
+        &normalise(&cli(&sb.app.pool, &["logins", "show", &id])),
+    );
+
+    let json: Value = serde_json::from_str(&cli(
+        &sb.app.pool,
+        &["logins", "list", "--json", "--status", "expired"],
+    ))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["login_id"], other);
+    let json: Value = serde_json::from_str(&cli(
+        &sb.app.pool,
+        &["logins", "list", "--json", "--user-ref", "user-42"],
+    ))
+    .unwrap();
+    assert_eq!(json[0]["login_id"], id.as_str());
+    let json: Value = serde_json::from_str(&cli(
+        &sb.app.pool,
+        &["logins", "list", "--json", "--since", "1h", "--limit", "1"],
+    ))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    let json: Value = serde_json::from_str(&cli(
+        &sb.app.pool,
+        &["logins", "list", "--json", "--until", "1h"],
+    ))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 0);
+    let shown: Value =
+        serde_json::from_str(&cli(&sb.app.pool, &["logins", "show", &id, "--json"])).unwrap();
+    assert_eq!(shown["login"]["status"], "redeemed");
+    assert!(shown["timeline"].as_array().unwrap().len() >= 8);
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_facepair"))
+        .args(["logins", "list", "--status", "nonsense"])
+        .env("DATABASE_URL", database_url(&sb.app.pool))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--status"));
+}
+
+#[sqlx::test]
+async fn metrics_after_a_scripted_flow(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    seed(&sb).await;
+    let bad = sb
+        .app
+        .http
+        .post(sb.app.url("/v1/webhooks/idenfy"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let text = sb
+        .app
+        .http
+        .get(sb.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "facepair_logins_created_total 2",
+        "facepair_webhook_deliveries_total{verdict=\"applied\"} 3",
+        "facepair_webhook_deliveries_total{verdict=\"duplicate\"} 1",
+        "facepair_webhook_deliveries_total{verdict=\"unknown_token\"} 1",
+        "facepair_webhook_deliveries_by_key_total{key_index=\"0\"} 5",
+        "facepair_webhook_signature_rejections_total 1",
+        "facepair_attempts_finished_total{outcome=\"failed\",fail_reason=\"FACE_MISMATCH\"} 1",
+        "facepair_attempts_finished_total{outcome=\"succeeded\",fail_reason=\"\"} 1",
+        "facepair_attempts_finished_total{outcome=\"expired\",fail_reason=\"\"} 1",
+        "facepair_idenfy_calls_total{operation=\"check_status\",outcome=\"ok\"} 2",
+        "facepair_idenfy_calls_total{operation=\"create_session\",outcome=\"ok\"} 3",
+        "facepair_idenfy_call_duration_seconds_count{operation=\"create_session\"} 3",
+        "facepair_idenfy_call_duration_seconds_bucket{operation=\"check_status\",le=\"+Inf\"} 2",
+        "facepair_sse_streams_open 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    assert!(text.contains("# TYPE facepair_idenfy_call_duration_seconds histogram"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("facepair_expiry_runs_total "))
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("facepair_db_pool_connections{state=\"open\"}"))
+    );
+}
+
+#[sqlx::test]
+async fn retention_boundaries(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let (old_finished, expired) = seed(&sb).await;
+    let young: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "user_ref": "young" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    sb.app
+        .webhook(
+            young["attempt"]["id"].as_str().unwrap(),
+            "FAILED",
+            json!({ "failReason": "FAKE_FACE" }),
+        )
+        .await;
+    let pending_old: Value = sb.app.create_login(json!({ "scan_ref": SCAN_REF, "user_ref": "still-waiting", "lifetime_seconds": 86400 * 30 })).await.json().await.unwrap();
+    // age everything but the young login by 40 days
+    sqlx::query("update logins set created_at = created_at - interval '40 days' where user_ref is distinct from 'young'").execute(&sb.app.pool).await.unwrap();
+    sqlx::query("update deliveries set received_at = received_at - interval '40 days'")
+        .execute(&sb.app.pool)
+        .await
+        .unwrap();
+
+    let purged = facepair::ops::retention::purge(
+        &sb.app.pool,
+        chrono::Duration::days(30),
+        chrono::Duration::days(35),
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged.logins, 2, "the redeemed and the expired login");
+    assert_eq!(
+        purged.delivery_bodies,
+        sb.app.count("select count(*) from deliveries").await as u64
+    );
+
+    let rows: Vec<(String, Option<String>, Option<String>, bool)> =
+        sqlx::query_as("select id::text, scan_ref, user_ref, purged_at is not null from logins")
+            .fetch_all(&sb.app.pool)
+            .await
+            .unwrap();
+    for (id, scan_ref, user_ref, purged) in rows {
+        let keep = id == young["login_id"].as_str().unwrap()
+            || id == pending_old["login_id"].as_str().unwrap();
+        assert_eq!(purged, !keep, "{id}");
+        assert_eq!(scan_ref.is_some(), keep, "{id}");
+        if id == pending_old["login_id"].as_str().unwrap() {
+            assert_eq!(
+                user_ref.as_deref(),
+                Some("still-waiting"),
+                "a pending login is never touched"
+            );
+        }
+    }
+    let leftover: i64 = sb
+        .app
+        .count(&format!(
+            "select count(*) from attempts where login_id in ('{old_finished}', '{expired}') and (face_photo_url is not null or phone_ip is not null or client_id is not null)"
+        ))
+        .await;
+    assert_eq!(leftover, 0);
+    // outcomes stay for statistics
+    assert_eq!(
+        sb.app
+            .count("select sum(attempts)::bigint from attempt_outcomes_hourly")
+            .await,
+        4
+    );
+    // the purged login still reads, without identity
+    let state = sb.app.state(&old_finished).await;
+    assert_eq!(state["status"], "redeemed");
+    assert!(state.get("scan_ref").is_none());
+
+    let again = facepair::ops::retention::purge(
+        &sb.app.pool,
+        chrono::Duration::days(30),
+        chrono::Duration::days(35),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, Default::default(), "idempotent");
+
+    let out = cli(&sb.app.pool, &["purge", "--older-than", "30d"]);
+    assert!(out.contains("purged identity data of 0 logins"), "{out}");
+}
+
+/// One JSON line per request with id, route, status and latency; no secret in any line.
+#[sqlx::test]
+async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
+    let idenfy = wiremock::MockServer::start().await;
+    mock_check_status(&idenfy, "AUTHENTICATION").await;
+    mock_sessions(&idenfy).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"))
+        .arg("serve")
+        .env("DATABASE_URL", database_url(&pool))
+        .env("FACEPAIR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FACEPAIR_API_KEYS", API_KEY)
+        .env("FACEPAIR_IDENFY_BASE_URL", idenfy.uri())
+        .env("FACEPAIR_IDENFY_API_KEY", "idenfy-key")
+        .env("FACEPAIR_IDENFY_API_SECRET", "idenfy-secret")
+        .env("FACEPAIR_IDENFY_SIGNING_KEYS", SIGNING_KEY)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "facepair serve did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let login: Value = http
+        .post(format!("{base}/v1/logins"))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "scan_ref": SCAN_REF, "user_ref": "user-42" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let watch_token = login["watch_token"].as_str().unwrap().to_owned();
+    let code = login["attempt"]["digit_string"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token: String = sqlx::query_scalar("select idenfy_token from attempts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let photo = "https://s3.example.invalid/selfie.png?Signature=SECRETSIG";
+    let body = webhook_body(&token, "SUCCESS", json!({ "facePhoto": photo }));
+    let sig = facepair::idenfy::signature::sign(SIGNING_KEY.as_bytes(), body.as_bytes());
+    http.post(format!("{base}/v1/webhooks/idenfy"))
+        .header("idenfy-signature", &sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    http.get(format!("{base}/v1/watch/{watch_token}"))
+        .send()
+        .await
+        .unwrap();
+    http.get(format!("{base}/pair/{watch_token}"))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/v1/webhooks/idenfy"))
+        .header("idenfy-signature", "0".repeat(64))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8(output.stderr).unwrap();
+    let mut requests = 0;
+    for line in logs.lines() {
+        let entry: Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if entry["message"] == "request" {
+            requests += 1;
+            for field in ["request_id", "route", "status", "latency_ms", "method"] {
+                assert!(
+                    !entry[field].is_null() || !entry["span"][field].is_null(),
+                    "{field} missing: {line}"
+                );
+            }
+        }
+    }
+    assert!(requests >= 6, "{logs}");
+    for secret in [
+        watch_token.as_str(),
+        &watch_token[4..],
+        code.as_str(),
+        token.as_str(),
+        "SECRETSIG",
+        photo,
+        API_KEY,
+        SIGNING_KEY,
+        sig.as_str(),
+        "idenfy-secret",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+    }
+}
