@@ -56,12 +56,21 @@ pub struct Metrics {
     pub expired_by_clock: Counter,
     pub webhook_rejected_signature: Counter,
     pub sse_opened: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
     pub sse_closed: Counter,
     deliveries: [Counter; Verdict::ALL.len()],
     deliveries_by_key: Mutex<BTreeMap<usize, u64>>,
     idenfy_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     idenfy_latency: Mutex<BTreeMap<&'static str, Histogram>>,
     attempts_finished: Mutex<BTreeMap<(&'static str, String), u64>>,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
 }
 
 impl Metrics {
@@ -130,33 +139,32 @@ impl Metrics {
 
     pub fn render(&self, pool: &sqlx::PgPool) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
         counter(
+            &mut out,
             "facepair_logins_created_total",
             "Logins created.",
             self.logins_created.get(),
         );
         counter(
+            &mut out,
             "facepair_expiry_runs_total",
             "Runs of the expiry task.",
             self.expiry_runs.get(),
         );
         counter(
+            &mut out,
             "facepair_expiry_failures_total",
             "Runs of the expiry task that failed.",
             self.expiry_failures.get(),
         );
         counter(
+            &mut out,
             "facepair_attempts_expired_by_clock_total",
             "Attempts recorded as expired by facepair's clock.",
             self.expired_by_clock.get(),
         );
         counter(
+            &mut out,
             "facepair_webhook_signature_rejections_total",
             "Webhooks refused for a missing or wrong signature.",
             self.webhook_rejected_signature.get(),
@@ -230,6 +238,18 @@ impl Metrics {
                 h.count
             );
         }
+        counter(
+            &mut out,
+            "facepair_login_cache_hits_total",
+            "Login reads answered from this instance's cache.",
+            self.cache_hits.get(),
+        );
+        counter(
+            &mut out,
+            "facepair_login_cache_misses_total",
+            "Login reads that went to PostgreSQL.",
+            self.cache_misses.get(),
+        );
         let open = self.sse_opened.get().saturating_sub(self.sse_closed.get());
         let _ = writeln!(
             out,

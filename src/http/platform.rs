@@ -354,8 +354,8 @@ pub(crate) async fn respond_with_state(
     }
 }
 
-async fn service_find(state: &AppState, id: Uuid) -> Result<LoginRow, ApiError> {
-    crate::store::logins::find(&state.pool, id)
+async fn service_find(state: &AppState, id: Uuid) -> Result<std::sync::Arc<LoginRow>, ApiError> {
+    service::read_login(state, id)
         .await?
         .ok_or(ApiError::LoginNotFound)
 }

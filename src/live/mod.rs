@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod cache;
 pub mod sse;
 
 pub const CHANNEL: &str = "facepair_events";
@@ -20,6 +21,8 @@ pub const CHANNEL: &str = "facepair_events";
 #[derive(Clone, Default)]
 pub struct Hub {
     logins: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
+    /// Rows read by this instance, dropped by the same changes that wake subscribers.
+    pub cache: Arc<cache::Cache>,
 }
 
 /// A wake-up channel for one login; dropping the last one frees the entry.
@@ -64,12 +67,14 @@ impl Hub {
     }
 
     pub fn changed(&self, login_id: Uuid) {
+        self.cache.changed(&login_id);
         if let Some(tx) = self.logins.lock().unwrap().get(&login_id) {
             tx.send_modify(|n| *n += 1);
         }
     }
 
     fn wake_all(&self) {
+        self.cache.reset(true);
         for tx in self.logins.lock().unwrap().values() {
             tx.send_modify(|n| *n += 1);
         }
@@ -97,28 +102,24 @@ pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: C
         let session = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(CHANNEL).await?;
-            // anything sent while we were away is re-read by every subscriber
+            // anything sent while we were away is re-read by every subscriber, and the cache
+            // (empty from here on) may be used again
             hub.wake_all();
             backoff = Duration::from_millis(100);
-            loop {
-                match listener.try_recv().await? {
-                    Some(n) => {
-                        if let Ok(id) = n.payload().parse::<Uuid>() {
-                            hub.changed(id);
-                        }
-                    }
-                    None => hub.wake_all(),
+            // `None`: the connection dropped; notifications sent until we listen again are lost
+            while let Some(n) = listener.try_recv().await? {
+                if let Ok(id) = n.payload().parse::<Uuid>() {
+                    hub.changed(id);
                 }
             }
-            #[allow(unreachable_code)]
             Ok::<(), sqlx::Error>(())
         };
         tokio::select! {
             _ = stop.cancelled() => return,
             result = session => {
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection lost");
-                }
+                hub.cache.reset(false);
+                let reason = result.err().map(|e| e.to_string()).unwrap_or_else(|| "connection closed".into());
+                tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection lost");
             }
         }
         tokio::select! {

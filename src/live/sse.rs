@@ -21,7 +21,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::live::Subscription;
 use crate::service::{Audience, LoginState};
-use crate::store::{events, logins};
+use crate::store::events;
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RETRY_MS: u32 = 3000;
@@ -53,7 +53,7 @@ pub async fn open(
 ) -> Result<HttpResponse, ApiError> {
     // subscribe before the first read, so nothing between the read and the wait is missed
     let subscription = state.hub.subscribe(login_id);
-    logins::find(&state.pool, login_id)
+    crate::service::read_login(state, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
     state.metrics.sse_opened.inc();
@@ -130,7 +130,7 @@ impl Stream {
         let events = events::after(&self.state.pool, self.login_id, self.last_sent, BATCH)
             .await
             .map_err(fail)?;
-        let row = logins::find(&self.state.pool, self.login_id)
+        let row = crate::service::read_login(&self.state, self.login_id)
             .await
             .map_err(fail)?;
         let Some(row) = row else {

@@ -510,6 +510,27 @@ async fn insert_attempt(
     Ok(id)
 }
 
+/// Reads a login for a reader (GET, long-poll, SSE): from this instance's cache when the
+/// login has not changed since it was read, else from PostgreSQL. Writers lock instead.
+pub async fn read_login(
+    state: &AppState,
+    login_id: Uuid,
+) -> Result<Option<std::sync::Arc<LoginRow>>, sqlx::Error> {
+    let cache = &state.hub.cache;
+    if let Some(row) = cache.get(&login_id) {
+        state.metrics.cache_hits.inc();
+        return Ok(Some(row));
+    }
+    state.metrics.cache_misses.inc();
+    let seen = cache.version(&login_id);
+    let Some(row) = logins::find(&state.pool, login_id).await? else {
+        return Ok(None);
+    };
+    let row = std::sync::Arc::new(row);
+    cache.store(login_id, seen, row.clone());
+    Ok(Some(row))
+}
+
 /// Tells every instance's listeners that the login changed. Best effort: a lost notification
 /// is covered by the listeners' catch-up from the events table.
 pub async fn notify(state: &AppState, login_id: Uuid) {

@@ -44,7 +44,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         idenfy_timeout: Duration::from_secs(2),
         code_lifetime: Lifetime::from_seconds(600).unwrap(),
         max_attempts_per_login: 3,
-        max_attempts_per_scan_ref_hour: 10,
+        max_attempts_per_scan_ref_hour: 1000,
         poll_interval_seconds: 2,
         webhook_max_bytes: 64 * 1024,
         expiry_interval: Duration::from_millis(200),

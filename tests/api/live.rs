@@ -274,3 +274,59 @@ async fn every_open_stream_of_a_login_is_woken(pool: PgPool) {
         "{got:?}"
     );
 }
+
+/// Unchanged logins are answered from the instance's cache; a change made on another instance
+/// is visible as soon as its notification arrives, which is before that instance answered.
+#[sqlx::test]
+async fn cached_reads_see_changes_from_other_instances(pool: PgPool) {
+    let a = TestApp::spawn(pool).await;
+    a.mock_eligible().await;
+    let b = a.second_instance().await;
+    let metric = |app: &TestApp, name: &'static str| {
+        let http = app.http.clone();
+        let url = app.url("/metrics");
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    // the listener must be up before the cache is used
+    b.eventually(WAIT, || async {
+        let login = b.login().await;
+        let id = login["login_id"].as_str().unwrap();
+        b.state(id).await;
+        b.state(id).await;
+        metric(&b, "facepair_login_cache_hits_total").await > 0
+    })
+    .await;
+
+    for _ in 0..20 {
+        let login = a.login().await;
+        let id = login["login_id"].as_str().unwrap();
+        assert_eq!(b.state(id).await["status"], "pending");
+        assert_eq!(b.state(id).await["status"], "pending");
+        let (status, _) = a
+            .webhook(
+                login["attempt"]["id"].as_str().unwrap(),
+                "SUCCESS",
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let answered = std::time::Instant::now();
+        let mut reads = 0;
+        b.eventually(Duration::from_millis(250), || {
+            reads += 1;
+            async { b.state(id).await["status"] == "approved" }
+        })
+        .await;
+        assert!(answered.elapsed() < Duration::from_millis(250));
+        assert!(reads <= 3, "took {reads} reads");
+    }
+    assert!(metric(&b, "facepair_login_cache_hits_total").await >= 20);
+}

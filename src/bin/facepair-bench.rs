@@ -1,0 +1,794 @@
+//! facepair's benchmark suite: runs each scenario against a release `facepair serve` and the
+//! reference PostgreSQL measures it is compared with, on the same machine and database server,
+//! and prints a table. Started by `scripts/bench`, which provides PostgreSQL and the limits.
+//!
+//! Benchmarks print figures; they never fail on a target.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use facepair::domain::WatchToken;
+use facepair::idenfy::signature;
+use facepair::sim::state::Eligibility;
+use facepair::sim::{SimConfig, Simulator};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const API_KEY: &str = "bench-platform-api-key-0001";
+const SIGNING_KEY: &str = "bench-signing-key";
+const SIM_KEY: &str = "bench-sim-key";
+const SIM_SECRET: &str = "bench-sim-secret";
+
+#[derive(Parser)]
+#[command(about = "facepair's benchmark suite")]
+struct Args {
+    /// A PostgreSQL URL whose user may create databases; `facepair_bench` and
+    /// `facepair_bench_ref` are created beside it.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// The facepair binary to measure (a release build).
+    #[arg(long, default_value = "target/release/facepair")]
+    facepair: PathBuf,
+    /// The pgbench binary for the reference figures.
+    #[arg(long, default_value = "pgbench")]
+    pgbench: String,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent SSE streams in scenario 3.
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+    /// Webhooks sent while the streams are open, for the latency figures.
+    #[arg(long, default_value_t = 500)]
+    stream_samples: usize,
+    /// Logins created in scenario 4.
+    #[arg(long, default_value_t = 2_000)]
+    creates: usize,
+    /// Pending attempts seeded for webhook ingest (must exceed what the runs consume).
+    #[arg(long, default_value_t = 400_000)]
+    rows: usize,
+}
+
+struct Row {
+    scenario: String,
+    facepair: String,
+    reference: String,
+    ratio: String,
+    target: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let admin = PgPool::connect(&args.database_url)
+        .await
+        .context("DATABASE_URL")?;
+    let app_url = recreate(&admin, &args.database_url, "facepair_bench").await?;
+    let ref_url = recreate(&admin, &args.database_url, "facepair_bench_ref").await?;
+    let app_db = PgPool::connect(&app_url).await?;
+    let ref_db = PgPool::connect(&ref_url).await?;
+    facepair::MIGRATOR.run(&app_db).await?;
+    facepair::MIGRATOR.run(&ref_db).await?;
+    eprintln!("seeding {} pending attempts in each database...", args.rows);
+    let seeded = seed(&app_db, args.rows).await?;
+    seed(&ref_db, args.rows).await?;
+    for db in [&app_db, &ref_db] {
+        sqlx::query("vacuum analyze").execute(db).await?;
+    }
+
+    let mut sim_config = SimConfig::for_tests(SIM_KEY, SIM_SECRET, SIGNING_KEY);
+    sim_config.scan_refs = vec![("bench-person".into(), Eligibility::Authentication)];
+    sim_config.rate_limit_per_hour = u64::MAX;
+    let sim = Simulator::start(sim_config).await?;
+    let sim_url = sim.base_url();
+    tokio::spawn(sim.run_until_stopped());
+
+    let mut rows = Vec::new();
+
+    // 5. start-up and idle footprint (first, on a quiet machine)
+    let (server, ready_after) = Server::start(&args.facepair, &app_url, &sim_url).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(server.pid)?;
+    rows.push(Row {
+        scenario: "5. start-up: exec to /health/ready".into(),
+        facepair: format!("{:.0} ms", ready_after.as_secs_f64() * 1000.0),
+        reference: "-".into(),
+        ratio: "-".into(),
+        target: "<= 1000 ms".into(),
+    });
+    rows.push(Row {
+        scenario: "5. idle RSS after start".into(),
+        facepair: format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+        reference: "-".into(),
+        ratio: "-".into(),
+        target: "<= 30 MiB".into(),
+    });
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let secs = Duration::from_secs(args.seconds);
+
+    // 1. webhook ingest
+    let mut next_token = 0usize;
+    for concurrency in [1usize, 8, 32] {
+        let run = webhooks(&http, &server.url, &mut next_token, concurrency, secs).await?;
+        let reference = pgbench(
+            &args.pgbench,
+            &ref_url,
+            &[
+                "-f",
+                "bench/webhook.sql",
+                "-D",
+                &format!("rows={}", args.rows),
+            ],
+            concurrency,
+            secs,
+        )?;
+        rows.push(Row {
+            scenario: format!("1. webhook ingest, concurrency {concurrency}"),
+            facepair: format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                run.rate, run.p50_ms, run.p99_ms, run.errors
+            ),
+            reference: format!("{reference:.0}/s pgbench, same SQL"),
+            ratio: format!("{:.2}x", run.rate / reference),
+            target: ">= 0.8x".into(),
+        });
+    }
+
+    // 2. status polls, plain and conditional
+    let poll_ids: Arc<Vec<Uuid>> =
+        Arc::new(seeded.login_ids[next_token + 1000..next_token + 11_000].to_vec());
+    let select_only = {
+        pgbench_init(&args.pgbench, &ref_url)?;
+        pgbench(&args.pgbench, &ref_url, &["-S"], 32, secs)?
+    };
+    for conditional in [false, true] {
+        let run = polls(&http, &server.url, poll_ids.clone(), conditional, 32, secs).await?;
+        rows.push(Row {
+            scenario: format!(
+                "2. status polls{}, 32 clients",
+                if conditional {
+                    " with If-None-Match (304)"
+                } else {
+                    ""
+                }
+            ),
+            facepair: format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                run.rate, run.p50_ms, run.p99_ms, run.errors
+            ),
+            reference: format!("{select_only:.0}/s pgbench -S"),
+            ratio: format!("{:.2}x", run.rate / select_only),
+            target: ">= 1.5x".into(),
+        });
+    }
+
+    // 3. waiting clients
+    let stream_base = next_token + 11_000;
+    let streams = (args.streams).min(seeded.login_ids.len() - stream_base);
+    let result =
+        waiting_clients(&server, &seeded, stream_base, streams, args.stream_samples).await?;
+    rows.push(Row {
+        scenario: format!("3. memory per open SSE stream ({streams} open)"),
+        facepair: format!("{:.1} KiB", result.kib_per_stream),
+        reference: "-".into(),
+        ratio: "-".into(),
+        target: "<= 20 KiB".into(),
+    });
+    rows.push(Row {
+        scenario: format!("3. webhook-to-event latency, {streams} open"),
+        facepair: format!(
+            "p50 {:.2} ms, p99 {:.2} ms ({} of {} events)",
+            result.p50_ms, result.p99_ms, result.received, result.sent
+        ),
+        reference: "-".into(),
+        ratio: "-".into(),
+        target: "p99 <= 50 ms".into(),
+    });
+
+    // 4. login creation against the simulator
+    let create = creates(&http, &server.url, &sim_url, args.creates).await?;
+    rows.push(Row {
+        scenario: "4. login creation: facepair's own time".into(),
+        facepair: format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            create.own_p50_ms, create.own_p99_ms
+        ),
+        reference: format!(
+            "simulator alone p50 {:.2} ms, p99 {:.2} ms",
+            create.sim_p50_ms, create.sim_p99_ms
+        ),
+        ratio: format!(
+            "total p50 {:.2} ms, p99 {:.2} ms",
+            create.total_p50_ms, create.total_p99_ms
+        ),
+        target: "own p99 <= 5 ms".into(),
+    });
+
+    server.stop();
+    print_table(&rows);
+    println!(
+        "\n(run took {:.0} s; facepair at {}, PostgreSQL at {})",
+        started.elapsed().as_secs_f64(),
+        args.facepair.display(),
+        redact(&args.database_url)
+    );
+    Ok(())
+}
+
+fn redact(url: &str) -> String {
+    url.split('@').next_back().unwrap_or(url).to_owned()
+}
+
+fn print_table(rows: &[Row]) {
+    let header = ["scenario", "facepair", "reference", "ratio", "target"];
+    let cells: Vec<[&str; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.scenario.as_str(),
+                &r.facepair,
+                &r.reference,
+                &r.ratio,
+                &r.target,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("| {} |", parts.join(" | "));
+    };
+    println!();
+    line(header);
+    println!(
+        "|{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for row in cells {
+        line(row);
+    }
+}
+
+async fn recreate(admin: &PgPool, base: &str, name: &str) -> anyhow::Result<String> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {name} with (force)"
+    )))
+    .execute(admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(admin)
+        .await?;
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database name")?;
+    Ok(format!("{prefix}/{name}"))
+}
+
+struct Seeded {
+    login_ids: Vec<Uuid>,
+    watch_tokens: Vec<String>,
+}
+
+/// Pending logins with one attempt each and their first event, as facepair would have written
+/// them; login n has scan_ref and iDenfy token `bench-<n>`.
+async fn seed(db: &PgPool, rows: usize) -> anyhow::Result<Seeded> {
+    let mut login_ids = Vec::with_capacity(rows);
+    let mut watch_tokens = Vec::with_capacity(rows);
+    for chunk_start in (0..rows).step_by(10_000) {
+        let n = (rows - chunk_start).min(10_000);
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let attempt_ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let tokens: Vec<WatchToken> = (0..n).map(|_| WatchToken::generate()).collect();
+        let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| t.hash().to_vec()).collect();
+        let idenfy_tokens: Vec<String> = (chunk_start..chunk_start + n)
+            .map(|i| format!("bench-{i}"))
+            .collect();
+        let mut tx = db.begin().await?;
+        sqlx::query(
+            "insert into logins (id, scan_ref, lifetime_seconds, max_attempts, client_ip, api_key_id, watch_token_hash, status, event_seq)
+             select id, t, 3600, 3, '198.51.100.7', 'bench', hash, 'pending', 1 from unnest($1::uuid[], $2::bytea[], $3::text[]) as u(id, hash, t)",
+        )
+        .bind(&ids)
+        .bind(&hashes)
+        .bind(&idenfy_tokens)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "insert into attempts (id, login_id, number, idenfy_token, digit_string, idenfy_max_attempt_count, expires_at)
+             select a, l, 1, t, lpad((random() * 99999999)::int::text, 8, '0'), 3, now() + interval '1 hour'
+             from unnest($1::uuid[], $2::uuid[], $3::text[]) as u(a, l, t)",
+        )
+        .bind(&attempt_ids)
+        .bind(&ids)
+        .bind(&idenfy_tokens)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
+             select l, 1, 'login_created', 'platform', 'pending', a, '{\"attempt_number\": 1}' from unnest($1::uuid[], $2::uuid[]) as u(l, a)",
+        )
+        .bind(&ids)
+        .bind(&attempt_ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        login_ids.extend(ids);
+        watch_tokens.extend(tokens.iter().map(|t| t.expose().to_owned()));
+    }
+    Ok(Seeded {
+        login_ids,
+        watch_tokens,
+    })
+}
+
+struct Server {
+    url: String,
+    pid: u32,
+    child: std::process::Child,
+}
+
+impl Server {
+    async fn start(bin: &PathBuf, db: &str, sim_url: &str) -> anyhow::Result<(Server, Duration)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let started = Instant::now();
+        let child = std::process::Command::new(bin)
+            .arg("serve")
+            .env("DATABASE_URL", db)
+            .env("FACEPAIR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FACEPAIR_API_KEYS", API_KEY)
+            .env("FACEPAIR_IDENFY_BASE_URL", sim_url)
+            .env("FACEPAIR_IDENFY_API_KEY", SIM_KEY)
+            .env("FACEPAIR_IDENFY_API_SECRET", SIM_SECRET)
+            .env("FACEPAIR_IDENFY_SIGNING_KEYS", SIGNING_KEY)
+            .env("FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR", "100000000")
+            .env("FACEPAIR_EXPIRY_INTERVAL_MS", "1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let probe = reqwest::Client::new();
+        loop {
+            if let Ok(r) = probe.get(format!("{url}/health/ready")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("facepair did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready = started.elapsed();
+        Ok((
+            Server {
+                url,
+                pid: child.id(),
+                child,
+            },
+            ready,
+        ))
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
+}
+
+struct Run {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn summarise(mut latencies: Vec<Duration>, errors: usize, took: Duration) -> Run {
+    latencies.sort();
+    Run {
+        rate: latencies.len() as f64 / took.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        errors,
+    }
+}
+
+/// Runs `workers` loops of `one` until `secs` pass; `one(i)` gets a globally unique i.
+async fn closed_loop<F, Fut>(
+    workers: usize,
+    secs: Duration,
+    first: usize,
+    one: F,
+) -> (Vec<Duration>, usize, Duration, usize)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let one = Arc::new(one);
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(first));
+    let started = Instant::now();
+    let deadline = started + secs;
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let one = one.clone();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline {
+                let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let t = Instant::now();
+                if one(i).await {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("worker");
+        all.extend(l);
+        errors += e;
+    }
+    let took = started.elapsed();
+    let used = counter.load(std::sync::atomic::Ordering::Relaxed);
+    (all, errors, took, used)
+}
+
+fn webhook_body(token: &str) -> String {
+    json!({
+        "id": Uuid::new_v4(), "scanRef": token, "clientId": "BENCHCLIENT", "token": token,
+        "status": "SUCCESS", "type": "AUTHENTICATION", "method": "FACE_MATCHING", "facePhoto": null,
+        "ipAddress": "203.0.113.7", "failReason": null, "riskTags": []
+    })
+    .to_string()
+}
+
+async fn send_webhook(http: &reqwest::Client, url: &str, token: &str) -> bool {
+    let body = webhook_body(token);
+    let sig = signature::sign(SIGNING_KEY.as_bytes(), body.as_bytes());
+    match http
+        .post(format!("{url}/v1/webhooks/idenfy"))
+        .header("content-type", "application/json")
+        .header("idenfy-event-type", "FACIAL_AUTHENTICATION")
+        .header("idenfy-signature", sig)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().is_success() && r.text().await.is_ok_and(|t| t.contains("\"applied\"")),
+        Err(_) => false,
+    }
+}
+
+async fn webhooks(
+    http: &reqwest::Client,
+    url: &str,
+    next: &mut usize,
+    concurrency: usize,
+    secs: Duration,
+) -> anyhow::Result<Run> {
+    let (http, url) = (http.clone(), url.to_owned());
+    let (latencies, errors, took, used) = closed_loop(concurrency, secs, *next, move |i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move { send_webhook(&http, &url, &format!("bench-{i}")).await }
+    })
+    .await;
+    *next = used;
+    Ok(summarise(latencies, errors, took))
+}
+
+fn pgbench_init(pgbench: &str, url: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new(pgbench)
+        .args(["-i", "-q", "-s", "10", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("pgbench -i failed");
+    }
+    Ok(())
+}
+
+/// Transactions per second from pgbench, at `clients` clients for `secs`.
+fn pgbench(
+    pgbench: &str,
+    url: &str,
+    extra: &[&str],
+    clients: usize,
+    secs: Duration,
+) -> anyhow::Result<f64> {
+    let output = std::process::Command::new(pgbench)
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-T",
+            &secs.as_secs().to_string(),
+        ])
+        .args(extra)
+        .arg(url)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| {
+            format!(
+                "pgbench printed no tps: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    Ok(tps)
+}
+
+async fn polls(
+    http: &reqwest::Client,
+    url: &str,
+    ids: Arc<Vec<Uuid>>,
+    conditional: bool,
+    concurrency: usize,
+    secs: Duration,
+) -> anyhow::Result<Run> {
+    let mut etags = HashMap::new();
+    if conditional {
+        for id in ids.iter() {
+            let r = http
+                .get(format!("{url}/v1/logins/{id}"))
+                .bearer_auth(API_KEY)
+                .send()
+                .await?;
+            etags.insert(
+                *id,
+                r.headers()
+                    .get("etag")
+                    .context("etag")?
+                    .to_str()?
+                    .to_owned(),
+            );
+        }
+    }
+    let etags = Arc::new(etags);
+    let (http, url) = (http.clone(), url.to_owned());
+    let (latencies, errors, took, _) = closed_loop(concurrency, secs, 0, move |i| {
+        let (http, url, ids, etags) = (http.clone(), url.clone(), ids.clone(), etags.clone());
+        async move {
+            let id = ids[i % ids.len()];
+            let mut request = http
+                .get(format!("{url}/v1/logins/{id}"))
+                .bearer_auth(API_KEY);
+            if let Some(etag) = etags.get(&id) {
+                request = request.header("if-none-match", etag);
+            }
+            match request.send().await {
+                Ok(r) => {
+                    let want = if conditional { 304 } else { 200 };
+                    r.status().as_u16() == want && r.bytes().await.is_ok()
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    Ok(summarise(latencies, errors, took))
+}
+
+struct Waiting {
+    kib_per_stream: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    sent: usize,
+    received: usize,
+}
+
+/// Opens `count` watch streams, measures facepair's RSS growth, then sends webhooks for a
+/// sample of them and times each from send to the event arriving on its stream.
+async fn waiting_clients(
+    server: &Server,
+    seeded: &Seeded,
+    first: usize,
+    count: usize,
+    samples: usize,
+) -> anyhow::Result<Waiting> {
+    let before = rss_kib(server.pid)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let opened = Arc::new(tokio::sync::Semaphore::new(0));
+    for k in 0..count {
+        let token = seeded.watch_tokens[first + k].clone();
+        let (client, url, arrived, opened) = (
+            client.clone(),
+            server.url.clone(),
+            arrived_tx.clone(),
+            opened.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(mut response) = client
+                .get(format!("{url}/v1/watch/{token}/events"))
+                .send()
+                .await
+            else {
+                return;
+            };
+            let mut buffer = String::new();
+            let mut announced = false;
+            while let Ok(Some(chunk)) = response.chunk().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                if !announced && buffer.contains("event: login_created") {
+                    announced = true;
+                    opened.add_permits(1);
+                }
+                if buffer.contains("event: attempt_succeeded") {
+                    let _ = arrived.send((k, Instant::now()));
+                    return;
+                }
+            }
+        });
+        if k % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let all_open =
+        tokio::time::timeout(Duration::from_secs(120), opened.acquire_many(count as u32)).await;
+    if all_open.is_err() {
+        bail!("not every stream opened within 120 s");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(server.pid)?;
+    let kib_per_stream = after.saturating_sub(before) as f64 / count as f64;
+
+    let http = reqwest::Client::new();
+    let mut sent_at = HashMap::new();
+    let step = (count / samples.max(1)).max(1);
+    for k in (0..count).step_by(step).take(samples) {
+        let token = format!("bench-{}", first + k);
+        sent_at.insert(k, Instant::now());
+        send_webhook(&http, &server.url, &token).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while latencies.len() < sent_at.len() && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), arrived_rx.recv()).await {
+            Ok(Some((k, at))) => {
+                if let Some(sent) = sent_at.get(&k) {
+                    latencies.push(at - *sent);
+                }
+            }
+            _ => continue,
+        }
+    }
+    let received = latencies.len();
+    latencies.sort();
+    Ok(Waiting {
+        kib_per_stream,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        sent: sent_at.len(),
+        received,
+    })
+}
+
+struct Creation {
+    total_p50_ms: f64,
+    total_p99_ms: f64,
+    sim_p50_ms: f64,
+    sim_p99_ms: f64,
+    own_p50_ms: f64,
+    own_p99_ms: f64,
+}
+
+/// Creates logins one at a time, and separately times the simulator answering the same two
+/// iDenfy calls facepair makes; facepair's own time is the difference.
+async fn creates(
+    http: &reqwest::Client,
+    url: &str,
+    sim_url: &str,
+    count: usize,
+) -> anyhow::Result<Creation> {
+    let mut total = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let r = http
+            .post(format!("{url}/v1/logins"))
+            .bearer_auth(API_KEY)
+            .json(&json!({ "scan_ref": "bench-person" }))
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("create answered {}: {}", r.status(), r.text().await?);
+        }
+        r.bytes().await?;
+        total.push(t.elapsed());
+    }
+    let mut sim = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        http.get(format!(
+            "{sim_url}/identification/facial-auth/bench-person/check-status/?method=FACE_MATCHING"
+        ))
+        .basic_auth(SIM_KEY, Some(SIM_SECRET))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+        http.post(format!("{sim_url}/partner/authentication-info"))
+            .basic_auth(SIM_KEY, Some(SIM_SECRET))
+            .json(&json!({ "scanRef": "bench-person", "type": "AUTHENTICATION", "method": "FACE_MATCHING", "generateDigitString": true, "lifetime": 600 }))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        sim.push(t.elapsed());
+    }
+    total.sort();
+    sim.sort();
+    let (t50, t99, s50, s99) = (
+        percentile(&total, 0.5),
+        percentile(&total, 0.99),
+        percentile(&sim, 0.5),
+        percentile(&sim, 0.99),
+    );
+    Ok(Creation {
+        total_p50_ms: t50,
+        total_p99_ms: t99,
+        sim_p50_ms: s50,
+        sim_p99_ms: s99,
+        own_p50_ms: t50 - s50,
+        own_p99_ms: t99 - s99,
+    })
+}
