@@ -132,6 +132,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FACEPAIR_PURGE_INTERVAL_HOURS", default_value_t = 24)]
     pub purge_interval_hours: u64,
 
+    /// Seconds after a code's expiry at which iDenfy is asked what became of a session whose
+    /// webhook never came, before the expiry is recorded; `off` records expiry at once from
+    /// facepair's clock without asking.
+    #[arg(long, env = "FACEPAIR_RECONCILE_GRACE_SECONDS", default_value = "30")]
+    pub reconcile_grace_seconds: String,
+
     /// `json` for one JSON object per line, `text` for people.
     #[arg(long, env = "FACEPAIR_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -163,6 +169,8 @@ pub struct Settings {
     pub frame_ancestors: Vec<String>,
     pub return_url: Option<String>,
     pub retention: Retention,
+    /// `None`: expiry is recorded at once from the clock, without asking iDenfy.
+    pub reconcile_after: Option<Duration>,
 }
 
 /// How long identity data and raw webhook bodies are kept, and how often the purge runs.
@@ -271,6 +279,20 @@ impl ServeArgs {
                 "must be 1 to 36500",
             ));
         }
+        let reconcile_after = match self.reconcile_grace_seconds.trim() {
+            "off" => None,
+            n => Some(Duration::from_secs(
+                n.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= 3600)
+                    .ok_or_else(|| {
+                        bad(
+                            "FACEPAIR_RECONCILE_GRACE_SECONDS",
+                            "must be 0 to 3600 seconds, or off",
+                        )
+                    })?,
+            )),
+        };
         let code_lifetime = Lifetime::from_seconds(self.code_lifetime_seconds)
             .map_err(|e| bad("FACEPAIR_CODE_LIFETIME_SECONDS", e.reason))?;
         if self.max_attempts_per_login < 1 {
@@ -308,6 +330,7 @@ impl ServeArgs {
             expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(50)),
             frame_ancestors,
             return_url: self.return_url.clone(),
+            reconcile_after,
             retention: Retention {
                 identity: chrono::Duration::days(self.retention_days),
                 delivery_bodies: chrono::Duration::days(self.delivery_body_retention_days),

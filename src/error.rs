@@ -278,7 +278,9 @@ impl From<IdenfyError> for ApiError {
                 retry_after: retry_after.unwrap_or(30).clamp(1, 3600),
             },
             IdenfyError::Timeout => Self::IdenfyTimeout(e),
-            IdenfyError::Server { .. } | IdenfyError::Unreachable(_) => Self::IdenfyUnavailable(e),
+            IdenfyError::Server { .. } | IdenfyError::Unreachable(_) | IdenfyError::CircuitOpen => {
+                Self::IdenfyUnavailable(e)
+            }
             IdenfyError::Unauthorized { .. }
             | IdenfyError::PaymentRequired { .. }
             | IdenfyError::Rejected { .. }

@@ -128,6 +128,7 @@ impl Metrics {
             Err(IdenfyError::Timeout) => "timeout",
             Err(IdenfyError::Unreachable(_)) => "unreachable",
             Err(IdenfyError::BadResponse(_)) => "bad_response",
+            Err(IdenfyError::CircuitOpen) => "circuit_open",
         };
         *self
             .idenfy_calls

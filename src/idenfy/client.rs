@@ -33,6 +33,8 @@ pub enum IdenfyError {
     Unreachable(#[source] reqwest::Error),
     #[error("iDenfy answered something facepair cannot read: {0}")]
     BadResponse(String),
+    #[error("iDenfy failed repeatedly; calls are paused for a moment")]
+    CircuitOpen,
 }
 
 /// check-status's answer (idenfy-api.md §3).
@@ -84,6 +86,7 @@ pub struct IdenfyClient {
     base_url: String,
     api_key: SecretString,
     api_secret: SecretString,
+    circuit: std::sync::Arc<super::circuit::Circuit>,
 }
 
 #[derive(Serialize)]
@@ -141,7 +144,14 @@ impl IdenfyClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
             api_secret,
+            // five failures in a row pause calls for five seconds
+            circuit: std::sync::Arc::new(super::circuit::Circuit::new(5, Duration::from_secs(5))),
         }
+    }
+
+    /// Whether calls are being refused because iDenfy kept failing.
+    pub fn circuit_open(&self) -> bool {
+        self.circuit.is_open()
     }
 
     /// Asks whether the person behind `scan_ref` may authenticate by face. Safe to repeat, so
@@ -231,6 +241,23 @@ impl IdenfyClient {
     }
 
     async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, IdenfyError> {
+        if !self.circuit.allow() {
+            return Err(IdenfyError::CircuitOpen);
+        }
+        let result = self.send_once(request).await;
+        match &result {
+            Err(
+                IdenfyError::Unreachable(_) | IdenfyError::Timeout | IdenfyError::Server { .. },
+            ) => self.circuit.failed(),
+            _ => self.circuit.succeeded(),
+        }
+        result
+    }
+
+    async fn send_once(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, IdenfyError> {

@@ -1,5 +1,6 @@
 //! Everything that speaks iDenfy: the outbound client, the webhook body, the signature.
 
+pub mod circuit;
 pub mod client;
 pub mod signature;
 pub mod webhook;

@@ -35,15 +35,30 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 }
 
 /// One pass; returns how many attempts this instance recorded as expired.
+///
+/// Readers see a code as expired from `expires_at` on. With reconciliation on, the record is
+/// written a grace period later, after asking iDenfy what became of the session: a webhook
+/// lost on the way shows up here as iDenfy's status on an expired attempt (source:
+/// reconciliation). What readers saw stays true: the attempt is recorded as expired either
+/// way. Without an answer from iDenfy it is recorded from facepair's clock.
 pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
-    let due = attempts::due_for_expiry(&state.pool, BATCH).await?;
+    let grace = state
+        .settings
+        .reconcile_after
+        .map_or(0.0, |d| d.as_secs_f64());
+    let due = attempts::due_for_expiry(&state.pool, grace, BATCH).await?;
     let mut expired = 0;
-    for (login_id, attempt_id) in due {
+    for item in due {
+        // asked before the transaction: no connection is held while iDenfy answers
+        let (source, report) = match state.settings.reconcile_after {
+            Some(_) => reconcile(state, &item.idenfy_token).await,
+            None => (Source::Clock, IdenfyReport::default()),
+        };
         let mut tx = state.pool.begin().await?;
-        let Some(row) = logins::lock(&mut tx, login_id).await? else {
+        let Some(row) = logins::lock(&mut tx, item.login_id).await? else {
             continue;
         };
-        let still_due = row.attempt.id == attempt_id
+        let still_due = row.attempt.id == item.attempt_id
             && row.attempt.status == AttemptStatus::Pending.as_str()
             && view::effective(&row, Utc::now()).0 == AttemptStatus::Expired;
         if !still_due {
@@ -53,8 +68,8 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
             &mut tx,
             &row,
             AttemptEvent::ClockExpired,
-            Source::Clock,
-            &IdenfyReport::default(),
+            source,
+            &report,
             None,
         )
         .await?;
@@ -62,8 +77,43 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
         if let Some(moved) = moved {
             moved.record(state);
             expired += 1;
-            service::notify(state, login_id).await;
+            service::notify(state, item.login_id).await;
         }
     }
     Ok(expired)
+}
+
+/// What iDenfy says of a session whose webhook never came.
+async fn reconcile(state: &AppState, token: &str) -> (Source, IdenfyReport) {
+    let started = std::time::Instant::now();
+    let result = state.idenfy.get_session(token).await;
+    state
+        .metrics
+        .idenfy_call("get_session", &result, started.elapsed());
+    match result {
+        Ok(session) => {
+            let status = match session.approved {
+                Some(true) => "SUCCESS",
+                Some(false) => "FAILED",
+                None => "NO_RESULT",
+            };
+            if session.approved.is_some() {
+                tracing::warn!(
+                    idenfy_status = status,
+                    "iDenfy finished this session but its webhook never arrived"
+                );
+            }
+            let report = IdenfyReport {
+                idenfy_status: Some(status.to_owned()),
+                idenfy_session_id: session.id,
+                face_photo_url: session.face_photo,
+                ..IdenfyReport::default()
+            };
+            (Source::Reconciliation, report)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reconcile an expired session with iDenfy; recording facepair's clock");
+            (Source::Clock, IdenfyReport::default())
+        }
+    }
 }

@@ -271,7 +271,13 @@ fn session_json(s: &Session) -> Value {
     json!({
         "id": s.id,
         "tokenString": s.token,
-        "approved": s.status.map(|o| o == super::state::Outcome::Success),
+        // true for SUCCESS, false for FAILED; null while pending and for sessions that never
+        // got a verdict (EXPIRED, CANCELED): the reference leaves those open
+        "approved": match s.status {
+            Some(super::state::Outcome::Success) => Some(true),
+            Some(super::state::Outcome::Failed) => Some(false),
+            _ => None,
+        },
         "givenScanRef": s.scan_ref,
         "type": s.kind,
         "authenticationMethod": s.method,

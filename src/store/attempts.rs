@@ -135,21 +135,30 @@ pub async fn lock_scan_ref(conn: &mut PgConnection, scan_ref: &str) -> Result<()
     Ok(())
 }
 
-/// Pending attempts whose expiry has passed: (login_id, attempt_id), oldest first.
+/// An attempt whose code expired and is still recorded as pending.
+pub struct Due {
+    pub login_id: Uuid,
+    pub attempt_id: Uuid,
+    pub idenfy_token: String,
+}
+
+/// Pending attempts whose expiry passed at least `grace_secs` ago, oldest first.
 pub async fn due_for_expiry(
     conn: impl PgExecutor<'_>,
+    grace_secs: f64,
     limit: i64,
-) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
-    let rows = sqlx::query!(
+) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as!(
+        Due,
         r#"
-        select login_id, id from attempts
-        where status = 'pending' and expires_at <= now()
+        select login_id, id as attempt_id, idenfy_token from attempts
+        where status = 'pending' and expires_at <= now() - make_interval(secs => $1)
         order by expires_at
-        limit $1
+        limit $2
         "#,
+        grace_secs,
         limit
     )
     .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.login_id, r.id)).collect())
+    .await
 }

@@ -442,3 +442,161 @@ async fn idenfy_down_or_slow_at_creation(pool: PgPool) {
         201
     );
 }
+
+/// The phone succeeded but the webhook was lost: after the grace period facepair asks iDenfy,
+/// and records iDenfy's answer on the expired attempt (source: reconciliation).
+#[sqlx::test]
+async fn a_lost_webhook_is_reconciled_with_idenfy(pool: PgPool) {
+    let sb = Sandbox::start_with(
+        pool,
+        |_| {},
+        |s| s.reconcile_after = Some(Duration::from_secs(1)),
+    )
+    .await;
+    sb.faults(json!({ "drop_webhooks": 2 })).await;
+    let lost: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 2 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let unused: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 2 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    sb.phone(&code_of(&lost), "SUCCESS", None).await;
+    // readers see the expiry at once; what they saw stays true
+    sb.wait_for(&lid(&lost), "expired").await;
+    sb.app
+        .eventually(Duration::from_secs(8), || async {
+            sb.app
+                .count("select count(*) from attempts where outcome_source = 'reconciliation'")
+                .await
+                == 2
+        })
+        .await;
+    let recorded: Vec<(String, String)> = sqlx::query_as(
+        "select a.status, a.idenfy_status from attempts a join logins l on l.id = a.login_id order by l.created_at",
+    )
+    .fetch_all(&sb.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded,
+        [
+            ("expired".into(), "SUCCESS".into()),
+            ("expired".into(), "NO_RESULT".into())
+        ]
+    );
+    assert_eq!(sb.app.state(&lid(&lost)).await["status"], "expired");
+    assert_eq!(sb.app.state(&lid(&unused)).await["status"], "expired");
+    assert_eq!(sb.app.count("select count(*) from deliveries").await, 0);
+    let detail: Value = sqlx::query_scalar(
+        "select detail from login_timeline where login_id = $1::uuid and what = 'attempt_expired'",
+    )
+    .bind(lid(&lost))
+    .fetch_one(&sb.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        detail["idenfy_status"], "SUCCESS",
+        "ops can see the lost webhook in the timeline"
+    );
+}
+
+#[sqlx::test]
+async fn without_idenfy_the_clock_records_the_expiry(pool: PgPool) {
+    let sb = Sandbox::start_with(
+        pool,
+        |_| {},
+        |s| s.reconcile_after = Some(Duration::from_millis(500)),
+    )
+    .await;
+    let login: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 1 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    sb.faults(json!({ "drop_webhooks": 1, "api_error_status": 503, "api_error_count": 1000 }))
+        .await;
+    sb.wait_for(&lid(&login), "expired").await;
+    sb.app
+        .eventually(Duration::from_secs(8), || async {
+            sb.app.count("select count(*) from attempts where status = 'expired' and outcome_source = 'clock'").await == 1
+        })
+        .await;
+}
+
+/// Five failures in a row open the circuit: calls then fail at once without reaching iDenfy,
+/// until a trial call after the cool-down finds it back.
+#[sqlx::test]
+async fn a_failing_idenfy_opens_the_circuit(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    sb.faults(json!({ "api_error_status": 500, "api_error_count": 1000 }))
+        .await;
+    let remaining = || async {
+        let f: Value = sb
+            .app
+            .http
+            .get(format!("{}/_sim/faults", sb.sim_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        f["api_error_count"].as_u64().unwrap()
+    };
+    for _ in 0..3 {
+        let r = sb.app.create_login(json!({ "scan_ref": SCAN_REF })).await;
+        assert_eq!(r.status(), 503);
+    }
+    let reached = 1000 - remaining().await;
+    assert!(
+        reached >= 5,
+        "{reached} calls reached iDenfy before the circuit opened"
+    );
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = sb.app.create_login(json!({ "scan_ref": SCAN_REF })).await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "idenfy_unavailable"
+        );
+    }
+    assert_eq!(
+        1000 - remaining().await,
+        reached,
+        "no call reached iDenfy while the circuit was open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "failing fast");
+    let metrics = sb
+        .app
+        .http
+        .get(sb.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "facepair_idenfy_calls_total{operation=\"check_status\",outcome=\"circuit_open\"} ",
+            )
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused >= 20, "{metrics}");
+    assert_eq!(sb.app.count("select count(*) from logins").await, 0);
+}

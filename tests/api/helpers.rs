@@ -51,6 +51,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         frame_ancestors: Vec::new(),
         return_url: None,
         retention: Default::default(),
+        reconcile_after: None,
     }
 }
 
