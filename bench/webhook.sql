@@ -1,9 +1,11 @@
 -- pgbench reference for scenario 1: the SQL that one applied webhook causes in facepair
 -- (src/service/webhook.rs), statement for statement, against the same schema and data.
 \set n random(0, :rows - 1)
+-- one body per transaction, hashed once (facepair hashes the raw body once and passes it)
+\set body random(1, 2000000000)
 BEGIN;
-SELECT pg_advisory_xact_lock(('x' || encode(substring(sha256(('body-' || :client_id || '-' || random())::bytea) from 1 for 8), 'hex'))::bit(64)::bigint);
-SELECT exists(SELECT 1 FROM deliveries WHERE body_sha256 = sha256(('body-' || :client_id || '-' || random())::bytea));
+SELECT pg_advisory_xact_lock(('x' || encode(substring(sha256(('body-' || :client_id || '-' || :body)::bytea) from 1 for 8), 'hex'))::bit(64)::bigint);
+SELECT exists(SELECT 1 FROM deliveries WHERE body_sha256 = sha256(('body-' || :client_id || '-' || :body)::bytea));
 SELECT id AS attempt_id, login_id FROM attempts WHERE idenfy_token = 'bench-' || :n \gset
 SELECT id FROM logins WHERE id = :login_id FOR UPDATE;
 SELECT id FROM attempts WHERE login_id = :login_id ORDER BY number DESC LIMIT 1 FOR UPDATE;
@@ -24,7 +26,7 @@ VALUES (:login_id, :event_seq, 'attempt_succeeded', 'webhook', 'approved', :atte
         '{"attempt_number": 1, "idenfy_status": "SUCCESS", "risk_tags": []}');
 INSERT INTO deliveries (id, body, body_sha256, content_type, event_type, signing_key_index, token, idenfy_status,
                         verdict, attempt_id, login_id, detail)
-VALUES (gen_random_uuid(), convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || random())::bytea),
+VALUES (gen_random_uuid(), convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
         'application/json', 'FACIAL_AUTHENTICATION', 0, 'bench-' || :n, 'SUCCESS', 'applied', :attempt_id, :login_id, NULL);
 COMMIT;
 SELECT pg_notify('facepair_events', :login_id);

@@ -34,6 +34,7 @@ pub struct AppState {
     /// Cancelled when the instance begins to stop: streams close with a reconnect hint,
     /// background tasks end.
     pub shutdown: CancellationToken,
+    pub watch_blocks: Arc<http::watch::Blocks>,
 }
 
 pub struct Application {
@@ -68,6 +69,7 @@ impl Application {
             public_url,
             pool,
             shutdown: CancellationToken::new(),
+            watch_blocks: Arc::default(),
         };
 
         let stop = state.shutdown.clone();

@@ -138,6 +138,32 @@ pub struct ServeArgs {
     #[arg(long, env = "FACEPAIR_RECONCILE_GRACE_SECONDS", default_value = "30")]
     pub reconcile_grace_seconds: String,
 
+    /// Logins one platform API key may create per minute (all instances together).
+    #[arg(
+        long,
+        env = "FACEPAIR_LOGINS_PER_API_KEY_PER_MINUTE",
+        default_value_t = 1200
+    )]
+    pub logins_per_api_key_per_minute: i32,
+
+    /// Logins one desktop address (`client_ip`; IPv6 by /64) may be given per hour.
+    #[arg(
+        long,
+        env = "FACEPAIR_LOGINS_PER_CLIENT_IP_PER_HOUR",
+        default_value_t = 30
+    )]
+    pub logins_per_client_ip_per_hour: i32,
+
+    /// Unknown watch tokens one browser address may present per 10 minutes before it is
+    /// refused with 429 for the rest of the window.
+    #[arg(long, env = "FACEPAIR_WATCH_MISSES_PER_IP", default_value_t = 20)]
+    pub watch_misses_per_ip: i32,
+
+    /// Header holding the browser's address when facepair runs behind a proxy
+    /// (e.g. `x-forwarded-for`, whose first entry is used). Unset: the peer address.
+    #[arg(long, env = "FACEPAIR_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+
     /// `json` for one JSON object per line, `text` for people.
     #[arg(long, env = "FACEPAIR_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -171,6 +197,26 @@ pub struct Settings {
     pub retention: Retention,
     /// `None`: expiry is recorded at once from the clock, without asking iDenfy.
     pub reconcile_after: Option<Duration>,
+    pub limits: Limits,
+    pub client_ip_header: Option<String>,
+}
+
+/// Abuse limits, counted in PostgreSQL across instances.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub logins_per_api_key_per_minute: i32,
+    pub logins_per_client_ip_per_hour: i32,
+    pub watch_misses_per_ip: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            logins_per_api_key_per_minute: 1200,
+            logins_per_client_ip_per_hour: 30,
+            watch_misses_per_ip: 20,
+        }
+    }
 }
 
 /// How long identity data and raw webhook bodies are kept, and how often the purge runs.
@@ -331,6 +377,15 @@ impl ServeArgs {
             frame_ancestors,
             return_url: self.return_url.clone(),
             reconcile_after,
+            limits: Limits {
+                logins_per_api_key_per_minute: self.logins_per_api_key_per_minute.max(1),
+                logins_per_client_ip_per_hour: self.logins_per_client_ip_per_hour.max(1),
+                watch_misses_per_ip: self.watch_misses_per_ip.max(1),
+            },
+            client_ip_header: self
+                .client_ip_header
+                .clone()
+                .filter(|h| !h.trim().is_empty()),
             retention: Retention {
                 identity: chrono::Duration::days(self.retention_days),
                 delivery_bodies: chrono::Duration::days(self.delivery_body_retention_days),

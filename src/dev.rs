@@ -83,6 +83,8 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         frame_ancestors: vec![format!("http://127.0.0.1:{}", args.demo_listen.port())],
         return_url: None,
         retention: Default::default(),
+        limits: Default::default(),
+        client_ip_header: None,
         reconcile_after: Some(Duration::from_secs(5)),
     };
     let app = Application::build(settings, pool).await?;

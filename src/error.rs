@@ -54,6 +54,11 @@ pub enum ApiError {
         budget: &'static str,
         retry_after: Option<u64>,
     },
+    #[error("too many requests ({limit}); wait for Retry-After")]
+    RateLimited {
+        limit: &'static str,
+        retry_after: u64,
+    },
     #[error("polling faster than poll_interval_seconds; wait for Retry-After")]
     SlowDown { retry_after: u64 },
     #[error("iDenfy is rate-limiting facepair; try again later")]
@@ -89,6 +94,9 @@ pub struct ErrorDetail {
     /// For `attempt_budget_exhausted`: `login` or `scan_ref_hourly`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<&'static str>,
+    /// For `rate_limited`: `logins_per_api_key`, `logins_per_client_ip` or `watch_misses_per_ip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<&'static str>,
 }
 
 /// Every code a client may see, with its status, for the docs and the OpenAPI document.
@@ -160,6 +168,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         429,
         "the per-login or per-scan_ref hourly attempt budget is spent",
     ),
+    (
+        "rate_limited",
+        429,
+        "an abuse limit was hit; `limit` names it; Retry-After",
+    ),
     ("slow_down", 429, "polled faster than poll_interval_seconds"),
     (
         "idenfy_rate_limited",
@@ -207,6 +220,7 @@ impl ApiError {
             Self::LoginCanceled => "login_canceled",
             Self::LoginFinished { .. } => "login_finished",
             Self::BudgetExhausted { .. } => "attempt_budget_exhausted",
+            Self::RateLimited { .. } => "rate_limited",
             Self::SlowDown { .. } => "slow_down",
             Self::IdenfyRateLimited { .. } => "idenfy_rate_limited",
             Self::IdenfyUnavailable(_) => "idenfy_unavailable",
@@ -223,6 +237,7 @@ impl ApiError {
                 Some(*retry_after)
             }
             Self::BudgetExhausted { retry_after, .. } => *retry_after,
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
             Self::DatabaseUnavailable(_) | Self::IdenfyUnavailable(_) => Some(2),
             _ => None,
         }
@@ -308,7 +323,8 @@ impl ResponseError for ApiError {
             | Self::AlreadyApproved
             | Self::LoginCanceled
             | Self::LoginFinished { .. } => StatusCode::CONFLICT,
-            Self::BudgetExhausted { .. }
+            Self::RateLimited { .. }
+            | Self::BudgetExhausted { .. }
             | Self::SlowDown { .. }
             | Self::IdenfyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IdenfyRejected(_) => StatusCode::BAD_GATEWAY,
@@ -330,7 +346,6 @@ impl ResponseError for ApiError {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        // the request-id middleware fills in request_id
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
@@ -342,6 +357,10 @@ impl ResponseError for ApiError {
                 },
                 budget: match self {
                     Self::BudgetExhausted { budget, .. } => Some(budget),
+                    _ => None,
+                },
+                limit: match self {
+                    Self::RateLimited { limit, .. } => Some(limit),
                     _ => None,
                 },
             },

@@ -214,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         target: "own p99 <= 5 ms".into(),
     });
 
-    server.stop();
+    drop(server);
     print_table(&rows);
     println!(
         "\n(run took {:.0} s; facepair at {}, PostgreSQL at {})",
@@ -394,8 +394,11 @@ impl Server {
             ready,
         ))
     }
+}
 
-    fn stop(mut self) {
+/// The measured process never outlives the run, however the run ends.
+impl Drop for Server {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

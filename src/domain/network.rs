@@ -50,6 +50,18 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The key abuse limits count an address under: the address for IPv4, its /64 for IPv6 (one
+/// subscriber usually holds a whole /64).
+pub fn bucket(ip: IpAddr) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 pub fn compare(desktop: Option<&str>, phone: Option<&str>) -> NetworkMatch {
     let parse = |s: Option<&str>| {
         s.and_then(|s| s.trim().parse::<IpAddr>().ok())

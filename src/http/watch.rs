@@ -1,19 +1,114 @@
 //! The browser side, authorised by the watch token alone. Never shows identity data.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::IntoParams;
+use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::domain::{Source, WatchToken};
+use crate::domain::{Source, WatchToken, network};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::platform::{
     EventsQuery, WaitQuery, last_event_id, respond_with_state, state_response,
 };
 use crate::service::{self, Audience, LoginState};
+use crate::store::limits;
 use crate::store::logins::{self, Poll};
 
-fn parse_token(raw: &str) -> Result<WatchToken, ApiError> {
-    WatchToken::parse(raw).ok_or(ApiError::WatchTokenNotFound)
+/// Browser addresses refused after too many unknown watch tokens, until their window ends.
+/// The count is kept in PostgreSQL; the refusal is remembered here so it costs no lookup.
+#[derive(Default)]
+pub struct Blocks(Mutex<HashMap<IpAddr, Instant>>);
+
+impl Blocks {
+    fn remaining(&self, ip: IpAddr) -> Option<u64> {
+        let mut blocks = self.0.lock().unwrap();
+        let until = *blocks.get(&ip)?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            blocks.remove(&ip);
+            return None;
+        }
+        Some(left.as_secs().max(1))
+    }
+
+    fn block(&self, ip: IpAddr, seconds: u64) {
+        let mut blocks = self.0.lock().unwrap();
+        blocks.retain(|_, until| *until > Instant::now());
+        blocks.insert(ip, Instant::now() + Duration::from_secs(seconds));
+    }
+}
+
+async fn by_hash(state: &AppState, token: WatchToken) -> Result<Option<Uuid>, ApiError> {
+    Ok(logins::id_for_watch_hash(&state.pool, &token.hash()).await?)
+}
+
+/// The browser's address: the configured proxy header's first entry, else the peer.
+fn requester_ip(req: &HttpRequest, header: Option<&str>) -> Option<IpAddr> {
+    match header {
+        Some(name) => req
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok()),
+        None => req.peer_addr().map(|a| a.ip()),
+    }
+}
+
+/// Resolves a watch token with `find`, counting unknown tokens per browser address: past the
+/// limit the address is refused with 429 for the rest of the window, before any lookup, so
+/// guessing cannot go on. Known and unknown tokens cost the same lookup.
+async fn resolve<F, Fut>(
+    state: &AppState,
+    req: &HttpRequest,
+    raw: &str,
+    find: F,
+) -> Result<Uuid, ApiError>
+where
+    F: FnOnce(WatchToken) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Uuid>, ApiError>>,
+{
+    let ip = requester_ip(req, state.settings.client_ip_header.as_deref());
+    if let Some(retry_after) = ip.and_then(|ip| state.watch_blocks.remaining(ip)) {
+        return Err(ApiError::RateLimited {
+            limit: "watch_misses_per_ip",
+            retry_after,
+        });
+    }
+    let found = match WatchToken::parse(raw) {
+        Some(token) => find(token).await?,
+        None => None,
+    };
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    let Some(ip) = ip else {
+        return Err(ApiError::WatchTokenNotFound);
+    };
+    let bucket = format!("watch_miss:{}", network::bucket(ip));
+    match limits::hit(
+        &state.pool,
+        &bucket,
+        600.0,
+        state.settings.limits.watch_misses_per_ip,
+    )
+    .await?
+    {
+        None => Err(ApiError::WatchTokenNotFound),
+        Some(retry_after) => {
+            state.watch_blocks.block(ip, retry_after);
+            tracing::warn!(%ip, "too many unknown watch tokens from one address");
+            Err(ApiError::RateLimited {
+                limit: "watch_misses_per_ip",
+                retry_after,
+            })
+        }
+    }
 }
 
 #[derive(IntoParams)]
@@ -33,6 +128,7 @@ struct WatchPath {
         (status = 200, body = LoginState, description = "without scan_ref or user_ref", headers(("ETag" = String))),
         (status = 304, description = "unchanged since If-None-Match"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
+        (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
         (status = 429, body = ErrorBody, description = "slow_down (Retry-After)"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),
     )
@@ -43,26 +139,23 @@ pub async fn get_watch(
     query: web::Query<WaitQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let token = parse_token(&path)?;
     let interval_ms = i64::from(state.settings.poll_interval_seconds) * 1000;
     let long_poll = query.wait.unwrap_or(0) >= state.settings.poll_interval_seconds;
-    let mut conn = state.pool.acquire().await?;
-    let login_id = if long_poll {
-        logins::id_for_watch_hash(&mut *conn, &token.hash())
-            .await?
-            .ok_or(ApiError::WatchTokenNotFound)?
-    } else {
-        match logins::record_watch_poll(&mut conn, &token.hash(), interval_ms).await? {
-            Poll::Answered(id) => id,
-            Poll::UnknownToken => return Err(ApiError::WatchTokenNotFound),
-            Poll::TooSoon { retry_after_ms } => {
-                return Err(ApiError::SlowDown {
-                    retry_after: (retry_after_ms as u64).div_ceil(1000),
-                });
-            }
+    let pool = &state.pool;
+    let login_id = resolve(&state, &req, &path, |token| async move {
+        if long_poll {
+            return Ok(logins::id_for_watch_hash(pool, &token.hash()).await?);
         }
-    };
-    drop(conn);
+        let mut conn = pool.acquire().await?;
+        match logins::record_watch_poll(&mut conn, &token.hash(), interval_ms).await? {
+            Poll::Answered(id) => Ok(Some(id)),
+            Poll::UnknownToken => Ok(None),
+            Poll::TooSoon { retry_after_ms } => Err(ApiError::SlowDown {
+                retry_after: (retry_after_ms as u64).div_ceil(1000),
+            }),
+        }
+    })
+    .await?;
     respond_with_state(&state, login_id, &req, query.wait, Audience::Browser).await
 }
 
@@ -73,6 +166,7 @@ pub async fn get_watch(
     responses(
         (status = 201, body = LoginState, description = "new code in `attempt.digit_string`"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
+        (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
         (status = 409, body = ErrorBody, description = "already_approved, already_redeemed, login_canceled"),
         (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, idenfy_rate_limited"),
         (status = 502, body = ErrorBody, description = "idenfy_rejected"),
@@ -83,11 +177,9 @@ pub async fn get_watch(
 pub async fn new_attempt(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let token = parse_token(&path)?;
-    let login_id = logins::id_for_watch_hash(&state.pool, &token.hash())
-        .await?
-        .ok_or(ApiError::WatchTokenNotFound)?;
+    let login_id = resolve(&state, &req, &path, |token| by_hash(&state, token)).await?;
     let row = service::issue_code(&state, login_id, Source::Watch).await?;
     Ok(state_response(
         HttpResponse::Created(),
@@ -105,6 +197,7 @@ pub async fn new_attempt(
     responses(
         (status = 200, content_type = "text/event-stream", body = String, description = "as `/v1/logins/{login_id}/events`, without scan_ref or user_ref"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
+        (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),
     )
 )]
@@ -114,10 +207,7 @@ pub async fn events(
     query: web::Query<EventsQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let token = parse_token(&path)?;
-    let login_id = logins::id_for_watch_hash(&state.pool, &token.hash())
-        .await?
-        .ok_or(ApiError::WatchTokenNotFound)?;
+    let login_id = resolve(&state, &req, &path, |token| by_hash(&state, token)).await?;
     crate::live::sse::open(
         &state,
         login_id,

@@ -125,6 +125,7 @@ mod tests {
             locale: None,
             lifetime_seconds: 600,
             max_attempts: 3,
+            attempts_forgiven: 0,
             client_ip: None,
             status: "pending".into(),
             event_seq: 1,

@@ -87,12 +87,17 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         match purge(&pool, identity, bodies).await {
-            Ok(p) => tracing::info!(
-                logins = p.logins,
-                attempts = p.attempts,
-                delivery_bodies = p.delivery_bodies,
-                "retention purge"
-            ),
+            Ok(p) => {
+                // windows of abuse counters that ended long ago go with the daily run
+                let windows = crate::store::limits::prune(&pool).await.unwrap_or(0);
+                tracing::info!(
+                    logins = p.logins,
+                    attempts = p.attempts,
+                    delivery_bodies = p.delivery_bodies,
+                    rate_limit_windows = windows,
+                    "retention purge"
+                );
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "retention purge failed; retrying at the next run")
             }

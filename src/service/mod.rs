@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::domain::network::NetworkMatch;
 use crate::domain::state::{self, CodeRefusal, LoginFacts};
 use crate::domain::{
     AttemptEvent, AttemptStatus, Lifetime, Locale, LoginStatus, ScanRef, Source, UserRef,
@@ -44,6 +45,26 @@ pub async fn create_login(
     api_key_id: &str,
     req: NewLoginRequest,
 ) -> Result<(LoginRow, WatchToken), ApiError> {
+    let limits = state.settings.limits;
+    rate_limit(
+        state,
+        &format!("api_key:{api_key_id}"),
+        60.0,
+        limits.logins_per_api_key_per_minute,
+        "logins_per_api_key",
+    )
+    .await?;
+    if let Some(ip) = req.client_ip {
+        let bucket = format!("client_ip:{}", crate::domain::network::bucket(ip));
+        rate_limit(
+            state,
+            &bucket,
+            3600.0,
+            limits.logins_per_client_ip_per_hour,
+            "logins_per_client_ip",
+        )
+        .await?;
+    }
     check_scan_ref_budget(state, &mut *state.pool.acquire().await?, &req.scan_ref).await?;
 
     let started = std::time::Instant::now();
@@ -370,9 +391,12 @@ pub async fn move_attempt(
     };
     attempts::finish(conn, row.attempt.id, to.as_str(), source.as_str(), report).await?;
     let canceled = event == AttemptEvent::LoginCanceled;
+    // a stranger who types the victim's code and fails does not use up the victim's codes
+    let forgive = to == AttemptStatus::Failed
+        && report.network_match == Some(NetworkMatch::Different.as_str());
     let login = state::login_status(LoginFacts {
         current_attempt: to,
-        attempts_used: row.attempt.number,
+        attempts_used: row.budget_used() - i32::from(forgive),
         max_attempts: row.max_attempts,
         redeemed: row.redeemed_at.is_some(),
         canceled: canceled || row.canceled_at.is_some(),
@@ -381,6 +405,7 @@ pub async fn move_attempt(
         approved: to == AttemptStatus::Succeeded,
         canceled,
         redeemed: false,
+        forgive,
     };
     let seq = logins::set_status(conn, row.id, login.as_str(), change).await?;
     let mut detail = json!({ "attempt_number": row.attempt.number });
@@ -427,7 +452,7 @@ fn attempt_event_kind(to: AttemptStatus) -> &'static str {
 
 fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiError> {
     let (_, status) = view::effective(row, now);
-    state::may_issue_code(status, row.attempt.number, row.max_attempts).map_err(|refusal| {
+    state::may_issue_code(status, row.budget_used(), row.max_attempts).map_err(|refusal| {
         match refusal {
             CodeRefusal::Approved => ApiError::AlreadyApproved,
             CodeRefusal::Redeemed => ApiError::AlreadyRedeemed,
@@ -439,6 +464,23 @@ fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiErro
             },
         }
     })
+}
+
+/// Counts a hit against a PostgreSQL-kept limit; 429 `rate_limited` once it is exceeded.
+pub async fn rate_limit(
+    state: &AppState,
+    bucket: &str,
+    window_secs: f64,
+    limit: i32,
+    name: &'static str,
+) -> Result<(), ApiError> {
+    match crate::store::limits::hit(&state.pool, bucket, window_secs, limit).await? {
+        None => Ok(()),
+        Some(retry_after) => Err(ApiError::RateLimited {
+            limit: name,
+            retry_after,
+        }),
+    }
 }
 
 async fn check_scan_ref_budget(

@@ -28,7 +28,8 @@ pub struct LoginState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_ref: Option<String>,
     pub attempt: AttemptState,
-    /// Codes issued so far, this one included.
+    /// Codes issued so far that count toward the budget, this one included. A failure whose
+    /// selfie came from another network than the desktop's does not count.
     pub attempts_used: i32,
     pub max_attempts: i32,
     /// Whether `POST .../attempts` would issue a new code now.
@@ -69,7 +70,7 @@ pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginSta
     let attempt = state::effective(stored, row.attempt.expires_at, now);
     let login = state::login_status(LoginFacts {
         current_attempt: attempt,
-        attempts_used: row.attempt.number,
+        attempts_used: row.budget_used(),
         max_attempts: row.max_attempts,
         redeemed: row.redeemed_at.is_some(),
         canceled: row.canceled_at.is_some(),
@@ -108,11 +109,11 @@ impl LoginState {
                 }),
                 fail_reason: row.attempt.fail_reason.clone(),
             },
-            attempts_used: row.attempt.number,
+            attempts_used: row.budget_used(),
             max_attempts: row.max_attempts,
             can_request_new_code: state::may_issue_code(
                 status,
-                row.attempt.number,
+                row.budget_used(),
                 row.max_attempts,
             )
             .is_ok(),

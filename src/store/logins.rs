@@ -14,6 +14,9 @@ pub struct LoginRow {
     pub locale: Option<String>,
     pub lifetime_seconds: i32,
     pub max_attempts: i32,
+    /// Failed attempts that do not count toward the budget (the selfie came from another
+    /// network than the desktop's).
+    pub attempts_forgiven: i32,
     pub client_ip: Option<String>,
     pub status: String,
     pub event_seq: i32,
@@ -42,12 +45,19 @@ pub struct AttemptRow {
     pub network_match: Option<String>,
 }
 
+impl LoginRow {
+    /// Codes that count toward the login's budget.
+    pub fn budget_used(&self) -> i32 {
+        self.attempt.number - self.attempts_forgiven
+    }
+}
+
 /// Reads a login by id. `lock` takes the row lock (login first, then attempt: the one lock
 /// order every writer follows).
 pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
-        select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts,
+        select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
                host(l.client_ip) as client_ip, l.status, l.event_seq, l.created_at,
                l.approved_at, l.redeemed_at, l.canceled_at,
                a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
@@ -72,6 +82,7 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
         locale: r.locale,
         lifetime_seconds: r.lifetime_seconds,
         max_attempts: r.max_attempts,
+        attempts_forgiven: r.attempts_forgiven,
         client_ip: r.client_ip,
         status: r.status,
         event_seq: r.event_seq,
@@ -167,6 +178,8 @@ pub struct StatusChange {
     pub approved: bool,
     pub redeemed: bool,
     pub canceled: bool,
+    /// The attempt that just failed does not count toward the budget.
+    pub forgive: bool,
 }
 
 /// Sets the status and returns the new event sequence number.
@@ -184,7 +197,8 @@ pub async fn set_status(
             updated_at = now(),
             approved_at = case when $3 then now() else approved_at end,
             redeemed_at = case when $4 then now() else redeemed_at end,
-            canceled_at = case when $5 then now() else canceled_at end
+            canceled_at = case when $5 then now() else canceled_at end,
+            attempts_forgiven = attempts_forgiven + case when $6 then 1 else 0 end
         where id = $1
         returning event_seq
         "#,
@@ -192,7 +206,8 @@ pub async fn set_status(
         status,
         change.approved,
         change.redeemed,
-        change.canceled
+        change.canceled,
+        change.forgive
     )
     .fetch_one(conn)
     .await

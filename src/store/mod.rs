@@ -4,4 +4,5 @@
 pub mod attempts;
 pub mod deliveries;
 pub mod events;
+pub mod limits;
 pub mod logins;

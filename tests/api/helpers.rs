@@ -26,6 +26,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub handle: actix_web::dev::ServerHandle,
     stopper: tokio_util::sync::CancellationToken,
+    settings: Settings,
     stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -51,6 +52,12 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         frame_ancestors: Vec::new(),
         return_url: None,
         retention: Default::default(),
+        limits: facepair::config::Limits {
+            logins_per_api_key_per_minute: 100_000,
+            logins_per_client_ip_per_hour: 100_000,
+            watch_misses_per_ip: 100_000,
+        },
+        client_ip_header: None,
         reconcile_after: None,
     }
 }
@@ -71,7 +78,8 @@ impl TestApp {
     /// Another instance on the same database and the same iDenfy.
     pub async fn second_instance(&self) -> TestApp {
         let idenfy = MockServer::builder().start().await;
-        let s = settings(&self.idenfy.uri());
+        let mut s = self.settings.clone();
+        s.listen = "127.0.0.1:0".parse().unwrap();
         // its own pool, as a separate process would have
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(5)
@@ -82,6 +90,7 @@ impl TestApp {
     }
 
     async fn start(pool: PgPool, idenfy: MockServer, s: Settings) -> Self {
+        let settings = s.clone();
         let app = Application::build(s, pool.clone())
             .await
             .expect("facepair starts");
@@ -96,6 +105,7 @@ impl TestApp {
             pool,
             handle,
             stopper,
+            settings,
             stopped,
         }
     }

@@ -1,5 +1,6 @@
 //! Black-box tests of the HTTP API against real PostgreSQL (one database per test).
 
+mod abuse;
 mod browser;
 mod create;
 mod e2e;
@@ -8,6 +9,7 @@ mod lifecycle;
 mod live;
 mod ops;
 mod ops_tools;
+mod outage;
 mod sim_conformance;
 mod watch;
 mod webhook;

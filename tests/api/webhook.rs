@@ -341,10 +341,10 @@ async fn concurrent_duplicates_change_state_once(pool: PgPool) {
     let login = app.login().await;
     let token = app.token_of(&attempt_id(&login)).await;
     let body = webhook_body(&token, "SUCCESS", json!({}));
-    let sends = (0..20).map(|_| app.send_webhook(body.as_bytes(), SIGNING_KEY));
+    let sends = (0..100).map(|_| app.send_webhook(body.as_bytes(), SIGNING_KEY));
     let responses = futures_util::future::join_all(sends).await;
     assert!(responses.iter().all(|r| r.status() == 200));
-    assert_eq!(app.count("select count(*) from deliveries").await, 20);
+    assert_eq!(app.count("select count(*) from deliveries").await, 100);
     assert_eq!(
         app.count("select count(*) from deliveries where verdict = 'applied'")
             .await,
@@ -353,7 +353,7 @@ async fn concurrent_duplicates_change_state_once(pool: PgPool) {
     assert_eq!(
         app.count("select count(*) from deliveries where verdict = 'duplicate'")
             .await,
-        19
+        99
     );
     assert_eq!(
         app.count("select count(*) from events where kind = 'attempt_succeeded'")

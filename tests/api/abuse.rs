@@ -1,0 +1,254 @@
+//! Abuse limits kept in PostgreSQL (they hold across instances), griefing, webhook replays.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::e2e::Sandbox;
+use crate::helpers::*;
+
+async fn code_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[sqlx::test]
+async fn login_creation_is_limited_per_api_key_across_instances(pool: PgPool) {
+    let a = TestApp::spawn_with(pool, |s| s.limits.logins_per_api_key_per_minute = 3).await;
+    a.mock_eligible().await;
+    let b = a.second_instance().await;
+    let statuses = [
+        a.create_login(json!({ "scan_ref": SCAN_REF }))
+            .await
+            .status()
+            .as_u16(),
+        b.create_login(json!({ "scan_ref": SCAN_REF }))
+            .await
+            .status()
+            .as_u16(),
+        a.create_login(json!({ "scan_ref": SCAN_REF }))
+            .await
+            .status()
+            .as_u16(),
+    ];
+    assert_eq!(statuses, [201, 201, 201]);
+    // the fourth, on either instance, is over the key's limit
+    let fourth = b.create_login(json!({ "scan_ref": SCAN_REF })).await;
+    let retry_after: u64 = fourth.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    let (status, body) = code_of(fourth).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert_eq!(body["error"]["limit"], "logins_per_api_key");
+    assert_eq!(a.count("select count(*) from logins").await, 3);
+    // the other key has its own window
+    let other = a
+        .http
+        .post(a.url("/v1/logins"))
+        .bearer_auth(API_KEY_2)
+        .json(&json!({ "scan_ref": SCAN_REF }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 201);
+}
+
+#[sqlx::test]
+async fn login_creation_is_limited_per_desktop_address(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.limits.logins_per_client_ip_per_hour = 2).await;
+    app.mock_eligible().await;
+    let create =
+        |ip: &'static str| app.create_login(json!({ "scan_ref": SCAN_REF, "client_ip": ip }));
+    assert_eq!(create("198.51.100.7").await.status(), 201);
+    assert_eq!(create("198.51.100.7").await.status(), 201);
+    let (status, body) = code_of(create("198.51.100.7").await).await;
+    assert_eq!(
+        (status, body["error"]["limit"].as_str()),
+        (429, Some("logins_per_client_ip"))
+    );
+    // IPv6 addresses count by /64
+    assert_eq!(create("2001:db8:1:2::1").await.status(), 201);
+    assert_eq!(create("2001:db8:1:2::99").await.status(), 201);
+    assert_eq!(create("2001:db8:1:2:ffff::1").await.status(), 429);
+    assert_eq!(create("198.51.100.8").await.status(), 201);
+}
+
+/// Guessing watch tokens: 404s until the limit, then 429 for every token from that address,
+/// valid ones included, so guessing cannot go on; the count is shared by instances.
+#[sqlx::test]
+async fn watch_token_guessing_is_refused(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.limits.watch_misses_per_ip = 5).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let valid = login["watch_token"].as_str().unwrap().to_owned();
+    let b = app.second_instance().await;
+    let guess = |target: &TestApp, i: usize| {
+        let url = target.url(&format!("/v1/watch/fpw_{:0>43}", i));
+        target.http.get(url).send()
+    };
+    for i in 0..3 {
+        assert_eq!(guess(&app, i).await.unwrap().status(), 404);
+    }
+    for i in 3..5 {
+        assert_eq!(guess(&b, i).await.unwrap().status(), 404);
+    }
+    let refused = guess(&app, 5).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    let (_, body) = code_of(refused).await;
+    assert_eq!(body["error"]["limit"], "watch_misses_per_ip");
+    let valid_now = app
+        .http
+        .get(app.url(&format!("/v1/watch/{valid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(valid_now.status(), 429, "no more lookups for this address");
+    // malformed tokens count too
+    let malformed = b
+        .http
+        .get(b.url("/v1/watch/not-a-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 429);
+}
+
+/// A stranger who types the victim's code on another network and fails does not use up the
+/// victim's codes; the victim's own failures do.
+#[sqlx::test]
+async fn a_stranger_cannot_lock_the_victim_out(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let login: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = login["login_id"].as_str().unwrap().to_owned();
+    let stranger = |code: String| {
+        let http = sb.app.http.clone();
+        let url = format!("{}/_sim/app/enter", sb.sim_url);
+        async move {
+            http.post(url)
+                .json(&json!({ "digitString": code, "status": "FAILED", "failReason": "FACE_MISMATCH", "ipAddress": "203.0.113.66" }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut current = login;
+    for round in 0..5 {
+        stranger(
+            current["attempt"]["digit_string"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+        .await;
+        let state = sb.wait_for(&id, "failed").await;
+        assert_eq!(
+            state["attempts_used"], 0,
+            "round {round}: a stranger's failure is not counted"
+        );
+        assert_eq!(state["can_request_new_code"], true);
+        let r = sb.app.post(&format!("/v1/logins/{id}/attempts")).await;
+        assert_eq!(r.status(), 201, "round {round}");
+        current = r.json().await.unwrap();
+    }
+    // the victim, on the desktop's network, finally gets through
+    let r = sb
+        .app
+        .http
+        .post(format!("{}/_sim/app/enter", sb.sim_url))
+        .json(&json!({ "digitString": current["attempt"]["digit_string"], "status": "SUCCESS", "ipAddress": "198.51.100.20" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let state = sb.wait_for(&id, "approved").await;
+    assert_eq!(state["attempt"]["number"], 6);
+    let who: Value = sb
+        .app
+        .post(&format!("/v1/logins/{id}/redeem"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["network_match"], "same_network");
+
+    // the victim's own failures on their network do count
+    let own: Value = sb
+        .app
+        .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let own_id = own["login_id"].as_str().unwrap().to_owned();
+    sb.app
+        .http
+        .post(format!("{}/_sim/app/enter", sb.sim_url))
+        .json(&json!({ "digitString": own["attempt"]["digit_string"], "status": "FAILED", "ipAddress": "198.51.100.7" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sb.wait_for(&own_id, "failed").await["attempts_used"], 1);
+}
+
+#[sqlx::test]
+async fn webhook_replays_and_odd_requests(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = app.token_of(login["attempt"]["id"].as_str().unwrap()).await;
+    let body = webhook_body(&token, "SUCCESS", json!({}));
+    let sig = facepair::idenfy::signature::sign(SIGNING_KEY.as_bytes(), body.as_bytes());
+    let send = |content_type: &'static str, body: String, sig: String| {
+        app.http
+            .post(app.url("/v1/webhooks/idenfy"))
+            .header("content-type", content_type)
+            .header("idenfy-signature", sig)
+            .body(body)
+            .send()
+    };
+    // a verified body is judged by its bytes, whatever content type it was labelled with
+    let r = send("text/plain", body.clone(), sig.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["verdict"], "applied");
+    let stored: Option<String> = sqlx::query_scalar("select content_type from deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some("text/plain"));
+    // the same valid body replayed later is stored as a duplicate and changes nothing
+    app.post(&format!(
+        "/v1/logins/{}/redeem",
+        login["login_id"].as_str().unwrap()
+    ))
+    .await;
+    let r = send("application/json", body.clone(), sig).await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["verdict"], "duplicate");
+    assert_eq!(
+        app.state(login["login_id"].as_str().unwrap()).await["status"],
+        "redeemed"
+    );
+    // an empty body with a valid signature is stored as unparseable
+    let empty_sig = facepair::idenfy::signature::sign(SIGNING_KEY.as_bytes(), b"");
+    let r = send("application/json", String::new(), empty_sig)
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["verdict"], "unparseable");
+    assert_eq!(app.count("select count(*) from deliveries").await, 3);
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'attempt_succeeded'")
+            .await,
+        1
+    );
+}
