@@ -100,12 +100,17 @@ impl Application {
             )));
         }
         let app_state = state.clone();
+        let workers = state
+            .settings
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(app_state.clone()))
                 .wrap(from_fn(telemetry::request_span))
                 .configure(http::configure)
         })
+        .workers(workers)
         .listen(listener)?
         .shutdown_timeout(10)
         .disable_signals()

@@ -164,6 +164,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FACEPAIR_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
 
+    /// HTTP worker threads; default: one per CPU.
+    #[arg(long, env = "FACEPAIR_WORKERS")]
+    pub workers: Option<usize>,
+
     /// `json` for one JSON object per line, `text` for people.
     #[arg(long, env = "FACEPAIR_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -199,6 +203,8 @@ pub struct Settings {
     pub reconcile_after: Option<Duration>,
     pub limits: Limits,
     pub client_ip_header: Option<String>,
+    /// HTTP worker threads; `None`: one per CPU.
+    pub workers: Option<usize>,
 }
 
 /// Abuse limits, counted in PostgreSQL across instances.
@@ -386,6 +392,7 @@ impl ServeArgs {
                 .client_ip_header
                 .clone()
                 .filter(|h| !h.trim().is_empty()),
+            workers: self.workers.filter(|w| *w > 0),
             retention: Retention {
                 identity: chrono::Duration::days(self.retention_days),
                 delivery_bodies: chrono::Duration::days(self.delivery_body_retention_days),
@@ -401,5 +408,9 @@ impl DatabaseArgs {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_max_connections.max(1))
             .acquire_timeout(Duration::from_millis(self.db_acquire_timeout_ms))
+            // no ping before every use: it costs a round trip per request. A connection that
+            // died (PostgreSQL restarted) fails its query, the request gets 503 and is
+            // retried, and the pool replaces the connection.
+            .test_before_acquire(false)
     }
 }

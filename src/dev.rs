@@ -85,6 +85,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         retention: Default::default(),
         limits: Default::default(),
         client_ip_header: None,
+        workers: None,
         reconcile_after: Some(Duration::from_secs(5)),
     };
     let app = Application::build(settings, pool).await?;

@@ -53,6 +53,9 @@ struct Args {
     /// Pending attempts seeded for webhook ingest (must exceed what the runs consume).
     #[arg(long, default_value_t = 400_000)]
     rows: usize,
+    /// Which scenarios to run, e.g. `1,3`; all by default.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u8, 2, 3, 4, 5])]
+    scenarios: Vec<u8>,
 }
 
 struct Row {
@@ -116,103 +119,116 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let secs = Duration::from_secs(args.seconds);
 
-    // 1. webhook ingest
+    let run = |n: u8| args.scenarios.contains(&n);
     let mut next_token = 0usize;
-    for concurrency in [1usize, 8, 32] {
-        let run = webhooks(&http, &server.url, &mut next_token, concurrency, secs).await?;
-        let reference = pgbench(
-            &args.pgbench,
-            &ref_url,
-            &[
-                "-f",
-                "bench/webhook.sql",
-                "-D",
-                &format!("rows={}", args.rows),
-            ],
-            concurrency,
-            secs,
-        )?;
+
+    if run(1) {
+        // 1. webhook ingest
+        for concurrency in [1usize, 8, 32] {
+            let cpu_before = cpu_ms(server.pid)?;
+            let run = webhooks(&http, &server.url, &mut next_token, concurrency, secs).await?;
+            let cpu_per_request =
+                (cpu_ms(server.pid)? - cpu_before) / (run.rate * secs.as_secs_f64());
+            let reference = pgbench(
+                &args.pgbench,
+                &ref_url,
+                &[
+                    "-f",
+                    "bench/webhook.sql",
+                    "-D",
+                    &format!("rows={}", args.rows),
+                ],
+                concurrency,
+                secs,
+            )?;
+            rows.push(Row {
+                scenario: format!("1. webhook ingest, concurrency {concurrency}"),
+                facepair: format!(
+                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.3} ms CPU each)",
+                    run.rate, run.p50_ms, run.p99_ms, run.errors, cpu_per_request
+                ),
+                reference: format!("{reference:.0}/s pgbench, same SQL"),
+                ratio: format!("{:.2}x", run.rate / reference),
+                target: ">= 0.8x".into(),
+            });
+        }
+    }
+
+    if run(2) {
+        // 2. status polls, plain and conditional
+        let poll_ids: Arc<Vec<Uuid>> =
+            Arc::new(seeded.login_ids[next_token + 1000..next_token + 11_000].to_vec());
+        let select_only = {
+            pgbench_init(&args.pgbench, &ref_url)?;
+            pgbench(&args.pgbench, &ref_url, &["-S"], 32, secs)?
+        };
+        for conditional in [false, true] {
+            let run = polls(&http, &server.url, poll_ids.clone(), conditional, 32, secs).await?;
+            rows.push(Row {
+                scenario: format!(
+                    "2. status polls{}, 32 clients",
+                    if conditional {
+                        " with If-None-Match (304)"
+                    } else {
+                        ""
+                    }
+                ),
+                facepair: format!(
+                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                    run.rate, run.p50_ms, run.p99_ms, run.errors
+                ),
+                reference: format!("{select_only:.0}/s pgbench -S"),
+                ratio: format!("{:.2}x", run.rate / select_only),
+                target: ">= 1.5x".into(),
+            });
+        }
+    }
+
+    if run(3) {
+        // 3. waiting clients
+        let stream_base = next_token + 11_000;
+        let streams = (args.streams).min(seeded.login_ids.len() - stream_base);
+        let result =
+            waiting_clients(&server, &seeded, stream_base, streams, args.stream_samples).await?;
         rows.push(Row {
-            scenario: format!("1. webhook ingest, concurrency {concurrency}"),
+            scenario: format!("3. memory per open SSE stream ({streams} open)"),
+            facepair: format!("{:.1} KiB", result.kib_per_stream),
+            reference: "-".into(),
+            ratio: "-".into(),
+            target: "<= 20 KiB".into(),
+        });
+        rows.push(Row {
+            scenario: format!("3. webhook-to-event latency, {streams} open"),
             facepair: format!(
-                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
-                run.rate, run.p50_ms, run.p99_ms, run.errors
+                "p50 {:.2} ms, p99 {:.2} ms ({} of {} events)",
+                result.p50_ms, result.p99_ms, result.received, result.sent
             ),
-            reference: format!("{reference:.0}/s pgbench, same SQL"),
-            ratio: format!("{:.2}x", run.rate / reference),
-            target: ">= 0.8x".into(),
+            reference: "-".into(),
+            ratio: "-".into(),
+            target: "p99 <= 50 ms".into(),
         });
     }
 
-    // 2. status polls, plain and conditional
-    let poll_ids: Arc<Vec<Uuid>> =
-        Arc::new(seeded.login_ids[next_token + 1000..next_token + 11_000].to_vec());
-    let select_only = {
-        pgbench_init(&args.pgbench, &ref_url)?;
-        pgbench(&args.pgbench, &ref_url, &["-S"], 32, secs)?
-    };
-    for conditional in [false, true] {
-        let run = polls(&http, &server.url, poll_ids.clone(), conditional, 32, secs).await?;
+    if run(4) {
+        // 4. login creation against the simulator
+        let create = creates(&http, &server.url, &sim_url, args.creates).await?;
         rows.push(Row {
-            scenario: format!(
-                "2. status polls{}, 32 clients",
-                if conditional {
-                    " with If-None-Match (304)"
-                } else {
-                    ""
-                }
-            ),
+            scenario: "4. login creation: facepair's own time".into(),
             facepair: format!(
-                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
-                run.rate, run.p50_ms, run.p99_ms, run.errors
+                "p50 {:.2} ms, p99 {:.2} ms",
+                create.own_p50_ms, create.own_p99_ms
             ),
-            reference: format!("{select_only:.0}/s pgbench -S"),
-            ratio: format!("{:.2}x", run.rate / select_only),
-            target: ">= 1.5x".into(),
+            reference: format!(
+                "simulator alone p50 {:.2} ms, p99 {:.2} ms",
+                create.sim_p50_ms, create.sim_p99_ms
+            ),
+            ratio: format!(
+                "total p50 {:.2} ms, p99 {:.2} ms",
+                create.total_p50_ms, create.total_p99_ms
+            ),
+            target: "own p99 <= 5 ms".into(),
         });
     }
-
-    // 3. waiting clients
-    let stream_base = next_token + 11_000;
-    let streams = (args.streams).min(seeded.login_ids.len() - stream_base);
-    let result =
-        waiting_clients(&server, &seeded, stream_base, streams, args.stream_samples).await?;
-    rows.push(Row {
-        scenario: format!("3. memory per open SSE stream ({streams} open)"),
-        facepair: format!("{:.1} KiB", result.kib_per_stream),
-        reference: "-".into(),
-        ratio: "-".into(),
-        target: "<= 20 KiB".into(),
-    });
-    rows.push(Row {
-        scenario: format!("3. webhook-to-event latency, {streams} open"),
-        facepair: format!(
-            "p50 {:.2} ms, p99 {:.2} ms ({} of {} events)",
-            result.p50_ms, result.p99_ms, result.received, result.sent
-        ),
-        reference: "-".into(),
-        ratio: "-".into(),
-        target: "p99 <= 50 ms".into(),
-    });
-
-    // 4. login creation against the simulator
-    let create = creates(&http, &server.url, &sim_url, args.creates).await?;
-    rows.push(Row {
-        scenario: "4. login creation: facepair's own time".into(),
-        facepair: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            create.own_p50_ms, create.own_p99_ms
-        ),
-        reference: format!(
-            "simulator alone p50 {:.2} ms, p99 {:.2} ms",
-            create.sim_p50_ms, create.sim_p99_ms
-        ),
-        ratio: format!(
-            "total p50 {:.2} ms, p99 {:.2} ms",
-            create.total_p50_ms, create.total_p99_ms
-        ),
-        target: "own p99 <= 5 ms".into(),
-    });
 
     drop(server);
     print_table(&rows);
@@ -402,6 +418,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time the process has used so far (user + system), in milliseconds.
+fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks * 10.0)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

@@ -58,6 +58,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
             watch_misses_per_ip: 100_000,
         },
         client_ip_header: None,
+        workers: None,
         reconcile_after: None,
     }
 }
