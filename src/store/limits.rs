@@ -4,12 +4,19 @@ use sqlx::PgExecutor;
 
 /// Counts one hit in `bucket`'s current window of `window_secs`; `Some(seconds)` until the
 /// window ends when the hit is over `limit`.
+///
+/// The count commits without waiting for the disk: a count lost in a crash only lets a few
+/// more requests through, and not waiting keeps a second fsync off every login creation.
 pub async fn hit(
-    conn: impl PgExecutor<'_>,
+    pool: &sqlx::PgPool,
     bucket: &str,
     window_secs: f64,
     limit: i32,
 ) -> Result<Option<u64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!("set local synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query!(
         r#"
         insert into rate_limits as r (bucket, window_start, hits) values ($1, now(), 1)
@@ -22,8 +29,9 @@ pub async fn hit(
         bucket,
         window_secs
     )
-    .fetch_one(conn)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok((row.hits > limit).then(|| row.remaining.ceil().max(1.0) as u64))
 }
 

@@ -309,3 +309,38 @@ async fn the_page_is_locked_down(pool: PgPool) {
         "config reaches the page"
     );
 }
+
+/// On approval the page goes to the configured return URL with the login id.
+#[sqlx::test]
+async fn approval_returns_to_the_platform(pool: PgPool) {
+    let sb = Sandbox::start_with(
+        pool,
+        |_| {},
+        |s| s.return_url = Some("http://127.0.0.1:9/platform/done".into()),
+    )
+    .await;
+    let login = sb.app.login().await;
+    let code = login["attempt"]["digit_string"].as_str().unwrap();
+    let browser = Browser::start().await;
+    browser.open(login["watch_url"].as_str().unwrap()).await;
+    browser.until(CODE, json!(code)).await;
+    sb.phone(code, "SUCCESS", None).await;
+    let want = format!(
+        "http://127.0.0.1:9/platform/done?login_id={}",
+        login["login_id"].as_str().unwrap()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = browser
+            .command(reqwest::Method::GET, "/url", Value::Null)
+            .await;
+        if url == json!(want) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page went to {url}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

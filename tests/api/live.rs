@@ -330,3 +330,44 @@ async fn cached_reads_see_changes_from_other_instances(pool: PgPool) {
     }
     assert!(metric(&b, "facepair_login_cache_hits_total").await >= 20);
 }
+
+/// A client that goes away is noticed and its stream's resources freed.
+#[sqlx::test]
+async fn a_departed_client_is_noticed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let open = || async {
+        let text = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("facepair_sse_streams_open "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let mut sse = Sse::open(
+        &app,
+        &format!("/v1/logins/{}/events", login["login_id"].as_str().unwrap()),
+        None,
+        true,
+    )
+    .await;
+    sse.next(WAIT).await.unwrap();
+    assert_eq!(open().await, 1);
+    drop(sse);
+    // noticed when a write fails: the first keep-alive after the close usually still reaches
+    // the kernel (the peer answers with a reset), the second fails
+    app.eventually(
+        2 * facepair::live::sse::KEEP_ALIVE + Duration::from_secs(5),
+        || async { open().await == 0 },
+    )
+    .await;
+}

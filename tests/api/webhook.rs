@@ -361,3 +361,63 @@ async fn concurrent_duplicates_change_state_once(pool: PgPool) {
         1
     );
 }
+
+/// The stored corpus (tests/corpus/webhooks): documented bodies, odd casings, missing and
+/// extra fields, wrong types, truncation, a BOM, nesting. Each goes through the real endpoint
+/// against a fresh login: never a 5xx, always stored, and the verdict expected for it.
+#[sqlx::test]
+async fn the_webhook_corpus(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let expected = [
+        ("bom-prefixed.json", "unparseable", None),
+        ("deeply-nested.json", "unparseable", None),
+        ("empty.json", "unparseable", None),
+        ("expired-documented.json", "applied", Some("expired")),
+        ("failed-title-case.json", "applied", Some("failed")),
+        ("minimal-status-only.json", "applied", Some("approved")),
+        ("not-an-object.json", "unparseable", None),
+        ("pending-status.json", "unknown_status", Some("pending")),
+        ("success-documented.json", "applied", Some("approved")),
+        ("truncated.json", "unparseable", None),
+        ("unknown-fields-and-nulls.json", "applied", Some("failed")),
+        ("wrong-types.json", "unparseable", None),
+    ];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/webhooks");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        expected
+            .iter()
+            .map(|(f, _, _)| f.to_string())
+            .collect::<Vec<_>>(),
+        "every corpus file has an expectation"
+    );
+    for (file, want_verdict, want_status) in expected {
+        let login = app.login().await;
+        let token = app.token_of(&attempt_id(&login)).await;
+        let raw = std::fs::read(dir.join(file)).unwrap();
+        // a BOM, if present, survives: U+FEFF is valid UTF-8
+        let body = String::from_utf8(raw)
+            .unwrap()
+            .replace("{{TOKEN}}", &token)
+            .replace("{{SCAN_REF}}", SCAN_REF)
+            .into_bytes();
+        let response = app.send_webhook(&body, SIGNING_KEY).await;
+        assert_eq!(response.status(), 200, "{file}");
+        let verdict: Value = response.json().await.unwrap();
+        assert_eq!(verdict["verdict"], want_verdict, "{file}");
+        if let Some(status) = want_status {
+            assert_eq!(
+                app.state(&login_id(&login)).await["status"],
+                status,
+                "{file}"
+            );
+        }
+    }
+    assert_eq!(app.count("select count(*) from deliveries").await, 12);
+}
