@@ -33,7 +33,7 @@ pub enum ApiError {
     #[error("no such route")]
     RouteNotFound,
     #[error("this route does not take that method")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("iDenfy does not know this scan_ref")]
     UnknownScanRef,
     #[error("this person must complete a full identity verification before face authentication")]
@@ -211,7 +211,7 @@ impl ApiError {
             Self::LoginNotFound => "login_not_found",
             Self::WatchTokenNotFound => "watch_token_not_found",
             Self::RouteNotFound => "route_not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UnknownScanRef => "unknown_scan_ref",
             Self::IdentificationRequired => "identification_required",
             Self::AlreadyRedeemed => "already_redeemed",
@@ -316,7 +316,7 @@ impl ResponseError for ApiError {
             | Self::WatchTokenNotFound
             | Self::RouteNotFound
             | Self::UnknownScanRef => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdentificationRequired
             | Self::AlreadyRedeemed
             | Self::NotApproved { .. }
@@ -346,6 +346,9 @@ impl ResponseError for ApiError {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if let Self::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, *allow));
+        }
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code(),

@@ -25,38 +25,51 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .app_data(path)
         .app_data(query)
         // the platform, with an API key
-        .service(resource("/v1/logins").route(web::post().to(platform::create_login)))
-        .service(resource("/v1/logins/{login_id}").route(web::get().to(platform::get_login)))
-        .service(resource("/v1/logins/{login_id}/events").route(web::get().to(platform::events)))
+        .service(resource("/v1/logins", "POST").route(web::post().to(platform::create_login)))
+        .service(resource("/v1/logins/{login_id}", "GET").route(web::get().to(platform::get_login)))
         .service(
-            resource("/v1/logins/{login_id}/attempts").route(web::post().to(platform::new_attempt)),
+            resource("/v1/logins/{login_id}/events", "GET").route(web::get().to(platform::events)),
         )
-        .service(resource("/v1/logins/{login_id}/cancel").route(web::post().to(platform::cancel)))
-        .service(resource("/v1/logins/{login_id}/redeem").route(web::post().to(platform::redeem)))
+        .service(
+            resource("/v1/logins/{login_id}/attempts", "POST")
+                .route(web::post().to(platform::new_attempt)),
+        )
+        .service(
+            resource("/v1/logins/{login_id}/cancel", "POST")
+                .route(web::post().to(platform::cancel)),
+        )
+        .service(
+            resource("/v1/logins/{login_id}/redeem", "POST")
+                .route(web::post().to(platform::redeem)),
+        )
         // browsers, with the watch token
-        .service(resource("/v1/watch/{watch_token}").route(web::get().to(watch::get_watch)))
-        .service(resource("/v1/watch/{watch_token}/events").route(web::get().to(watch::events)))
+        .service(resource("/v1/watch/{watch_token}", "GET").route(web::get().to(watch::get_watch)))
         .service(
-            resource("/v1/watch/{watch_token}/attempts").route(web::post().to(watch::new_attempt)),
+            resource("/v1/watch/{watch_token}/events", "GET").route(web::get().to(watch::events)),
         )
-        .service(resource("/pair/assets/pair.css").route(web::get().to(pair::css)))
-        .service(resource("/pair/assets/pair.js").route(web::get().to(pair::js)))
-        .service(resource("/pair/{watch_token}").route(web::get().to(pair::page)))
+        .service(
+            resource("/v1/watch/{watch_token}/attempts", "POST")
+                .route(web::post().to(watch::new_attempt)),
+        )
+        .service(resource("/pair/assets/pair.css", "GET").route(web::get().to(pair::css)))
+        .service(resource("/pair/assets/pair.js", "GET").route(web::get().to(pair::js)))
+        .service(resource("/pair/{watch_token}", "GET").route(web::get().to(pair::page)))
         // iDenfy
-        .service(resource("/v1/webhooks/idenfy").route(web::post().to(webhook::receive)))
+        .service(resource("/v1/webhooks/idenfy", "POST").route(web::post().to(webhook::receive)))
         // ops
-        .service(resource("/health/live").route(web::get().to(ops::live)))
-        .service(resource("/health/ready").route(web::get().to(ops::ready)))
-        .service(resource("/metrics").route(web::get().to(ops::metrics)))
-        .service(resource("/openapi.json").route(web::get().to(ops::openapi)))
+        .service(resource("/health/live", "GET").route(web::get().to(ops::live)))
+        .service(resource("/health/ready", "GET").route(web::get().to(ops::ready)))
+        .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
+        .service(resource("/openapi.json", "GET").route(web::get().to(ops::openapi)))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::RouteNotFound)
         }));
 }
 
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+/// A route answering 405 with `Allow` for any other method.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })
     }))
 }
 

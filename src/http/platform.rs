@@ -19,18 +19,57 @@ use crate::store::logins::LoginRow;
 #[serde(deny_unknown_fields)]
 pub struct CreateLogin {
     /// scanRef of the person's earlier, approved iDenfy verification.
-    #[schema(example = "8df398bb-7340-11ee-9aec-0221b1f59063")]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 40, pattern = "^[A-Za-z0-9_-]+$",
+             example = "8df398bb-7340-11ee-9aec-0221b1f59063")]
     pub scan_ref: Option<String>,
     /// The platform's own reference for the person; returned on redeem.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub user_ref: Option<String>,
     /// Two-letter language for iDenfy's app, e.g. `en`.
+    #[schema(pattern = "^[A-Za-z]{2}$", example = "en")]
     pub locale: Option<String>,
     /// How long the code lives: 1 to 2,592,000 seconds; default 600.
-    pub lifetime_seconds: Option<i64>,
-    /// The desktop's IP address as the platform saw it.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 2592000)]
+    pub lifetime_seconds: Option<serde_json::Number>,
+    /// The desktop's IP address (IPv4 or IPv6) as the platform saw it.
+    #[schema(schema_with = ip_address)]
     pub client_ip: Option<String>,
     /// The desktop's user agent.
+    #[schema(max_length = 1024, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub user_agent: Option<String>,
+}
+
+fn ip_address() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    let address = |format| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(format)))
+    };
+    OneOfBuilder::new()
+        .item(address(KnownFormat::Ipv4))
+        .item(address(KnownFormat::Ipv6))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "The desktop's IP address (IPv4 or IPv6) as the platform saw it.",
+        ))
+        .build()
+        .into()
+}
+
+/// JSON Schema counts `600.0` as an integer; so does facepair.
+fn whole_seconds(n: &serde_json::Number) -> Result<i64, types::Invalid> {
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| types::Invalid::new("lifetime_seconds", "must be a whole number of seconds"))
 }
 
 impl CreateLogin {
@@ -44,7 +83,8 @@ impl CreateLogin {
             locale: self.locale.as_deref().map(Locale::parse).transpose()?,
             lifetime: self
                 .lifetime_seconds
-                .map(Lifetime::from_seconds)
+                .as_ref()
+                .map(|n| whole_seconds(n).and_then(Lifetime::from_seconds))
                 .transpose()?
                 .unwrap_or(default_lifetime),
             client_ip: self

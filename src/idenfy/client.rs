@@ -11,7 +11,7 @@ use crate::domain::{DigitString, Lifetime, Locale, ScanRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdenfyError {
-    #[error("iDenfy does not know this scanRef")]
+    #[error("iDenfy does not know this scanRef or session")]
     NotFound,
     #[error("iDenfy refused facepair's credentials or account (HTTP {status}): {message}")]
     Unauthorized { status: u16, message: String },

@@ -127,6 +127,26 @@ async fn default_lifetime_is_ten_minutes(pool: PgPool) {
     assert_eq!(response.status(), 201);
 }
 
+/// JSON Schema counts `300.0` as an integer, and so does facepair.
+#[sqlx::test]
+async fn a_whole_float_lifetime_is_accepted(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    mock_check_status(&app.idenfy, "AUTHENTICATION").await;
+    Mock::given(method("POST"))
+        .and(path("/partner/authentication-info"))
+        .and(body_partial_json(json!({ "lifetime": 300 })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({ "token": "T1", "maxAttemptCount": 3, "digitString": "12345678" }),
+        ))
+        .expect(1)
+        .mount(&app.idenfy)
+        .await;
+    let response = app
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 300.0 }))
+        .await;
+    assert_eq!(response.status(), 201);
+}
+
 #[sqlx::test]
 async fn identification_required_creates_no_session(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -300,6 +320,12 @@ async fn bad_input_is_refused_before_idenfy_is_called(pool: PgPool) {
             422,
             "invalid_field",
             Some("user_agent"),
+        ),
+        (
+            json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 60.5 }),
+            422,
+            "invalid_field",
+            Some("lifetime_seconds"),
         ),
         (json!({ "scan_ref": 42 }), 400, "malformed_json", None),
         (json!({ "scanRef": SCAN_REF }), 400, "malformed_json", None),

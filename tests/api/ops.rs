@@ -56,6 +56,11 @@ async fn unknown_routes_and_methods_use_the_error_body(pool: PgPool) {
     let response = app.http.delete(app.url("/v1/logins")).send().await.unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(
+        response.headers()["allow"],
+        "POST",
+        "RFC 9110: a 405 says what is allowed"
+    );
+    assert_eq!(
         response.json::<Value>().await.unwrap()["error"]["code"],
         "method_not_allowed"
     );
