@@ -171,6 +171,7 @@ async fn logins(database: DatabaseArgs, command: LoginsCommand) -> anyhow::Resul
                 );
             }
             let filter = report::ListFilter {
+                login_id: None,
                 scan_ref,
                 user_ref,
                 status,

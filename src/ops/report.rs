@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 #[derive(Debug, Default)]
 pub struct ListFilter {
+    pub login_id: Option<Uuid>,
     pub scan_ref: Option<String>,
     pub user_ref: Option<String>,
     pub status: Option<String>,
@@ -53,7 +54,8 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Summary>, sqlx::E
                current_attempt_status, current_fail_reason, desktop_ip, desktop_user_agent,
                redeemed_at, purged_at
         from login_summaries
-        where ($1::text is null or scan_ref = $1)
+        where ($7::uuid is null or login_id = $7)
+          and ($1::text is null or scan_ref = $1)
           and ($2::text is null or user_ref = $2)
           and ($3::text is null or status = $3)
           and ($4::timestamptz is null or created_at >= $4)
@@ -66,7 +68,8 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Summary>, sqlx::E
         f.status,
         f.since,
         f.until,
-        f.limit
+        f.limit,
+        f.login_id
     )
     .fetch_all(pool)
     .await
@@ -76,18 +79,12 @@ pub async fn show(
     pool: &PgPool,
     login_id: Uuid,
 ) -> Result<Option<(Summary, Vec<TimelineEntry>)>, sqlx::Error> {
-    let summary = sqlx::query_as!(
-        Summary,
-        r#"
-        select login_id, created_at, scan_ref, user_ref, status, attempts_used, max_attempts,
-               current_attempt_status, current_fail_reason, desktop_ip, desktop_user_agent,
-               redeemed_at, purged_at
-        from login_summaries where login_id = $1
-        "#,
-        login_id
-    )
-    .fetch_optional(pool)
-    .await?;
+    let filter = ListFilter {
+        login_id: Some(login_id),
+        limit: 1,
+        ..ListFilter::default()
+    };
+    let summary = list(pool, &filter).await?.pop();
     let Some(summary) = summary else {
         return Ok(None);
     };
