@@ -344,3 +344,72 @@ async fn approval_returns_to_the_platform(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Framed by an allowed origin, the page tells the embedding page about the approval with
+/// postMessage (to that origin only).
+#[sqlx::test]
+async fn an_embedding_page_hears_of_the_approval(pool: PgPool) {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let platform = MockServer::start().await;
+    let origin = platform.uri();
+    let allowed = origin.clone();
+    let sb = Sandbox::start_with(pool, |_| {}, move |s| s.frame_ancestors = vec![allowed]).await;
+    let login = sb.app.login().await;
+    let parent = format!(
+        r#"<!doctype html><title>waiting</title>
+        <iframe id="pairing" src="{}" width="480" height="640"></iframe>
+        <script>
+          addEventListener('message', (e) => {{
+            if (e.data && e.data.type === 'facepair:approved') document.title = 'approved ' + e.data.login_id + ' from ' + e.origin;
+          }});
+        </script>"#,
+        login["watch_url"].as_str().unwrap()
+    );
+    Mock::given(method("GET"))
+        .and(path("/login"))
+        .respond_with(
+            // set_body_string would label it text/plain
+            ResponseTemplate::new(200).set_body_raw(parent, "text/html"),
+        )
+        .mount(&platform)
+        .await;
+    let browser = Browser::start().await;
+    browser.open(&format!("{origin}/login")).await;
+    // the frame holds facepair's page, on facepair's origin
+    browser
+        .until(
+            "const f = document.getElementById('pairing'); return f.contentDocument === null ? 'cross-origin' : 'same-origin'",
+            json!("cross-origin"),
+        )
+        .await;
+    let code = login["attempt"]["digit_string"].as_str().unwrap();
+    // wait until the framed page is following the login (it opened its event stream)
+    sb.app
+        .eventually(Duration::from_secs(15), || async {
+            let text = sb
+                .app
+                .http
+                .get(sb.app.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines().any(|l| l == "facepair_sse_streams_open 1")
+        })
+        .await;
+    sb.phone(code, "SUCCESS", None).await;
+    let facepair_origin = sb.app.base.clone();
+    browser
+        .until(
+            "return document.title",
+            json!(format!(
+                "approved {} from {facepair_origin}",
+                login["login_id"].as_str().unwrap()
+            )),
+        )
+        .await;
+    browser.screenshot("pairing-embedded-approved").await;
+}
