@@ -12,15 +12,30 @@ use crate::domain::Lifetime;
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: SecretString,
 
     /// Largest number of pooled database connections. PostgreSQL on 2 cores peaks at 4-16.
-    #[arg(long, env = "FACEPAIR_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "FACEPAIR_DB_MAX_CONNECTIONS",
+        value_name = "FACEPAIR_DB_MAX_CONNECTIONS",
+        default_value_t = 10
+    )]
     pub db_max_connections: u32,
 
     /// How long a request waits for a pooled connection before answering 503.
-    #[arg(long, env = "FACEPAIR_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(
+        long,
+        env = "FACEPAIR_DB_ACQUIRE_TIMEOUT_MS",
+        value_name = "FACEPAIR_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
     pub db_acquire_timeout_ms: u64,
 }
 
@@ -30,18 +45,24 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     /// Address and port to serve on.
-    #[arg(long, env = "FACEPAIR_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "FACEPAIR_LISTEN",
+        value_name = "FACEPAIR_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Base URL browsers use to reach facepair, for `watch_url` and the pairing page.
     /// Defaults to http://<listen>.
-    #[arg(long, env = "FACEPAIR_PUBLIC_URL")]
+    #[arg(long, env = "FACEPAIR_PUBLIC_URL", value_name = "FACEPAIR_PUBLIC_URL")]
     pub public_url: Option<String>,
 
     /// Comma-separated platform API keys; several at once for rotation.
     #[arg(
         long,
         env = "FACEPAIR_API_KEYS",
+        value_name = "FACEPAIR_API_KEYS",
         value_delimiter = ',',
         required = true,
         hide_env_values = true
@@ -52,22 +73,34 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "FACEPAIR_IDENFY_BASE_URL",
+        value_name = "FACEPAIR_IDENFY_BASE_URL",
         default_value = "https://ivs.idenfy.com"
     )]
     pub idenfy_base_url: String,
 
     /// iDenfy API key (HTTP Basic user name).
-    #[arg(long, env = "FACEPAIR_IDENFY_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FACEPAIR_IDENFY_API_KEY",
+        value_name = "FACEPAIR_IDENFY_API_KEY",
+        hide_env_values = true
+    )]
     pub idenfy_api_key: SecretString,
 
     /// iDenfy API secret (HTTP Basic password).
-    #[arg(long, env = "FACEPAIR_IDENFY_API_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FACEPAIR_IDENFY_API_SECRET",
+        value_name = "FACEPAIR_IDENFY_API_SECRET",
+        hide_env_values = true
+    )]
     pub idenfy_api_secret: SecretString,
 
     /// Comma-separated webhook signing keys; several at once for rotation.
     #[arg(
         long,
         env = "FACEPAIR_IDENFY_SIGNING_KEYS",
+        value_name = "FACEPAIR_IDENFY_SIGNING_KEYS",
         value_delimiter = ',',
         required = true,
         hide_env_values = true
@@ -75,73 +108,122 @@ pub struct ServeArgs {
     pub idenfy_signing_keys: Vec<SecretString>,
 
     /// Timeout of one call to iDenfy, in seconds.
-    #[arg(long, env = "FACEPAIR_IDENFY_TIMEOUT_SECONDS", default_value_t = 8)]
+    #[arg(
+        long,
+        env = "FACEPAIR_IDENFY_TIMEOUT_SECONDS",
+        value_name = "FACEPAIR_IDENFY_TIMEOUT_SECONDS",
+        default_value_t = 8
+    )]
     pub idenfy_timeout_seconds: u64,
 
     /// Lifetime of a digit code when the platform does not set one (1..2592000).
-    #[arg(long, env = "FACEPAIR_CODE_LIFETIME_SECONDS", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "FACEPAIR_CODE_LIFETIME_SECONDS",
+        value_name = "FACEPAIR_CODE_LIFETIME_SECONDS",
+        default_value_t = 600
+    )]
     pub code_lifetime_seconds: i64,
 
     /// Codes one login may be issued, the first included.
-    #[arg(long, env = "FACEPAIR_MAX_ATTEMPTS_PER_LOGIN", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "FACEPAIR_MAX_ATTEMPTS_PER_LOGIN",
+        value_name = "FACEPAIR_MAX_ATTEMPTS_PER_LOGIN",
+        default_value_t = 3
+    )]
     pub max_attempts_per_login: i32,
 
     /// Codes one scan_ref may be issued in any hour, across its logins.
     #[arg(
         long,
         env = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
+        value_name = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
         default_value_t = 10
     )]
     pub max_attempts_per_scan_ref_hour: i64,
 
     /// How often browsers may poll a watch token, in seconds.
-    #[arg(long, env = "FACEPAIR_POLL_INTERVAL_SECONDS", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "FACEPAIR_POLL_INTERVAL_SECONDS",
+        value_name = "FACEPAIR_POLL_INTERVAL_SECONDS",
+        default_value_t = 2
+    )]
     pub poll_interval_seconds: u32,
 
     /// Largest webhook body accepted, in bytes.
-    #[arg(long, env = "FACEPAIR_WEBHOOK_MAX_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "FACEPAIR_WEBHOOK_MAX_BYTES",
+        value_name = "FACEPAIR_WEBHOOK_MAX_BYTES", default_value_t = 64 * 1024)]
     pub webhook_max_bytes: usize,
 
     /// How often the expiry task looks for pending attempts past their expiry, in milliseconds.
-    #[arg(long, env = "FACEPAIR_EXPIRY_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "FACEPAIR_EXPIRY_INTERVAL_MS",
+        value_name = "FACEPAIR_EXPIRY_INTERVAL_MS",
+        default_value_t = 1000
+    )]
     pub expiry_interval_ms: u64,
 
     /// Comma-separated origins allowed to embed the pairing page in an iframe (CSP
     /// frame-ancestors); they also receive its `postMessage` on approval. Empty: no framing.
-    #[arg(long, env = "FACEPAIR_FRAME_ANCESTORS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "FACEPAIR_FRAME_ANCESTORS",
+        value_name = "FACEPAIR_FRAME_ANCESTORS",
+        value_delimiter = ','
+    )]
     pub frame_ancestors: Vec<String>,
 
     /// Where the pairing page sends the person after approval (`?login_id=` is added).
-    #[arg(long, env = "FACEPAIR_RETURN_URL")]
+    #[arg(long, env = "FACEPAIR_RETURN_URL", value_name = "FACEPAIR_RETURN_URL")]
     pub return_url: Option<String>,
 
     /// Days after which a finished login's identity data (scan_ref, user_ref, IP addresses,
     /// user agent, clientId, selfie URL) is removed; outcomes stay.
-    #[arg(long, env = "FACEPAIR_RETENTION_DAYS", default_value_t = 90)]
+    #[arg(
+        long,
+        env = "FACEPAIR_RETENTION_DAYS",
+        value_name = "FACEPAIR_RETENTION_DAYS",
+        default_value_t = 90
+    )]
     pub retention_days: i64,
 
     /// Days after which raw webhook bodies are removed.
     #[arg(
         long,
         env = "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
+        value_name = "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
         default_value_t = 30
     )]
     pub delivery_body_retention_days: i64,
 
     /// Hours between retention purges; 0 turns the job off (`facepair purge` still works).
-    #[arg(long, env = "FACEPAIR_PURGE_INTERVAL_HOURS", default_value_t = 24)]
+    #[arg(
+        long,
+        env = "FACEPAIR_PURGE_INTERVAL_HOURS",
+        value_name = "FACEPAIR_PURGE_INTERVAL_HOURS",
+        default_value_t = 24
+    )]
     pub purge_interval_hours: u64,
 
     /// Seconds after a code's expiry at which iDenfy is asked what became of a session whose
     /// webhook never came, before the expiry is recorded; `off` records expiry at once from
     /// facepair's clock without asking.
-    #[arg(long, env = "FACEPAIR_RECONCILE_GRACE_SECONDS", default_value = "30")]
+    #[arg(
+        long,
+        env = "FACEPAIR_RECONCILE_GRACE_SECONDS",
+        value_name = "FACEPAIR_RECONCILE_GRACE_SECONDS",
+        default_value = "30"
+    )]
     pub reconcile_grace_seconds: String,
 
     /// Logins one platform API key may create per minute (all instances together).
     #[arg(
         long,
         env = "FACEPAIR_LOGINS_PER_API_KEY_PER_MINUTE",
+        value_name = "FACEPAIR_LOGINS_PER_API_KEY_PER_MINUTE",
         default_value_t = 1200
     )]
     pub logins_per_api_key_per_minute: i32,
@@ -150,26 +232,41 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "FACEPAIR_LOGINS_PER_CLIENT_IP_PER_HOUR",
+        value_name = "FACEPAIR_LOGINS_PER_CLIENT_IP_PER_HOUR",
         default_value_t = 30
     )]
     pub logins_per_client_ip_per_hour: i32,
 
     /// Unknown watch tokens one browser address may present per 10 minutes before it is
     /// refused with 429 for the rest of the window.
-    #[arg(long, env = "FACEPAIR_WATCH_MISSES_PER_IP", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "FACEPAIR_WATCH_MISSES_PER_IP",
+        value_name = "FACEPAIR_WATCH_MISSES_PER_IP",
+        default_value_t = 20
+    )]
     pub watch_misses_per_ip: i32,
 
     /// Header holding the browser's address when facepair runs behind a proxy
     /// (e.g. `x-forwarded-for`, whose first entry is used). Unset: the peer address.
-    #[arg(long, env = "FACEPAIR_CLIENT_IP_HEADER")]
+    #[arg(
+        long,
+        env = "FACEPAIR_CLIENT_IP_HEADER",
+        value_name = "FACEPAIR_CLIENT_IP_HEADER"
+    )]
     pub client_ip_header: Option<String>,
 
     /// HTTP worker threads; default: one per CPU.
-    #[arg(long, env = "FACEPAIR_WORKERS")]
+    #[arg(long, env = "FACEPAIR_WORKERS", value_name = "FACEPAIR_WORKERS")]
     pub workers: Option<usize>,
 
     /// `json` for one JSON object per line, `text` for people.
-    #[arg(long, env = "FACEPAIR_LOG_FORMAT", default_value = "json")]
+    #[arg(
+        long,
+        env = "FACEPAIR_LOG_FORMAT",
+        value_name = "FACEPAIR_LOG_FORMAT",
+        default_value = "json"
+    )]
     pub log_format: LogFormat,
 }
 

@@ -21,13 +21,28 @@ use crate::sim::{SimConfig, Simulator};
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
     /// Where facepair serves.
-    #[arg(long, env = "FACEPAIR_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "FACEPAIR_LISTEN",
+        value_name = "FACEPAIR_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
     /// Where the iDenfy simulator serves.
-    #[arg(long, env = "FACEPAIR_SIM_LISTEN", default_value = "127.0.0.1:8090")]
+    #[arg(
+        long,
+        env = "FACEPAIR_SIM_LISTEN",
+        value_name = "FACEPAIR_SIM_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
     pub sim_listen: SocketAddr,
     /// Where the demo platform page serves.
-    #[arg(long, env = "FACEPAIR_DEMO_LISTEN", default_value = "127.0.0.1:8070")]
+    #[arg(
+        long,
+        env = "FACEPAIR_DEMO_LISTEN",
+        value_name = "FACEPAIR_DEMO_LISTEN",
+        default_value = "127.0.0.1:8070"
+    )]
     pub demo_listen: SocketAddr,
 }
 

@@ -29,16 +29,23 @@ pub struct SimArgs {
     #[arg(
         long = "listen",
         env = "FACEPAIR_SIM_LISTEN",
+        value_name = "FACEPAIR_SIM_LISTEN",
         default_value = "127.0.0.1:8090"
     )]
     pub listen: SocketAddr,
     /// The API key clients must present (HTTP Basic user name).
-    #[arg(long = "api-key", env = "FACEPAIR_SIM_API_KEY", hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "FACEPAIR_SIM_API_KEY",
+        value_name = "FACEPAIR_SIM_API_KEY",
+        hide_env_values = true
+    )]
     pub api_key: SecretString,
     /// The API secret (HTTP Basic password).
     #[arg(
         long = "api-secret",
         env = "FACEPAIR_SIM_API_SECRET",
+        value_name = "FACEPAIR_SIM_API_SECRET",
         hide_env_values = true
     )]
     pub api_secret: SecretString,
@@ -46,16 +53,22 @@ pub struct SimArgs {
     #[arg(
         long = "signing-key",
         env = "FACEPAIR_SIM_SIGNING_KEY",
+        value_name = "FACEPAIR_SIM_SIGNING_KEY",
         hide_env_values = true
     )]
     pub signing_key: SecretString,
     /// Where webhooks are POSTed; without it, sessions end without a webhook.
-    #[arg(long = "webhook-url", env = "FACEPAIR_SIM_WEBHOOK_URL")]
+    #[arg(
+        long = "webhook-url",
+        env = "FACEPAIR_SIM_WEBHOOK_URL",
+        value_name = "FACEPAIR_SIM_WEBHOOK_URL"
+    )]
     pub webhook_url: Option<String>,
     /// Seeded scanRefs: `ref=AUTHENTICATION,ref2=IDENTIFICATION,...`.
     #[arg(
         long = "scan-refs",
         env = "FACEPAIR_SIM_SCAN_REFS",
+        value_name = "FACEPAIR_SIM_SCAN_REFS",
         value_delimiter = ','
     )]
     pub scan_refs: Vec<String>,
@@ -63,6 +76,7 @@ pub struct SimArgs {
     #[arg(
         long = "webhook-retries",
         env = "FACEPAIR_SIM_WEBHOOK_RETRIES",
+        value_name = "FACEPAIR_SIM_WEBHOOK_RETRIES",
         default_value_t = 10
     )]
     pub webhook_retries: u32,
@@ -70,6 +84,7 @@ pub struct SimArgs {
     #[arg(
         long = "webhook-retry-delay-ms",
         env = "FACEPAIR_SIM_WEBHOOK_RETRY_DELAY_MS",
+        value_name = "FACEPAIR_SIM_WEBHOOK_RETRY_DELAY_MS",
         default_value_t = 10_000
     )]
     pub webhook_retry_delay_ms: u64,
@@ -77,6 +92,7 @@ pub struct SimArgs {
     #[arg(
         long = "webhook-timeout-ms",
         env = "FACEPAIR_SIM_WEBHOOK_TIMEOUT_MS",
+        value_name = "FACEPAIR_SIM_WEBHOOK_TIMEOUT_MS",
         default_value_t = 10_000
     )]
     pub webhook_timeout_ms: u64,
@@ -84,6 +100,7 @@ pub struct SimArgs {
     #[arg(
         long = "rate-limit-per-hour",
         env = "FACEPAIR_SIM_RATE_LIMIT_PER_HOUR",
+        value_name = "FACEPAIR_SIM_RATE_LIMIT_PER_HOUR",
         default_value_t = 10_000
     )]
     pub rate_limit_per_hour: u64,
