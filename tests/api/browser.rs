@@ -241,14 +241,15 @@ async fn a_failure_is_explained_and_a_new_code_can_be_had(pool: PgPool) {
 #[sqlx::test]
 async fn an_expired_code_says_so(pool: PgPool) {
     let sb = Sandbox::start(pool).await;
+    // the browser starts before the code's lifetime begins: under load a start takes seconds
+    let browser = Browser::start().await;
     let login: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 2 }))
+        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 10 }))
         .await
         .json()
         .await
         .unwrap();
-    let browser = Browser::start().await;
     browser.open(login["watch_url"].as_str().unwrap()).await;
     browser
         .until(
@@ -256,7 +257,13 @@ async fn an_expired_code_says_so(pool: PgPool) {
             json!(login["attempt"]["digit_string"].as_str().unwrap()),
         )
         .await;
+    browser.run("window.__sameDocument = true").await;
     browser.until(HEADLINE, json!("The code expired.")).await;
+    assert_eq!(
+        browser.run("return window.__sameDocument === true").await,
+        json!(true),
+        "no reload"
+    );
     assert_eq!(
         browser
             .run("return document.getElementById('new-code').hidden")
