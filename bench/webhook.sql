@@ -8,7 +8,6 @@ SELECT pg_advisory_xact_lock(('x' || encode(substring(sha256(('body-' || :client
 SELECT exists(SELECT 1 FROM deliveries WHERE body_sha256 = sha256(('body-' || :client_id || '-' || :body)::bytea));
 SELECT id AS attempt_id, login_id FROM attempts WHERE idenfy_token = 'bench-' || :n \gset
 SELECT id FROM logins WHERE id = :login_id FOR UPDATE;
-SELECT id FROM attempts WHERE login_id = :login_id ORDER BY number DESC LIMIT 1 FOR UPDATE;
 SELECT l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, host(l.client_ip), l.status, l.event_seq,
        l.created_at, l.approved_at, l.redeemed_at, l.canceled_at, a.id, a.number, a.status, a.digit_string,
        a.idenfy_max_attempt_count, a.created_at, a.expires_at, a.finished_at, a.outcome_source, a.fail_reason,

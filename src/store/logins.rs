@@ -52,8 +52,7 @@ impl LoginRow {
     }
 }
 
-/// Reads a login by id. `lock` takes the row lock (login first, then attempt: the one lock
-/// order every writer follows).
+/// Reads a login and its current attempt (unlocked; see [`lock`]).
 pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
@@ -119,7 +118,8 @@ pub async fn id_for_watch_hash(
         .await
 }
 
-/// Takes the login's row lock and its current attempt's, then reads both.
+/// Takes the login's row lock, then reads it with its current attempt. Every writer takes this
+/// lock first, so concurrent changes to one login queue here.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<LoginRow>, sqlx::Error> {
     let locked = sqlx::query_scalar!("select id from logins where id = $1 for update", id)
         .fetch_optional(&mut *conn)
@@ -127,12 +127,10 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<LoginRow>,
     if locked.is_none() {
         return Ok(None);
     }
-    sqlx::query_scalar!(
-        "select id from attempts where login_id = $1 order by number desc limit 1 for update",
-        id
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
+    // A separate read, not a join in the locking statement: after waiting for the lock,
+    // PostgreSQL re-checks the locked login row but would keep the joined attempt from the
+    // old snapshot, missing a code issued meanwhile. The attempt rows need no lock of their
+    // own: every writer of an attempt holds its login's lock.
     find(&mut *conn, id).await
 }
 

@@ -13,15 +13,24 @@ use crate::helpers::*;
 
 struct Browser {
     driver: Child,
+    /// The browser's own profile directory: it names its processes.
+    profile: std::path::PathBuf,
     base: String,
     session: String,
     http: reqwest::Client,
 }
 
+/// Ends the browser with its driver, however the test ends: killing chromedriver alone leaves
+/// Chromium running.
 impl Drop for Browser {
     fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.profile.as_os_str())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -77,6 +86,7 @@ impl Browser {
             .to_owned();
         Browser {
             driver,
+            profile,
             base,
             session,
             http,
