@@ -404,17 +404,7 @@ async fn an_embedding_page_hears_of_the_approval(pool: PgPool) {
     // wait until the framed page is following the login (it opened its event stream)
     sb.app
         .eventually(Duration::from_secs(15), || async {
-            let text = sb
-                .app
-                .http
-                .get(sb.app.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines().any(|l| l == "facepair_sse_streams_open 1")
+            sb.app.metric("facepair_sse_streams_open").await == 1.0
         })
         .await;
     sb.phone(code, "SUCCESS", None).await;

@@ -282,26 +282,13 @@ async fn cached_reads_see_changes_from_other_instances(pool: PgPool) {
     let a = TestApp::spawn(pool).await;
     a.mock_eligible().await;
     let b = a.second_instance().await;
-    let metric = |app: &TestApp, name: &'static str| {
-        let http = app.http.clone();
-        let url = app.url("/metrics");
-        async move {
-            let text = http.get(url).send().await.unwrap().text().await.unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap()
-                .trim()
-                .parse::<u64>()
-                .unwrap()
-        }
-    };
     // the listener must be up before the cache is used
     b.eventually(WAIT, || async {
         let login = b.login().await;
         let id = login["login_id"].as_str().unwrap();
         b.state(id).await;
         b.state(id).await;
-        metric(&b, "facepair_login_cache_hits_total").await > 0
+        b.metric("facepair_login_cache_hits_total").await > 0.0
     })
     .await;
 
@@ -328,7 +315,7 @@ async fn cached_reads_see_changes_from_other_instances(pool: PgPool) {
         assert!(answered.elapsed() < Duration::from_millis(250));
         assert!(reads <= 3, "took {reads} reads");
     }
-    assert!(metric(&b, "facepair_login_cache_hits_total").await >= 20);
+    assert!(b.metric("facepair_login_cache_hits_total").await >= 20.0);
 }
 
 /// A client that goes away is noticed and its stream's resources freed.
@@ -337,22 +324,7 @@ async fn a_departed_client_is_noticed(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     app.mock_eligible().await;
     let login = app.login().await;
-    let open = || async {
-        let text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("facepair_sse_streams_open "))
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let open = || app.metric("facepair_sse_streams_open");
     let mut sse = Sse::open(
         &app,
         &format!("/v1/logins/{}/events", login["login_id"].as_str().unwrap()),
@@ -361,13 +333,13 @@ async fn a_departed_client_is_noticed(pool: PgPool) {
     )
     .await;
     sse.next(WAIT).await.unwrap();
-    assert_eq!(open().await, 1);
+    assert_eq!(open().await, 1.0);
     drop(sse);
     // noticed when a write fails: the first keep-alive after the close usually still reaches
     // the kernel (the peer answers with a reset), the second fails
     app.eventually(
         2 * facepair::live::sse::KEEP_ALIVE + Duration::from_secs(5),
-        || async { open().await == 0 },
+        || async { open().await == 0.0 },
     )
     .await;
 }

@@ -291,16 +291,7 @@ async fn metrics_after_a_scripted_flow(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(bad.status(), 401);
-    let text = sb
-        .app
-        .http
-        .get(sb.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sb.app.metrics().await;
     for line in [
         "facepair_logins_created_total 2",
         "facepair_webhook_deliveries_total{verdict=\"applied\"} 3",

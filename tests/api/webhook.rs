@@ -302,15 +302,7 @@ async fn the_previous_signing_key_still_works_and_is_recorded(pool: PgPool) {
             .await,
         1
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("facepair_webhook_deliveries_by_key_total{key_index=\"1\"} 1"),
         "{metrics}"
