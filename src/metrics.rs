@@ -161,7 +161,7 @@ impl Metrics {
         counter(
             &mut out,
             "facepair_attempts_expired_by_clock_total",
-            "Attempts recorded as expired by facepair's clock.",
+            "Attempts the expiry task recorded as expired (from the clock, or after asking iDenfy).",
             self.expired_by_clock.get(),
         );
         counter(

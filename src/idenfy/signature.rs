@@ -33,7 +33,7 @@ pub fn verify(
     body: &[u8],
 ) -> Result<usize, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let header = trim_ascii(header);
+    let header = header.trim_ascii();
     if header.len() != 64 {
         return Err(SignatureError::Malformed);
     }
@@ -49,10 +49,6 @@ pub fn verify(
         }
     }
     matched.ok_or(SignatureError::Mismatch)
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
 }
 
 #[cfg(test)]

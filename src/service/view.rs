@@ -103,10 +103,13 @@ impl LoginState {
                 },
                 expires_at: row.attempt.expires_at,
                 max_attempt_count: row.attempt.idenfy_max_attempt_count,
-                finished_at: row.attempt.finished_at.or_else(|| {
-                    (attempt_status != AttemptStatus::Pending && row.attempt.finished_at.is_none())
-                        .then_some(row.attempt.expires_at)
-                }),
+                // a code the clock expired but the expiry task has not recorded yet ended at
+                // its expiry
+                finished_at: row
+                    .attempt
+                    .finished_at
+                    .or((attempt_status != AttemptStatus::Pending)
+                        .then_some(row.attempt.expires_at)),
                 fail_reason: row.attempt.fail_reason.clone(),
             },
             attempts_used: row.budget_used(),

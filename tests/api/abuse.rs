@@ -126,11 +126,8 @@ async fn a_stranger_cannot_lock_the_victim_out(pool: PgPool) {
     let sb = Sandbox::start(pool).await;
     let login: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
+        .await;
     let id = login["login_id"].as_str().unwrap().to_owned();
     let stranger = |code: String| {
         let http = sb.app.http.clone();
@@ -186,11 +183,8 @@ async fn a_stranger_cannot_lock_the_victim_out(pool: PgPool) {
     // the victim's own failures on their network do count
     let own: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
+        .await;
     let own_id = own["login_id"].as_str().unwrap().to_owned();
     sb.app
         .http

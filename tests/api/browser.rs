@@ -255,11 +255,8 @@ async fn an_expired_code_says_so(pool: PgPool) {
     let browser = Browser::start().await;
     let login: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 10 }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 10 }))
+        .await;
     browser.open(login["watch_url"].as_str().unwrap()).await;
     browser
         .until(

@@ -289,11 +289,8 @@ async fn expiry_by_facepairs_clock_when_the_webhook_is_lost(pool: PgPool) {
     sb.faults(json!({ "drop_webhooks": 1 })).await;
     let login: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 1 }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 1 }))
+        .await;
     sb.wait_for(&lid(&login), "expired").await;
     sb.app
         .eventually(Duration::from_secs(5), || async {
@@ -456,18 +453,12 @@ async fn a_lost_webhook_is_reconciled_with_idenfy(pool: PgPool) {
     sb.faults(json!({ "drop_webhooks": 2 })).await;
     let lost: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 5 }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 5 }))
+        .await;
     let unused: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 5 }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 5 }))
+        .await;
     // the person finishes well within the code's lifetime
     assert_eq!(
         sb.phone(&code_of(&lost), "SUCCESS", None).await.status(),
@@ -525,11 +516,8 @@ async fn without_idenfy_the_clock_records_the_expiry(pool: PgPool) {
     sb.faults(json!({ "drop_webhooks": 1 })).await;
     let login: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 3 }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 3 }))
+        .await;
     sb.faults(json!({ "drop_webhooks": 1, "api_error_status": 503, "api_error_count": 1000 }))
         .await;
     sb.wait_for(&lid(&login), "expired").await;

@@ -140,11 +140,15 @@ impl TestApp {
 
     /// Creates a login for [`SCAN_REF`] and returns its 201 body.
     pub async fn login(&self) -> Value {
-        let response = self
-            .create_login(
-                json!({ "scan_ref": SCAN_REF, "user_ref": "user-42", "client_ip": "198.51.100.7" }),
-            )
-            .await;
+        self.login_with(
+            json!({ "scan_ref": SCAN_REF, "user_ref": "user-42", "client_ip": "198.51.100.7" }),
+        )
+        .await
+    }
+
+    /// Creates a login from `body` and returns its 201 body.
+    pub async fn login_with(&self, body: Value) -> Value {
+        let response = self.create_login(body).await;
         assert_eq!(response.status(), 201);
         response.json().await.unwrap()
     }

@@ -326,11 +326,8 @@ async fn a_success_after_expiry_is_late(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.expiry_interval = Duration::from_secs(3600)).await;
     app.mock_eligible().await;
     let login: Value = app
-        .create_login(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 1 }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "lifetime_seconds": 1 }))
+        .await;
     let expires_at: chrono::DateTime<chrono::Utc> = login["attempt"]["expires_at"]
         .as_str()
         .unwrap()

@@ -55,11 +55,8 @@ async fn seed(sb: &Sandbox) -> (String, String) {
 
     let other: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "203.0.113.9" }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "client_ip": "203.0.113.9" }))
+        .await;
     let other_id = other["login_id"].as_str().unwrap().to_owned();
     let token = sb
         .app
@@ -327,11 +324,8 @@ async fn retention_boundaries(pool: PgPool) {
     let (old_finished, expired) = seed(&sb).await;
     let young: Value = sb
         .app
-        .create_login(json!({ "scan_ref": SCAN_REF, "user_ref": "young" }))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .login_with(json!({ "scan_ref": SCAN_REF, "user_ref": "young" }))
+        .await;
     sb.app
         .webhook(
             young["attempt"]["id"].as_str().unwrap(),
@@ -339,7 +333,7 @@ async fn retention_boundaries(pool: PgPool) {
             json!({ "failReason": "FAKE_FACE" }),
         )
         .await;
-    let pending_old: Value = sb.app.create_login(json!({ "scan_ref": SCAN_REF, "user_ref": "still-waiting", "lifetime_seconds": 86400 * 30 })).await.json().await.unwrap();
+    let pending_old: Value = sb.app.login_with(json!({ "scan_ref": SCAN_REF, "user_ref": "still-waiting", "lifetime_seconds": 86400 * 30 })).await;
     // age everything but the young login by 40 days
     sqlx::query("update logins set created_at = created_at - interval '40 days' where user_ref is distinct from 'young'").execute(&sb.app.pool).await.unwrap();
     sqlx::query("update deliveries set received_at = received_at - interval '40 days'")
