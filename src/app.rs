@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::http;
 use crate::http::auth::ApiKeys;
 use crate::idenfy::IdenfyClient;
+use crate::live::notify::Notifier;
 use crate::live::{self, Hub};
 use crate::metrics::Metrics;
 use crate::service;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     pub metrics: Arc<Metrics>,
     pub hub: Hub,
+    pub notifier: Arc<Notifier>,
     /// Base URL browsers use, without a trailing slash.
     pub public_url: Arc<str>,
     /// Cancelled when the instance begins to stop: streams close with a reconnect hint,
@@ -42,6 +44,8 @@ pub struct Application {
     server: Server,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    notifier_stop: CancellationToken,
+    notifier_task: JoinHandle<()>,
     state: AppState,
 }
 
@@ -55,6 +59,10 @@ impl Application {
             .unwrap_or_else(|| format!("http://{address}"))
             .trim_end_matches('/')
             .into();
+        // the notifier outlives the requests still finishing after `stop`: it stops last
+        let notifier_stop = CancellationToken::new();
+        let (notifier, notifier_task) =
+            Notifier::start((*pool.connect_options()).clone(), notifier_stop.clone());
         let state = AppState {
             idenfy: IdenfyClient::new(
                 &settings.idenfy_base_url,
@@ -65,6 +73,7 @@ impl Application {
             api_keys: Arc::new(ApiKeys::new(&settings.api_keys)),
             metrics: Arc::new(Metrics::default()),
             hub: Hub::default(),
+            notifier,
             settings: Arc::new(settings),
             public_url,
             pool,
@@ -121,6 +130,8 @@ impl Application {
             server,
             stop,
             tasks,
+            notifier_stop,
+            notifier_task: tokio::spawn(notifier_task),
             state,
         })
     }
@@ -161,6 +172,8 @@ impl Application {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.notifier_stop.cancel();
+        let _ = self.notifier_task.await;
         self.state.pool.close().await;
         result
     }

@@ -56,6 +56,10 @@ struct Args {
     /// Which scenarios to run, e.g. `1,3`; all by default.
     #[arg(long, value_delimiter = ',', default_values_t = [1u8, 2, 3, 4, 5])]
     scenarios: Vec<u8>,
+    /// Keep facepair's log in this file (with `RUST_LOG` passed through) instead of
+    /// discarding it, to see where a request's time goes.
+    #[arg(long)]
+    server_log: Option<PathBuf>,
 }
 
 struct Row {
@@ -96,7 +100,13 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     // 5. start-up and idle footprint (first, on a quiet machine)
-    let (server, ready_after) = Server::start(&args.facepair, &app_url, &sim_url).await?;
+    let (server, ready_after) = Server::start(
+        &args.facepair,
+        &app_url,
+        &sim_url,
+        args.server_log.as_deref(),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(server.pid)?;
     rows.push(Row {
@@ -125,10 +135,12 @@ async fn main() -> anyhow::Result<()> {
     if run(1) {
         // 1. webhook ingest
         for concurrency in [1usize, 8, 32] {
+            settle(&admin).await?;
             let cpu_before = cpu_ms(server.pid)?;
             let run = webhooks(&http, &server.url, &mut next_token, concurrency, secs).await?;
             let cpu_per_request =
                 (cpu_ms(server.pid)? - cpu_before) / (run.rate * secs.as_secs_f64());
+            settle(&admin).await?;
             let reference = pgbench(
                 &args.pgbench,
                 &ref_url,
@@ -367,7 +379,16 @@ struct Server {
 }
 
 impl Server {
-    async fn start(bin: &PathBuf, db: &str, sim_url: &str) -> anyhow::Result<(Server, Duration)> {
+    async fn start(
+        bin: &PathBuf,
+        db: &str,
+        sim_url: &str,
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<(Server, Duration)> {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path)?),
+            None => Stdio::null(),
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -387,7 +408,7 @@ impl Server {
             .env("FACEPAIR_LOGINS_PER_CLIENT_IP_PER_HOUR", "100000000")
             .env("FACEPAIR_EXPIRY_INTERVAL_MS", "1000")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let url = format!("http://127.0.0.1:{port}");
@@ -569,6 +590,13 @@ fn pgbench_init(pgbench: &str, url: &str) -> anyhow::Result<()> {
 }
 
 /// Transactions per second from pgbench, at `clients` clients for `secs`.
+/// Starts a measured run from the same state: the dirty pages of the previous run (and of
+/// seeding) written out, so a checkpoint does not land in the middle of the next one.
+async fn settle(admin: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("checkpoint").execute(admin).await?;
+    Ok(())
+}
+
 fn pgbench(
     pgbench: &str,
     url: &str,

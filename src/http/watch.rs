@@ -90,17 +90,14 @@ where
     let Some(ip) = ip else {
         return Err(ApiError::WatchTokenNotFound);
     };
-    let bucket = format!("watch_miss:{}", network::bucket(ip));
-    match limits::hit(
-        &state.pool,
-        &bucket,
-        600.0,
-        state.settings.limits.watch_misses_per_ip,
-    )
-    .await?
-    {
+    let limit = limits::Limit {
+        bucket: format!("watch_miss:{}", network::bucket(ip)),
+        window_secs: 600.0,
+        limit: state.settings.limits.watch_misses_per_ip,
+    };
+    match limits::hit(&state.pool, &[limit]).await? {
         None => Err(ApiError::WatchTokenNotFound),
-        Some(retry_after) => {
+        Some((_, retry_after)) => {
             state.watch_blocks.block(ip, retry_after);
             tracing::warn!(%ip, "too many unknown watch tokens from one address");
             Err(ApiError::RateLimited {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod cache;
+pub mod notify;
 pub mod sse;
 
 pub const CHANNEL: &str = "facepair_events";

@@ -22,8 +22,9 @@ use crate::domain::{
 use crate::error::ApiError;
 use crate::idenfy::{CreatedSession, Eligibility, SessionRequest};
 use crate::store::attempts::{self, IdenfyReport, NewAttempt};
-use crate::store::events::{self, NewEvent};
-use crate::store::logins::{self, LoginRow, NewLogin, StatusChange};
+use crate::store::changes::{self, Change, Finish, NewEvent, StatusChange};
+use crate::store::limits::Limit;
+use crate::store::logins::{self, LoginRow, NewLogin};
 
 pub use view::{Audience, LoginState, effective};
 
@@ -46,26 +47,26 @@ pub async fn create_login(
     req: NewLoginRequest,
 ) -> Result<(LoginRow, WatchToken), ApiError> {
     let limits = state.settings.limits;
-    rate_limit(
-        state,
-        &format!("api_key:{api_key_id}"),
-        60.0,
-        limits.logins_per_api_key_per_minute,
+    let mut checks = vec![(
+        Limit {
+            bucket: format!("api_key:{api_key_id}"),
+            window_secs: 60.0,
+            limit: limits.logins_per_api_key_per_minute,
+        },
         "logins_per_api_key",
-    )
-    .await?;
+    )];
     if let Some(ip) = req.client_ip {
-        let bucket = format!("client_ip:{}", crate::domain::network::bucket(ip));
-        rate_limit(
-            state,
-            &bucket,
-            3600.0,
-            limits.logins_per_client_ip_per_hour,
+        checks.push((
+            Limit {
+                bucket: format!("client_ip:{}", crate::domain::network::bucket(ip)),
+                window_secs: 3600.0,
+                limit: limits.logins_per_client_ip_per_hour,
+            },
             "logins_per_client_ip",
-        )
-        .await?;
+        ));
     }
-    check_scan_ref_budget(state, &mut *state.pool.acquire().await?, &req.scan_ref).await?;
+    rate_limit(state, checks).await?;
+    check_scan_ref_budget(state, &state.pool, &req.scan_ref).await?;
 
     let started = std::time::Instant::now();
     let eligibility = state.idenfy.check_status(&req.scan_ref).await;
@@ -87,13 +88,14 @@ pub async fn create_login(
 
     let login_id = Uuid::now_v7();
     let watch_token = WatchToken::generate();
-    let mut tx = state.pool.begin().await?;
-    attempts::lock_scan_ref(&mut tx, req.scan_ref.as_str()).await?;
-    if let Err(e) = check_scan_ref_budget(state, &mut tx, &req.scan_ref).await {
+    let lock = attempts::scan_ref_lock_key(req.scan_ref.as_str());
+    let mut tx = crate::store::begin_locked(&state.pool, lock).await?;
+    if let Err(e) = check_scan_ref_budget(state, &mut *tx, &req.scan_ref).await {
         tracing::warn!(%login_id, "an iDenfy session was created but the scan_ref budget ran out meanwhile; the session is left unused");
         return Err(e);
     }
-    logins::insert(
+    let attempt_id = Uuid::now_v7();
+    changes::create(
         &mut tx,
         &NewLogin {
             id: login_id,
@@ -107,28 +109,8 @@ pub async fn create_login(
             api_key_id,
             watch_token_hash: &watch_token.hash(),
         },
-    )
-    .await?;
-    let attempt_id = insert_attempt(&mut tx, login_id, 1, &session, req.lifetime).await?;
-    let seq = logins::set_status(
-        &mut tx,
-        login_id,
-        LoginStatus::Pending.as_str(),
-        StatusChange::default(),
-    )
-    .await?;
-    events::append(
-        &mut tx,
-        NewEvent {
-            login_id,
-            seq,
-            kind: "login_created",
-            source: Source::Platform.as_str(),
-            login_status: LoginStatus::Pending.as_str(),
-            attempt_id: Some(attempt_id),
-            delivery_id: None,
-            detail: json!({ "attempt_number": 1, "eligibility": format!("{eligibility:?}").to_uppercase() }),
-        },
+        &new_attempt(attempt_id, login_id, 1, &session, req.lifetime),
+        json!({ "attempt_number": 1, "eligibility": format!("{eligibility:?}").to_uppercase() }),
     )
     .await?;
     let row = logins::find(&mut *tx, login_id)
@@ -159,7 +141,7 @@ pub async fn issue_code(
         .transpose()
         .map_err(|e| internal(&e.to_string()))?;
     let scan_ref = scan_ref.ok_or(ApiError::LoginFinished { status: "purged" })?;
-    check_scan_ref_budget(state, &mut *state.pool.acquire().await?, &scan_ref).await?;
+    check_scan_ref_budget(state, &state.pool, &scan_ref).await?;
     let lifetime = Lifetime::from_seconds(row.lifetime_seconds.into())
         .map_err(|e| internal(&e.to_string()))?;
     let locale = row.locale.as_deref().and_then(|l| Locale::parse(l).ok());
@@ -180,7 +162,7 @@ pub async fn issue_code(
     let recheck = async {
         ensure_code_allowed(&row, now)?;
         attempts::lock_scan_ref(&mut tx, scan_ref.as_str()).await?;
-        check_scan_ref_budget(state, &mut tx, &scan_ref).await
+        check_scan_ref_budget(state, &mut *tx, &scan_ref).await
     }
     .await;
     if let Err(e) = recheck {
@@ -190,25 +172,26 @@ pub async fn issue_code(
     // the code being replaced ends first: expired if its time is up, superseded if not
     let ended = end_current(&mut tx, &row, now, AttemptEvent::Superseded, source).await?;
     let number = row.attempt.number + 1;
-    let attempt_id = insert_attempt(&mut tx, login_id, number, &session, lifetime).await?;
-    let seq = logins::set_status(
+    let attempt_id = Uuid::now_v7();
+    attempts::insert(
         &mut tx,
-        login_id,
-        LoginStatus::Pending.as_str(),
-        StatusChange::default(),
+        &new_attempt(attempt_id, login_id, number, &session, lifetime),
     )
     .await?;
-    events::append(
+    changes::apply(
         &mut tx,
-        NewEvent {
+        Change {
             login_id,
-            seq,
-            kind: "attempt_issued",
-            source: source.as_str(),
-            login_status: LoginStatus::Pending.as_str(),
-            attempt_id: Some(attempt_id),
-            delivery_id: None,
-            detail: json!({ "attempt_number": number }),
+            status: LoginStatus::Pending.as_str(),
+            flags: StatusChange::default(),
+            finish: None,
+            event: NewEvent {
+                kind: "attempt_issued",
+                source: source.as_str(),
+                attempt_id: Some(attempt_id),
+                delivery_id: None,
+                detail: json!({ "attempt_number": number }),
+            },
         },
     )
     .await?;
@@ -252,27 +235,23 @@ pub async fn cancel(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
         Source::Platform,
     )
     .await?;
-    let seq = logins::set_status(
+    changes::apply(
         &mut tx,
-        login_id,
-        LoginStatus::Canceled.as_str(),
-        StatusChange {
-            canceled: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    events::append(
-        &mut tx,
-        NewEvent {
+        Change {
             login_id,
-            seq,
-            kind: "login_canceled",
-            source: Source::Platform.as_str(),
-            login_status: LoginStatus::Canceled.as_str(),
-            attempt_id: Some(row.attempt.id),
-            delivery_id: None,
-            detail: json!({}),
+            status: LoginStatus::Canceled.as_str(),
+            flags: StatusChange {
+                canceled: true,
+                ..Default::default()
+            },
+            finish: None,
+            event: NewEvent {
+                kind: "login_canceled",
+                source: Source::Platform.as_str(),
+                attempt_id: Some(row.attempt.id),
+                delivery_id: None,
+                detail: json!({}),
+            },
         },
     )
     .await?;
@@ -304,27 +283,23 @@ pub async fn redeem(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
             });
         }
     }
-    let seq = logins::set_status(
+    changes::apply(
         &mut tx,
-        login_id,
-        LoginStatus::Redeemed.as_str(),
-        StatusChange {
-            redeemed: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    events::append(
-        &mut tx,
-        NewEvent {
+        Change {
             login_id,
-            seq,
-            kind: "login_redeemed",
-            source: Source::Platform.as_str(),
-            login_status: LoginStatus::Redeemed.as_str(),
-            attempt_id: Some(row.attempt.id),
-            delivery_id: None,
-            detail: json!({}),
+            status: LoginStatus::Redeemed.as_str(),
+            flags: StatusChange {
+                redeemed: true,
+                ..Default::default()
+            },
+            finish: None,
+            event: NewEvent {
+                kind: "login_redeemed",
+                source: Source::Platform.as_str(),
+                attempt_id: Some(row.attempt.id),
+                delivery_id: None,
+                detail: json!({}),
+            },
         },
     )
     .await?;
@@ -389,7 +364,6 @@ pub async fn move_attempt(
     let Some(to) = state::next(current, event) else {
         return Ok(None);
     };
-    attempts::finish(conn, row.attempt.id, to.as_str(), source.as_str(), report).await?;
     let canceled = event == AttemptEvent::LoginCanceled;
     // a stranger who types the victim's code and fails does not use up the victim's codes
     let forgive = to == AttemptStatus::Failed
@@ -401,13 +375,6 @@ pub async fn move_attempt(
         redeemed: row.redeemed_at.is_some(),
         canceled: canceled || row.canceled_at.is_some(),
     });
-    let change = StatusChange {
-        approved: to == AttemptStatus::Succeeded,
-        canceled,
-        redeemed: false,
-        forgive,
-    };
-    let seq = logins::set_status(conn, row.id, login.as_str(), change).await?;
     let mut detail = json!({ "attempt_number": row.attempt.number });
     if let Some(reason) = &report.fail_reason {
         detail["fail_reason"] = json!(reason);
@@ -418,17 +385,30 @@ pub async fn move_attempt(
     if let Some(tags) = &report.risk_tags {
         detail["risk_tags"] = json!(tags);
     }
-    events::append(
+    changes::apply(
         conn,
-        NewEvent {
+        Change {
             login_id: row.id,
-            seq,
-            kind: attempt_event_kind(to),
-            source: source.as_str(),
-            login_status: login.as_str(),
-            attempt_id: Some(row.attempt.id),
-            delivery_id,
-            detail,
+            status: login.as_str(),
+            flags: StatusChange {
+                approved: to == AttemptStatus::Succeeded,
+                canceled,
+                redeemed: false,
+                forgive,
+            },
+            finish: Some(Finish {
+                attempt_id: row.attempt.id,
+                status: to.as_str(),
+                source: source.as_str(),
+                report,
+            }),
+            event: NewEvent {
+                kind: attempt_event_kind(to),
+                source: source.as_str(),
+                attempt_id: Some(row.attempt.id),
+                delivery_id,
+                detail,
+            },
         },
     )
     .await?;
@@ -466,18 +446,14 @@ fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiErro
     })
 }
 
-/// Counts a hit against a PostgreSQL-kept limit; 429 `rate_limited` once it is exceeded.
-pub async fn rate_limit(
-    state: &AppState,
-    bucket: &str,
-    window_secs: f64,
-    limit: i32,
-    name: &'static str,
-) -> Result<(), ApiError> {
-    match crate::store::limits::hit(&state.pool, bucket, window_secs, limit).await? {
+/// Counts a hit against each PostgreSQL-kept limit; 429 `rate_limited` naming the first one
+/// that is exceeded.
+async fn rate_limit(state: &AppState, checks: Vec<(Limit, &'static str)>) -> Result<(), ApiError> {
+    let (limits, names): (Vec<Limit>, Vec<&'static str>) = checks.into_iter().unzip();
+    match crate::store::limits::hit(&state.pool, &limits).await? {
         None => Ok(()),
-        Some(retry_after) => Err(ApiError::RateLimited {
-            limit: name,
+        Some((i, retry_after)) => Err(ApiError::RateLimited {
+            limit: names[i],
             retry_after,
         }),
     }
@@ -485,17 +461,15 @@ pub async fn rate_limit(
 
 async fn check_scan_ref_budget(
     state: &AppState,
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     scan_ref: &ScanRef,
 ) -> Result<(), ApiError> {
-    let (issued, frees_at) =
-        attempts::issued_for_scan_ref_last_hour(&mut *conn, scan_ref.as_str()).await?;
-    if issued < state.settings.max_attempts_per_scan_ref_hour {
+    let budget = state.settings.max_attempts_per_scan_ref_hour;
+    let Some(frees_at) = attempts::scan_ref_hour_budget(conn, scan_ref.as_str(), budget).await?
+    else {
         return Ok(());
-    }
-    let wait = frees_at
-        .map(|t| (t - Utc::now()).num_seconds().max(1) as u64)
-        .unwrap_or(3600);
+    };
+    let wait = (frees_at - Utc::now()).num_seconds().max(1) as u64;
     Err(ApiError::BudgetExhausted {
         message: "this scan_ref was issued too many codes in the last hour",
         budget: "scan_ref_hourly",
@@ -526,30 +500,24 @@ async fn create_session(
     Ok(result?)
 }
 
-async fn insert_attempt(
-    conn: &mut PgConnection,
+/// A new attempt for iDenfy's session; its expiry is counted from after iDenfy answered, so
+/// facepair's expiry never comes before iDenfy's.
+fn new_attempt<'a>(
+    id: Uuid,
     login_id: Uuid,
     number: i32,
-    session: &CreatedSession,
+    session: &'a CreatedSession,
     lifetime: Lifetime,
-) -> Result<Uuid, sqlx::Error> {
-    let id = Uuid::now_v7();
-    // counted from after iDenfy answered, so facepair's expiry never comes before iDenfy's
-    let expires_at = Utc::now() + chrono::Duration::seconds(lifetime.seconds().into());
-    attempts::insert(
-        conn,
-        &NewAttempt {
-            id,
-            login_id,
-            number,
-            idenfy_token: &session.token,
-            digit_string: session.digit_string.as_str(),
-            idenfy_max_attempt_count: session.max_attempt_count,
-            expires_at,
-        },
-    )
-    .await?;
-    Ok(id)
+) -> NewAttempt<'a> {
+    NewAttempt {
+        id,
+        login_id,
+        number,
+        idenfy_token: &session.token,
+        digit_string: session.digit_string.as_str(),
+        idenfy_max_attempt_count: session.max_attempt_count,
+        expires_at: Utc::now() + chrono::Duration::seconds(lifetime.seconds().into()),
+    }
 }
 
 /// Reads a login for a reader (GET, long-poll, SSE): from this instance's cache when the
@@ -576,9 +544,7 @@ pub async fn read_login(
 /// Tells every instance's listeners that the login changed. Best effort: a lost notification
 /// is covered by the listeners' catch-up from the events table.
 pub async fn notify(state: &AppState, login_id: Uuid) {
-    if let Err(e) = events::notify(&state.pool, login_id).await {
-        tracing::warn!(%login_id, error = %e, "NOTIFY failed; listeners catch up from the events table");
-    }
+    state.notifier.notify(login_id).await;
     state.hub.changed(login_id);
 }
 

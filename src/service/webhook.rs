@@ -12,7 +12,7 @@ use crate::idenfy::{WebhookBody, WebhookStatus};
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
 use crate::store::deliveries::{self, NewDelivery};
-use crate::store::logins;
+use crate::store::{self, logins};
 
 /// What became of a delivery. Every verdict but a database failure is answered 2xx: iDenfy
 /// must stop retrying something that will never change anything.
@@ -81,8 +81,7 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
     let parsed = WebhookBody::parse(received.body);
     let delivery_id = Uuid::now_v7();
 
-    let mut tx = state.pool.begin().await?;
-    let seen = deliveries::lock_and_seen(&mut tx, &sha).await?;
+    let mut tx = store::begin_locked(&state.pool, deliveries::body_lock_key(&sha)).await?;
     let mut login_id = None;
     let mut attempt_id = None;
     let mut detail = None;
@@ -99,31 +98,34 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
             Verdict::Unparseable
         }
         Ok(body) => {
-            let found = match body.token.as_deref() {
-                Some(token) => attempts::login_for_token(&mut *tx, token).await?,
+            let claimed = match body.token.as_deref() {
+                Some(token) => deliveries::claim(&mut tx, &sha, token).await?,
                 None => None,
             };
-            match found {
+            match claimed {
+                // a duplicate of an unknown-token body is still a duplicate
+                None if deliveries::seen(&mut tx, &sha).await? => Verdict::Duplicate,
                 None => Verdict::UnknownToken,
-                Some((lid, aid)) => {
-                    login_id = Some(lid);
-                    attempt_id = Some(aid);
-                    if seen {
+                Some(claimed) => {
+                    login_id = Some(claimed.login_id);
+                    attempt_id = Some(claimed.attempt_id);
+                    if claimed.seen {
                         Verdict::Duplicate
                     } else {
-                        let (verdict, moved) = judge(&mut tx, body, lid, aid, delivery_id).await?;
+                        let (verdict, moved) = judge(
+                            &mut tx,
+                            body,
+                            claimed.login_id,
+                            claimed.attempt_id,
+                            delivery_id,
+                        )
+                        .await?;
                         change = moved;
                         verdict
                     }
                 }
             }
         }
-    };
-    // a duplicate of an unknown-token body is still a duplicate
-    let verdict = if seen && verdict == Verdict::UnknownToken {
-        Verdict::Duplicate
-    } else {
-        verdict
     };
 
     let body = parsed.as_ref().ok();
@@ -167,7 +169,8 @@ async fn judge(
     attempt_id: Uuid,
     delivery_id: Uuid,
 ) -> Result<(Verdict, Option<service::Moved>), ApiError> {
-    let row = logins::lock(tx, login_id)
+    // locked by `claim`; read after the lock, so no change made meanwhile is missed
+    let row = logins::find(&mut *tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
     if body

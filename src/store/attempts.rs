@@ -47,53 +47,6 @@ pub struct IdenfyReport {
     pub network_match: Option<&'static str>,
 }
 
-/// Ends a pending attempt. The digit code is dropped with it.
-pub async fn finish(
-    conn: &mut PgConnection,
-    id: Uuid,
-    status: &str,
-    source: &str,
-    report: &IdenfyReport,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"
-        update attempts
-        set status = $2, outcome_source = $3, finished_at = now(), digit_string = null,
-            idenfy_status = $4, fail_reason = $5, risk_tags = $6, idenfy_session_id = $7,
-            client_id = $8, phone_ip = $9, face_photo_url = $10, network_match = $11
-        where id = $1 and status = 'pending'
-        "#,
-        id,
-        status,
-        source,
-        report.idenfy_status,
-        report.fail_reason,
-        report.risk_tags.as_deref(),
-        report.idenfy_session_id,
-        report.client_id,
-        report.phone_ip,
-        report.face_photo_url,
-        report.network_match
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The login that owns the attempt with this iDenfy session token.
-pub async fn login_for_token(
-    conn: impl PgExecutor<'_>,
-    token: &str,
-) -> Result<Option<(Uuid, Uuid)>, sqlx::Error> {
-    let row = sqlx::query!(
-        "select id, login_id from attempts where idenfy_token = $1",
-        token
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|r| (r.login_id, r.id)))
-}
-
 /// Who settled an attempt (`None` while pending).
 pub async fn outcome_source(
     conn: &mut PgConnection,
@@ -105,30 +58,51 @@ pub async fn outcome_source(
     Ok(source.flatten())
 }
 
-/// Codes issued for `scan_ref` in the last hour, and when the oldest of them leaves the window.
-pub async fn issued_for_scan_ref_last_hour(
+/// Whether `scan_ref` was issued `budget` codes in the last hour, and if so when the budget
+/// frees (when the oldest of the newest `budget` leaves the window). Reads at most `budget`
+/// attempts, however many the scan_ref has.
+pub async fn scan_ref_hour_budget(
     conn: impl PgExecutor<'_>,
     scan_ref: &str,
-) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    budget: i64,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
-        select count(*) as "count!", min(a.created_at) + interval '1 hour' as frees_at
-        from attempts a join logins l on l.id = a.login_id
-        where l.scan_ref = $1 and a.created_at > now() - interval '1 hour'
+        select count(*) as "count!", min(created_at) + interval '1 hour' as frees_at
+        from (
+            select a.created_at
+            from attempts a join logins l on l.id = a.login_id
+            where l.scan_ref = $1 and a.created_at > now() - interval '1 hour'
+            order by a.created_at desc
+            limit $2
+        ) newest
         "#,
-        scan_ref
+        scan_ref,
+        budget
     )
     .fetch_one(conn)
     .await?;
-    Ok((row.count, row.frees_at))
+    Ok(if row.count >= budget {
+        Some(
+            row.frees_at
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::hours(1)),
+        )
+    } else {
+        None
+    })
 }
 
-/// Serialises code issuance per scan_ref across connections and instances, so the hourly
-/// budget cannot be overrun by concurrent requests.
+/// The advisory lock that serialises code issuance per scan_ref across connections and
+/// instances, so the hourly budget cannot be overrun by concurrent requests.
+pub fn scan_ref_lock_key(scan_ref: &str) -> i64 {
+    super::lock_key("facepair.scan_ref", scan_ref.as_bytes())
+}
+
+/// Takes [`scan_ref_lock_key`] inside a transaction.
 pub async fn lock_scan_ref(conn: &mut PgConnection, scan_ref: &str) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "select pg_advisory_xact_lock(hashtextextended('facepair.scan_ref:' || $1, 0))",
-        scan_ref
+        "select pg_advisory_xact_lock($1)",
+        scan_ref_lock_key(scan_ref)
     )
     .execute(conn)
     .await?;

@@ -43,17 +43,51 @@ pub async fn insert(conn: &mut PgConnection, d: &NewDelivery<'_>) -> Result<(), 
     Ok(())
 }
 
-/// Serialises deliveries of the same body, then says whether one was stored before.
-pub async fn lock_and_seen(
+/// The advisory lock that serialises deliveries of the same body, so exactly one of them is
+/// judged first and the others are duplicates.
+pub fn body_lock_key(body_sha256: &[u8]) -> i64 {
+    super::lock_key("facepair.webhook_body", body_sha256)
+}
+
+/// What [`claim`] found.
+pub struct Claimed {
+    pub login_id: Uuid,
+    pub attempt_id: Uuid,
+    pub seen: bool,
+}
+
+/// The delivery's attempt and login, the login locked for the caller's transaction, and
+/// whether the same body was stored before. Run with [`body_lock_key`] held: the statement's
+/// snapshot then sees every earlier delivery of the body. `None` for an unknown token.
+pub async fn claim(
     conn: &mut PgConnection,
     body_sha256: &[u8],
-) -> Result<bool, sqlx::Error> {
-    sqlx::query!(
-        "select pg_advisory_xact_lock(('x' || encode(substring($1::bytea from 1 for 8), 'hex'))::bit(64)::bigint)",
-        body_sha256
+    token: &str,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    // the attempt's token and login never change, so reading them from the snapshot taken
+    // before a wait for the login's lock is safe; the login itself is read again afterwards
+    let row = sqlx::query!(
+        r#"
+        select a.login_id, a.id as attempt_id,
+               exists(select 1 from deliveries where body_sha256 = $1) as "seen!"
+        from attempts a join logins l on l.id = a.login_id
+        where a.idenfy_token = $2
+        for update of l
+        "#,
+        body_sha256,
+        token
     )
-    .execute(&mut *conn)
+    .fetch_optional(conn)
     .await?;
+    Ok(row.map(|r| Claimed {
+        login_id: r.login_id,
+        attempt_id: r.attempt_id,
+        seen: r.seen,
+    }))
+}
+
+/// Whether the same body was stored before (with [`body_lock_key`] held).
+pub async fn seen(conn: &mut PgConnection, body_sha256: &[u8]) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
         r#"select exists(select 1 from deliveries where body_sha256 = $1) as "seen!""#,
         body_sha256

@@ -2,37 +2,52 @@
 
 use sqlx::PgExecutor;
 
-/// Counts one hit in `bucket`'s current window of `window_secs`; `Some(seconds)` until the
-/// window ends when the hit is over `limit`.
+/// A fixed-window limit: at most `limit` hits per `window_secs` in `bucket`.
+pub struct Limit {
+    pub bucket: String,
+    pub window_secs: f64,
+    pub limit: i32,
+}
+
+/// Counts one hit in each limit's current window, in one statement. Returns the index of the
+/// first limit the hit is over and the seconds until its window ends.
 ///
-/// The count commits without waiting for the disk: a count lost in a crash only lets a few
+/// The counts commit without waiting for the disk: a count lost in a crash only lets a few
 /// more requests through, and not waiting keeps a second fsync off every login creation.
 pub async fn hit(
-    pool: &sqlx::PgPool,
-    bucket: &str,
-    window_secs: f64,
-    limit: i32,
-) -> Result<Option<u64>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query!("set local synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    let row = sqlx::query!(
+    conn: impl PgExecutor<'_>,
+    limits: &[Limit],
+) -> Result<Option<(usize, u64)>, sqlx::Error> {
+    let buckets: Vec<&str> = limits.iter().map(|l| l.bucket.as_str()).collect();
+    let windows: Vec<f64> = limits.iter().map(|l| l.window_secs).collect();
+    // `set_config(.., true)` lasts for the statement's own transaction, whose commit it makes
+    // asynchronous
+    let rows = sqlx::query!(
         r#"
-        insert into rate_limits as r (bucket, window_start, hits) values ($1, now(), 1)
+        with async_commit as (select set_config('synchronous_commit', 'off', true)),
+        input as (
+            select bucket, make_interval(secs => window_secs) as width
+            from unnest($1::text[], $2::float8[]) as u(bucket, window_secs)
+        )
+        insert into rate_limits as r (bucket, window_start, hits)
+        select bucket, now(), 1 from input, async_commit
         on conflict (bucket) do update set
-            hits = case when r.window_start <= now() - make_interval(secs => $2) then 1 else r.hits + 1 end,
-            window_start = case when r.window_start <= now() - make_interval(secs => $2) then now() else r.window_start end
-        returning hits,
-                  extract(epoch from (window_start + make_interval(secs => $2) - now()))::float8 as "remaining!"
+            hits = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
+                        then 1 else r.hits + 1 end,
+            window_start = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
+                                then now() else r.window_start end
+        returning bucket, hits,
+                  extract(epoch from (window_start + (select width from input where bucket = r.bucket) - now()))::float8 as "remaining!"
         "#,
-        bucket,
-        window_secs
+        &buckets as &[&str],
+        &windows
     )
-    .fetch_one(&mut *tx)
+    .fetch_all(conn)
     .await?;
-    tx.commit().await?;
-    Ok((row.hits > limit).then(|| row.remaining.ceil().max(1.0) as u64))
+    Ok(limits.iter().enumerate().find_map(|(i, limit)| {
+        let row = rows.iter().find(|r| r.bucket == limit.bucket)?;
+        (row.hits > limit.limit).then(|| (i, row.remaining.ceil().max(1.0) as u64))
+    }))
 }
 
 /// Forgets windows that ended long ago.

@@ -1,0 +1,145 @@
+//! A login's state changes, each in one statement: the login row, the attempt it ends (if
+//! any) and its event together. A webhook or a platform call is a handful of round trips to
+//! PostgreSQL, not one per table.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::store::attempts::{IdenfyReport, NewAttempt};
+use crate::store::logins::NewLogin;
+
+/// What changes on the login row with a new status; the event sequence advances by one.
+#[derive(Debug, Default)]
+pub struct StatusChange {
+    pub approved: bool,
+    pub redeemed: bool,
+    pub canceled: bool,
+    /// The attempt that just failed does not count toward the budget.
+    pub forgive: bool,
+}
+
+/// A pending attempt ending with the change. Its digit code is dropped with it.
+pub struct Finish<'a> {
+    pub attempt_id: Uuid,
+    pub status: &'a str,
+    pub source: &'a str,
+    pub report: &'a IdenfyReport,
+}
+
+/// The event row a change appends (numbered by the login's sequence).
+pub struct NewEvent<'a> {
+    pub kind: &'a str,
+    pub source: &'a str,
+    pub attempt_id: Option<Uuid>,
+    pub delivery_id: Option<Uuid>,
+    pub detail: serde_json::Value,
+}
+
+pub struct Change<'a> {
+    pub login_id: Uuid,
+    pub status: &'a str,
+    pub flags: StatusChange,
+    pub finish: Option<Finish<'a>>,
+    pub event: NewEvent<'a>,
+}
+
+/// Applies a change to a login whose row lock the caller holds. Returns the event's sequence
+/// number.
+pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::Error> {
+    let f = c.finish.as_ref();
+    let report = f.map(|f| f.report);
+    sqlx::query_scalar!(
+        r#"
+        with finished as (
+            update attempts
+            set status = $7, outcome_source = $8, finished_at = now(), digit_string = null,
+                idenfy_status = $9, fail_reason = $10, risk_tags = $11, idenfy_session_id = $12,
+                client_id = $13, phone_ip = $14, face_photo_url = $15, network_match = $16
+            where id = $17 and status = 'pending'
+        ), changed as (
+            update logins
+            set status = $2,
+                event_seq = event_seq + 1,
+                updated_at = now(),
+                approved_at = case when $3 then now() else approved_at end,
+                redeemed_at = case when $4 then now() else redeemed_at end,
+                canceled_at = case when $5 then now() else canceled_at end,
+                attempts_forgiven = attempts_forgiven + case when $6 then 1 else 0 end
+            where id = $1
+            returning id, event_seq, status
+        )
+        insert into events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
+        select id, event_seq, $18, $19, status, $20, $21, $22 from changed
+        returning seq
+        "#,
+        c.login_id,
+        c.status,
+        c.flags.approved,
+        c.flags.redeemed,
+        c.flags.canceled,
+        c.flags.forgive,
+        f.map(|f| f.status),
+        f.map(|f| f.source),
+        report.and_then(|r| r.idenfy_status.as_deref()),
+        report.and_then(|r| r.fail_reason.as_deref()),
+        report.and_then(|r| r.risk_tags.as_deref()),
+        report.and_then(|r| r.idenfy_session_id.as_deref()),
+        report.and_then(|r| r.client_id.as_deref()),
+        report.and_then(|r| r.phone_ip.as_deref()),
+        report.and_then(|r| r.face_photo_url.as_deref()),
+        report.and_then(|r| r.network_match),
+        f.map(|f| f.attempt_id),
+        c.event.kind,
+        c.event.source,
+        c.event.attempt_id,
+        c.event.delivery_id,
+        c.event.detail
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Stores a new login with its first attempt and its `login_created` event (sequence 1).
+pub async fn create(
+    conn: &mut PgConnection,
+    l: &NewLogin<'_>,
+    a: &NewAttempt<'_>,
+    detail: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        with login as (
+            insert into logins (id, scan_ref, user_ref, locale, lifetime_seconds, max_attempts,
+                                client_ip, user_agent, api_key_id, watch_token_hash, status,
+                                event_seq)
+            values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, 'pending', 1)
+        ), attempt as (
+            insert into attempts (id, login_id, number, idenfy_token, digit_string,
+                                  idenfy_max_attempt_count, expires_at)
+            values ($11, $1, $17, $12, $13, $14, $15)
+        )
+        insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
+        values ($1, 1, 'login_created', 'platform', 'pending', $11, $16)
+        "#,
+        l.id,
+        l.scan_ref,
+        l.user_ref,
+        l.locale,
+        l.lifetime_seconds,
+        l.max_attempts,
+        l.client_ip,
+        l.user_agent,
+        l.api_key_id,
+        l.watch_token_hash,
+        a.id,
+        a.idenfy_token,
+        a.digit_string,
+        a.idenfy_max_attempt_count,
+        a.expires_at,
+        detail,
+        a.number
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
