@@ -89,11 +89,11 @@ async fn sender(
             _ = stop.cancelled() => true,
         };
         let (ids, batch) = notifier.take();
-        if !ids.is_empty() {
-            if let Err(e) = send(&mut conn, &connect, &ids).await {
-                conn = None;
-                tracing::warn!(error = %e, logins = ids.len(), "NOTIFY failed; listeners catch up from the events table");
-            }
+        if !ids.is_empty()
+            && let Err(e) = send(&mut conn, &connect, &ids).await
+        {
+            conn = None;
+            tracing::warn!(error = %e, logins = ids.len(), "NOTIFY failed; listeners catch up from the events table");
         }
         sent.send_replace(batch);
         if stopping {
