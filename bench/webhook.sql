@@ -1,6 +1,7 @@
 -- pgbench reference for scenario 1: the SQL that one applied webhook causes in facepair
 -- (src/service/webhook.rs, src/store/deliveries.rs, src/store/changes.rs), statement for
 -- statement and round trip for round trip, against the same schema and data.
+-- Variables: rows (seeded attempts), notify (1 or 0).
 \set n random(0, :rows - 1)
 -- one body per transaction, hashed once (facepair hashes the raw body once and passes it)
 \set body random(1, 2000000000)
@@ -43,4 +44,10 @@ INSERT INTO deliveries (id, body, body_sha256, content_type, event_type, signing
 VALUES (gen_random_uuid(), convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
         'application/json', 'FACIAL_AUTHENTICATION', 0, 'bench-' || :n, 'SUCCESS', 'applied', :attempt_id, :login_id, NULL);
 COMMIT;
+-- 6. the NOTIFY, in its own round trip after the commit. facepair sends its NOTIFYs in
+-- batches on a connection of their own (one statement for every webhook committed
+-- meanwhile), so above one client it spends less on them than this; run with -D notify=0
+-- the reference leaves them out altogether and is an upper bound
+\if :notify
 SELECT pg_notify('facepair_events', :login_id);
+\endif

@@ -355,15 +355,10 @@ pub(crate) async fn respond_with_state(
     let mut subscription = (!wait.is_zero()).then(|| state.hub.subscribe(id));
     loop {
         let row = service_find(state, id).await?;
-        let doc = LoginState::build(
-            &row,
-            Utc::now(),
-            state.settings.poll_interval_seconds,
-            audience,
-        );
-        let unchanged = known
-            .as_deref()
-            .is_some_and(|k| etag_matches(k, &doc.etag()));
+        let read_at = Utc::now();
+        // the document is built only when it is sent
+        let etag = crate::service::view::etag_at(&row, read_at);
+        let unchanged = known.as_deref().is_some_and(|k| etag_matches(k, &etag));
         let now = tokio::time::Instant::now();
         let Some(sub) = subscription
             .as_mut()
@@ -371,19 +366,27 @@ pub(crate) async fn respond_with_state(
         else {
             if unchanged {
                 return Ok(HttpResponse::NotModified()
-                    .insert_header((ETAG, doc.etag()))
+                    .insert_header((ETAG, etag))
                     .finish());
             }
+            let doc = LoginState::build(
+                &row,
+                read_at,
+                state.settings.poll_interval_seconds,
+                audience,
+            );
             return Ok(HttpResponse::Ok()
-                .insert_header((ETAG, doc.etag()))
+                .insert_header((ETAG, etag))
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .json(doc));
         };
         // the code's expiry changes the document without any event
-        let until_expiry = (doc.attempt.expires_at - Utc::now())
+        let until_expiry = (row.attempt.expires_at - Utc::now())
             .to_std()
             .ok()
-            .filter(|_| doc.attempt.status == crate::domain::AttemptStatus::Pending);
+            .filter(|_| {
+                crate::service::effective(&row, read_at).0 == crate::domain::AttemptStatus::Pending
+            });
         let wake_at = until_expiry
             .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
             .unwrap_or(deadline);

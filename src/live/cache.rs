@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
 
@@ -27,7 +27,8 @@ const SLOTS: usize = 1024;
 const CAPACITY: usize = 20_000;
 
 pub struct Cache {
-    entries: Mutex<HashMap<Uuid, Arc<LoginRow>>>,
+    /// Read-locked by every cached read, write-locked by stores and changes.
+    entries: RwLock<HashMap<Uuid, Arc<LoginRow>>>,
     /// Bumped by every change of a login hashing to the slot.
     versions: Box<[AtomicU64]>,
     /// Bumped whenever everything must be considered changed.
@@ -46,7 +47,7 @@ pub struct Version {
 impl Default for Cache {
     fn default() -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: RwLock::new(HashMap::new()),
             versions: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             usable: AtomicBool::new(false),
@@ -64,7 +65,7 @@ impl Cache {
         if !self.usable.load(Ordering::Acquire) {
             return None;
         }
-        self.entries.lock().unwrap().get(id).cloned()
+        self.entries.read().unwrap().get(id).cloned()
     }
 
     pub fn version(&self, id: &Uuid) -> Version {
@@ -78,7 +79,7 @@ impl Cache {
         if !self.usable.load(Ordering::Acquire) {
             return;
         }
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.write().unwrap();
         // checked under the lock that `changed` also takes, so no change slips in between
         if self.version(&id) != seen {
             return;
@@ -90,7 +91,7 @@ impl Cache {
     }
 
     pub fn changed(&self, id: &Uuid) {
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.write().unwrap();
         self.slot(id).fetch_add(1, Ordering::AcqRel);
         entries.remove(id);
     }
@@ -98,14 +99,14 @@ impl Cache {
     /// Everything may have changed (the listener reconnected), or the cache must not be used
     /// until it is back (`usable = false`).
     pub fn reset(&self, usable: bool) {
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.write().unwrap();
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.clear();
         self.usable.store(usable, Ordering::Release);
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        self.entries.read().unwrap().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -130,6 +130,75 @@ impl LoginState {
     /// Changes whenever the document's meaning does: a new event, or the clock expiring the
     /// code.
     pub fn etag(&self) -> String {
-        format!("\"{}-{}\"", self.event_seq, self.attempt.status.as_str())
+        etag(self.event_seq, self.attempt.status)
+    }
+}
+
+/// The ETag of the document [`LoginState::build`] would give at `now`, without building it:
+/// the login's event sequence and the code's effective status (which the clock alone moves).
+pub fn etag_at(row: &LoginRow, now: DateTime<Utc>) -> String {
+    etag(row.event_seq, effective(row, now).0)
+}
+
+fn etag(event_seq: i32, attempt: AttemptStatus) -> String {
+    format!("\"{}-{}\"", event_seq, attempt.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::logins::AttemptRow;
+
+    fn row(attempt_status: &str, expires_in_secs: i64) -> LoginRow {
+        let now = Utc::now();
+        LoginRow {
+            id: uuid::Uuid::now_v7(),
+            scan_ref: Some("person".into()),
+            user_ref: None,
+            locale: None,
+            lifetime_seconds: 600,
+            max_attempts: 3,
+            attempts_forgiven: 0,
+            client_ip: None,
+            status: "pending".into(),
+            event_seq: 4,
+            created_at: now,
+            approved_at: None,
+            redeemed_at: None,
+            canceled_at: None,
+            attempt: AttemptRow {
+                id: uuid::Uuid::now_v7(),
+                number: 1,
+                status: attempt_status.into(),
+                digit_string: Some("12345678".into()),
+                idenfy_max_attempt_count: Some(3),
+                created_at: now,
+                expires_at: now + chrono::Duration::seconds(expires_in_secs),
+                finished_at: None,
+                outcome_source: None,
+                fail_reason: None,
+                risk_tags: None,
+                client_id: None,
+                phone_ip: None,
+                network_match: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_etag_without_the_document_is_the_documents_etag() {
+        let now = Utc::now();
+        for (status, expires_in) in [("pending", 60), ("pending", -1), ("failed", -1)] {
+            let row = row(status, expires_in);
+            for audience in [Audience::Platform, Audience::Browser] {
+                let doc = LoginState::build(&row, now, 2, audience);
+                assert_eq!(etag_at(&row, now), doc.etag(), "{status} {expires_in}");
+            }
+        }
+        // the clock alone changes it: a pending code past its expiry reads as expired
+        assert_ne!(
+            etag_at(&row("pending", 60), now),
+            etag_at(&row("pending", -1), now)
+        );
     }
 }
