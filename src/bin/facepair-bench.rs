@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value = "pgbench")]
     pgbench: String,
     /// Seconds per measured run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 6)]
     seconds: u64,
     /// Concurrent SSE streams in scenario 3.
     #[arg(long, default_value_t = 10_000)]
@@ -56,7 +56,7 @@ struct Args {
     #[arg(long, default_value_t = 400_000)]
     rows: usize,
     /// Interleaved facepair/pgbench rounds per comparison; the median round is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Which scenarios to run, e.g. `1,3`; all by default.
     #[arg(long, value_delimiter = ',', default_values_t = [1u8, 2, 3, 4, 5])]
@@ -415,8 +415,11 @@ async fn seed(db: &PgPool, rows: usize) -> anyhow::Result<Seeded> {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
-             select l, 1, 'login_created', 'platform', 'pending', a, '{\"attempt_number\": 1}' from unnest($1::uuid[], $2::uuid[]) as u(l, a)",
+            // created a while ago, as the logins desktops wait on were: an event of the last
+            // 15 s would have the backstop wake its streams every 5 s during the run
+            "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail, created_at)
+             select l, 1, 'login_created', 'platform', 'pending', a, '{\"attempt_number\": 1}', now() - interval '10 minutes'
+             from unnest($1::uuid[], $2::uuid[]) as u(l, a)",
         )
         .bind(&ids)
         .bind(&attempt_ids)

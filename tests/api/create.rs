@@ -438,3 +438,38 @@ async fn scan_ref_hourly_budget(pool: PgPool) {
         201
     );
 }
+
+/// With more codes in the hour than the budget allows (the budget was lowered), the budget
+/// has room again when the oldest of the newest `budget` codes leaves the hour, not the
+/// oldest of all; and the count stops at the budget.
+#[sqlx::test]
+async fn the_scan_ref_budget_frees_when_enough_codes_left_the_hour(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), |s| s.max_attempts_per_scan_ref_hour = 3).await;
+    app.mock_eligible().await;
+    for _ in 0..3 {
+        app.login().await;
+    }
+    // issued 50, 40 and 30 minutes ago
+    sqlx::query(
+        "update attempts a set created_at = now() - interval '10 minutes' * (6 - r.n)
+         from (select id, row_number() over (order by created_at) as n from attempts) r
+         where a.id = r.id",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let frees_in = |budget: i64| {
+        let pool = pool.clone();
+        async move {
+            facepair::store::attempts::scan_ref_hour_budget(&pool, SCAN_REF, budget)
+                .await
+                .unwrap()
+                .map(|at| (at - chrono::Utc::now()).num_seconds())
+        }
+    };
+    let in_20_minutes = frees_in(2).await.expect("over a budget of 2");
+    assert!((1190..=1200).contains(&in_20_minutes), "{in_20_minutes}");
+    let in_10_minutes = frees_in(3).await.expect("at a budget of 3");
+    assert!((590..=600).contains(&in_10_minutes), "{in_10_minutes}");
+    assert_eq!(frees_in(4).await, None, "a budget of 4 has room");
+}
