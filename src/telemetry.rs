@@ -1,7 +1,14 @@
 //! Logging: one JSON (or human) line per request with its id, route, status and latency.
 //! Secrets, digit codes, tokens and selfie URLs are never logged: the access line carries the
 //! route pattern, never the path (which may hold a watch token).
+//!
+//! Events inside a request carry its `request` span (`request_id`). The access line itself is
+//! written here rather than as a `tracing` event: through the JSON layer, which re-reads the
+//! span's fields for every event, it cost a quarter of the throughput of cached polls
+//! (BENCHMARKS.md). It obeys the same filter (`FACEPAIR_LOG`).
 
+use std::io::Write as _;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -13,7 +20,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
 pub fn init(format: LogFormat) {
+    let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_env("FACEPAIR_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     use std::io::IsTerminal as _;
@@ -67,31 +77,72 @@ pub async fn request_span(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().to_string();
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    // events inside the request carry its id; its access line has the rest
+    let span = tracing::info_span!("request", request_id = %id);
     let result = REQUEST_ID
         .scope(id.clone(), next.call(req))
-        .instrument(span.clone())
+        .instrument(span)
         .await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let _enter = span.enter();
-    match result {
-        Ok(mut res) => {
-            let status = res.status().as_u16();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                res.headers_mut().insert(X_REQUEST_ID.clone(), v);
-            }
-            tracing::info!(status, latency_ms, "request");
-            Ok(res)
-        }
-        Err(e) => {
-            tracing::info!(
-                status = e.as_response_error().status_code().as_u16(),
-                latency_ms,
-                "request"
+    let status = match &result {
+        Ok(res) => res.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    write_access(&id, &method, &route, status, latency_ms);
+    let mut res = result?;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    Ok(res)
+}
+
+/// The access line, with the same keys as the JSON layer's lines.
+#[derive(serde::Serialize)]
+struct Access<'a> {
+    timestamp: String,
+    level: &'static str,
+    message: &'static str,
+    target: &'static str,
+    request_id: &'a str,
+    method: &'a str,
+    route: &'a str,
+    status: u16,
+    latency_ms: f64,
+}
+
+fn write_access(request_id: &str, method: &str, route: &str, status: u16, latency_ms: f64) {
+    if !tracing::enabled!(target: "facepair::access", tracing::Level::INFO) {
+        return;
+    }
+    let access = Access {
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        level: "INFO",
+        message: "request",
+        target: "facepair::access",
+        request_id,
+        method,
+        route,
+        status,
+        latency_ms,
+    };
+    let mut line = Vec::with_capacity(256);
+    match FORMAT.get() {
+        Some(LogFormat::Text) => {
+            let _ = writeln!(
+                line,
+                "{}  INFO facepair::access: request request_id={request_id} method={method} route={route} status={status} latency_ms={latency_ms:.3}",
+                access.timestamp
             );
-            Err(e)
+        }
+        _ => {
+            if serde_json::to_writer(&mut line, &access).is_err() {
+                return;
+            }
+            line.push(b'\n');
         }
     }
+    // one write per line, as the JSON layer does, so lines from two workers never interleave
+    let _ = std::io::stderr().lock().write_all(&line);
 }
 
 /// A UUIDv7 for a request without an `X-Request-Id`. Its random bits come from the thread's
