@@ -46,6 +46,10 @@ struct Args {
     /// Concurrent SSE streams in scenario 3.
     #[arg(long, default_value_t = 10_000)]
     streams: usize,
+    /// Streams being opened at once in scenario 3 (desktops arrive over time; a number as
+    /// large as `--streams` opens them in one burst, as after a deploy).
+    #[arg(long, default_value_t = 64)]
+    opening: usize,
     /// Webhooks sent while the streams are open, for the latency figures.
     #[arg(long, default_value_t = 500)]
     stream_samples: usize,
@@ -259,8 +263,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let result =
-            waiting_clients(&fresh, &seeded, stream_base, streams, args.stream_samples).await?;
+        let result = waiting_clients(
+            &fresh,
+            &seeded,
+            stream_base,
+            streams,
+            args.stream_samples,
+            args.opening,
+        )
+        .await?;
         drop(fresh);
         rows.push(Row {
             scenario: format!("3. memory per open SSE stream ({streams} open)"),
@@ -826,6 +837,7 @@ async fn waiting_clients(
     first: usize,
     count: usize,
     samples: usize,
+    opening: usize,
 ) -> anyhow::Result<Waiting> {
     let before = rss_kib(server.pid)?;
     let client = reqwest::Client::builder()
@@ -833,11 +845,10 @@ async fn waiting_clients(
         .build()?;
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let opened = Arc::new(tokio::sync::Semaphore::new(0));
-    // desktops arrive over time: at most OPENING streams are being opened at once, so the
+    // desktops arrive over time: at most `opening` streams are being opened at once, so the
     // figure is what an open stream keeps, not the high-water mark of thousands of requests
     // queued for the database at the same instant (which glibc keeps mapped afterwards)
-    const OPENING: usize = 64;
-    let opening = Arc::new(tokio::sync::Semaphore::new(OPENING));
+    let opening = Arc::new(tokio::sync::Semaphore::new(opening.max(1)));
     for k in 0..count {
         let token = seeded.watch_tokens[first + k].clone();
         let permit = opening.clone().acquire_owned().await?;
