@@ -113,14 +113,19 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     // 5. start-up and idle footprint (first, on a quiet machine)
-    let (server, ready_after) = Server::start(
-        &args.facepair,
-        &app_url,
-        &sim_url,
-        args.server_log.as_deref(),
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start_server = || async {
+        let started = Server::start(
+            &args.facepair,
+            &app_url,
+            &sim_url,
+            args.server_log.as_deref(),
+        )
+        .await;
+        // past start-up's allocations before anything is measured
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        started
+    };
+    let (server, ready_after) = start_server().await?;
     let idle_rss = rss_kib(server.pid)?;
     rows.push(Row {
         scenario: "5. start-up: exec to /health/ready".into(),
@@ -255,14 +260,7 @@ async fn main() -> anyhow::Result<()> {
         let streams = (args.streams).min(seeded.login_ids.len() - stream_base);
         // a fresh process: memory freed by the earlier scenarios would otherwise be reused
         // by the streams and hide part of their cost
-        let (fresh, _) = Server::start(
-            &args.facepair,
-            &app_url,
-            &sim_url,
-            args.server_log.as_deref(),
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (fresh, _) = start_server().await?;
         let result = waiting_clients(
             &fresh,
             &seeded,

@@ -119,38 +119,7 @@ mod tests {
     use super::*;
 
     fn row(id: Uuid) -> Arc<LoginRow> {
-        Arc::new(LoginRow {
-            id,
-            scan_ref: None,
-            user_ref: None,
-            locale: None,
-            lifetime_seconds: 600,
-            max_attempts: 3,
-            attempts_forgiven: 0,
-            client_ip: None,
-            status: "pending".into(),
-            event_seq: 1,
-            created_at: chrono::Utc::now(),
-            approved_at: None,
-            redeemed_at: None,
-            canceled_at: None,
-            attempt: crate::store::logins::AttemptRow {
-                id,
-                number: 1,
-                status: "pending".into(),
-                digit_string: None,
-                idenfy_max_attempt_count: None,
-                created_at: chrono::Utc::now(),
-                expires_at: chrono::Utc::now(),
-                finished_at: None,
-                outcome_source: None,
-                fail_reason: None,
-                risk_tags: None,
-                client_id: None,
-                phone_ip: None,
-                network_match: None,
-            },
-        })
+        Arc::new(LoginRow::sample(id, "pending", chrono::Utc::now()))
     }
 
     #[test]

@@ -147,42 +147,10 @@ fn etag(event_seq: i32, attempt: AttemptStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::logins::AttemptRow;
 
     fn row(attempt_status: &str, expires_in_secs: i64) -> LoginRow {
-        let now = Utc::now();
-        LoginRow {
-            id: uuid::Uuid::now_v7(),
-            scan_ref: Some("person".into()),
-            user_ref: None,
-            locale: None,
-            lifetime_seconds: 600,
-            max_attempts: 3,
-            attempts_forgiven: 0,
-            client_ip: None,
-            status: "pending".into(),
-            event_seq: 4,
-            created_at: now,
-            approved_at: None,
-            redeemed_at: None,
-            canceled_at: None,
-            attempt: AttemptRow {
-                id: uuid::Uuid::now_v7(),
-                number: 1,
-                status: attempt_status.into(),
-                digit_string: Some("12345678".into()),
-                idenfy_max_attempt_count: Some(3),
-                created_at: now,
-                expires_at: now + chrono::Duration::seconds(expires_in_secs),
-                finished_at: None,
-                outcome_source: None,
-                fail_reason: None,
-                risk_tags: None,
-                client_id: None,
-                phone_ip: None,
-                network_match: None,
-            },
-        }
+        let expires_at = Utc::now() + chrono::Duration::seconds(expires_in_secs);
+        LoginRow::sample(uuid::Uuid::now_v7(), attempt_status, expires_at)
     }
 
     #[test]

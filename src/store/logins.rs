@@ -45,6 +45,46 @@ pub struct AttemptRow {
     pub network_match: Option<String>,
 }
 
+#[cfg(test)]
+impl LoginRow {
+    /// A pending login whose current attempt has `attempt_status` and expires at
+    /// `expires_at`, for unit tests.
+    pub fn sample(id: Uuid, attempt_status: &str, expires_at: DateTime<Utc>) -> Self {
+        LoginRow {
+            id,
+            scan_ref: Some("person".into()),
+            user_ref: None,
+            locale: None,
+            lifetime_seconds: 600,
+            max_attempts: 3,
+            attempts_forgiven: 0,
+            client_ip: None,
+            status: "pending".into(),
+            event_seq: 1,
+            created_at: Utc::now(),
+            approved_at: None,
+            redeemed_at: None,
+            canceled_at: None,
+            attempt: AttemptRow {
+                id,
+                number: 1,
+                status: attempt_status.into(),
+                digit_string: Some("12345678".into()),
+                idenfy_max_attempt_count: Some(3),
+                created_at: Utc::now(),
+                expires_at,
+                finished_at: None,
+                outcome_source: None,
+                fail_reason: None,
+                risk_tags: None,
+                client_id: None,
+                phone_ip: None,
+                network_match: None,
+            },
+        }
+    }
+}
+
 impl LoginRow {
     /// Codes that count toward the login's budget.
     pub fn budget_used(&self) -> i32 {
