@@ -357,7 +357,8 @@ pub(crate) async fn respond_with_state(
         let row = service_find(state, id).await?;
         let read_at = Utc::now();
         // the document is built only when it is sent
-        let etag = crate::service::view::etag_at(&row, read_at);
+        let attempt_now = crate::service::effective(&row, read_at).0;
+        let etag = crate::service::view::etag(row.event_seq, attempt_now);
         let unchanged = known.as_deref().is_some_and(|k| etag_matches(k, &etag));
         let now = tokio::time::Instant::now();
         let Some(sub) = subscription
@@ -384,9 +385,7 @@ pub(crate) async fn respond_with_state(
         let until_expiry = (row.attempt.expires_at - Utc::now())
             .to_std()
             .ok()
-            .filter(|_| {
-                crate::service::effective(&row, read_at).0 == crate::domain::AttemptStatus::Pending
-            });
+            .filter(|_| attempt_now == crate::domain::AttemptStatus::Pending);
         let wake_at = until_expiry
             .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
             .unwrap_or(deadline);
