@@ -24,7 +24,10 @@ use crate::telemetry;
 /// The one shared state value every handler and task receives.
 #[derive(Clone)]
 pub struct AppState {
+    /// In a request, the pool of the HTTP worker serving it; in background tasks, the
+    /// instance's own. The same holds for `notifier`.
     pub pool: PgPool,
+    pub worker_pools: WorkerPools,
     pub idenfy: IdenfyClient,
     pub settings: Arc<Settings>,
     pub api_keys: Arc<ApiKeys>,
@@ -77,6 +80,7 @@ impl Application {
             settings: Arc::new(settings),
             public_url,
             pool,
+            worker_pools: WorkerPools::default(),
             shutdown: CancellationToken::new(),
             watch_blocks: Arc::default(),
         };
@@ -113,9 +117,14 @@ impl Application {
             .settings
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let per_worker = app_state
+            .pool
+            .options()
+            .get_max_connections()
+            .div_ceil(workers as u32);
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(web::Data::new(app_state.clone()))
+                .app_data(web::Data::new(app_state.for_worker(per_worker)))
                 .wrap(from_fn(telemetry::request_span))
                 .configure(http::configure)
         })
@@ -175,7 +184,61 @@ impl Application {
         self.notifier_stop.cancel();
         let _ = self.notifier_task.await;
         self.state.pool.close().await;
+        self.state.worker_pools.forget();
         result
+    }
+}
+
+impl AppState {
+    /// The state one HTTP worker's requests see: the same, but with a pool of the worker's
+    /// own. This runs on the worker's thread, and its pool opens connections there when a
+    /// request first needs them. A socket is driven by the runtime that opened it; a
+    /// connection opened on another thread would cost two thread wake-ups on every round
+    /// trip.
+    /// The worker's NOTIFYs go out on a connection of its own for the same reason. Both end
+    /// with the worker, after its last request was answered.
+    fn for_worker(&self, max_connections: u32) -> AppState {
+        let connect = (*self.pool.connect_options()).clone();
+        let pool = self
+            .pool
+            .options()
+            .clone()
+            .max_connections(max_connections.max(1))
+            .min_connections(0)
+            .connect_lazy_with(connect.clone());
+        self.worker_pools.add(pool.clone());
+        let (notifier, sender) = Notifier::start(connect, CancellationToken::new());
+        actix_web::rt::spawn(sender);
+        AppState {
+            pool,
+            notifier,
+            ..self.clone()
+        }
+    }
+}
+
+/// The pools of this instance's HTTP workers, counted together in the metrics.
+#[derive(Clone, Default)]
+pub struct WorkerPools(Arc<std::sync::Mutex<Vec<PgPool>>>);
+
+impl WorkerPools {
+    fn add(&self, pool: PgPool) {
+        self.0.lock().expect("worker pools").push(pool);
+    }
+
+    /// Open and idle connections over all workers.
+    pub fn connections(&self) -> (u32, usize) {
+        let pools = self.0.lock().expect("worker pools");
+        pools.iter().fold((0, 0), |(open, idle), p| {
+            (open + p.size(), idle + p.num_idle())
+        })
+    }
+
+    /// Drops the pools once the workers have stopped: their connections belong to the
+    /// workers' runtimes, which are gone, so they are closed by dropping rather than with a
+    /// goodbye to PostgreSQL.
+    fn forget(&self) {
+        self.0.lock().expect("worker pools").clear();
     }
 }
 

@@ -274,8 +274,9 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::WorkerCrashed => Self::DatabaseUnavailable(e),
             sqlx::Error::Database(ref db)
                 if db.code().is_some_and(|c| {
-                    // connection exceptions, shutdown, too many connections
-                    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+                    // connection exceptions, shutdown, too many connections, and a database
+                    // not accepting connections (55000: facepair's SQL raises it nowhere else)
+                    c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "55000"
                 }) =>
             {
                 Self::DatabaseUnavailable(e)

@@ -138,7 +138,8 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    pub fn render(&self, pool: &sqlx::PgPool) -> String {
+    /// The Prometheus text; `connections` are the request pools' open and idle connections.
+    pub fn render(&self, connections: (u32, usize)) -> String {
         let mut out = String::new();
         counter(
             &mut out,
@@ -259,8 +260,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP facepair_db_pool_connections Database pool connections by state.\n# TYPE facepair_db_pool_connections gauge\nfacepair_db_pool_connections{{state=\"open\"}} {}\nfacepair_db_pool_connections{{state=\"idle\"}} {}",
-            pool.size(),
-            pool.num_idle()
+            connections.0, connections.1
         );
         out
     }

@@ -108,7 +108,11 @@ async fn send(
     ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     if conn.is_none() {
-        *conn = Some(PgConnection::connect_with(connect).await?);
+        // a NOTIFY stores nothing, and a crash loses it whether it was flushed or not: its
+        // commit need not wait for the disk. The changes it announces committed durably
+        // before it was sent.
+        let connect = connect.clone().options([("synchronous_commit", "off")]);
+        *conn = Some(PgConnection::connect_with(&connect).await?);
     }
     let conn = conn.as_mut().expect("connected above");
     sqlx::query!(

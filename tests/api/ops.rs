@@ -1,5 +1,5 @@
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 
 use crate::helpers::*;
 
@@ -24,12 +24,35 @@ async fn health(pool: PgPool) {
             .status(),
         200
     );
-    app.pool.close().await;
-    let response = app.http.get(app.url("/health/ready")).send().await.unwrap();
-    assert_eq!(response.status(), 503);
-    assert!(response.headers().get("retry-after").is_some());
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "database_unavailable");
+    // PostgreSQL goes away for this database: every connection ends, none is accepted
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let admit = |allow: bool| format!("alter database \"{database}\" allow_connections {allow}");
+    // a database cannot refuse connections while connected to: this is said from another
+    let mut other = sqlx::PgConnection::connect(&std::env::var("DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(admit(false)))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid()",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // every worker answers for itself: ask more often than there are workers
+    for _ in 0..4 {
+        let response = app.http.get(app.url("/health/ready")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().get("retry-after").is_some());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "database_unavailable");
+    }
     assert_eq!(
         app.http
             .get(app.url("/health/live"))
@@ -39,6 +62,15 @@ async fn health(pool: PgPool) {
             .status(),
         200
     );
+    // and when it is back, so is facepair, without a restart
+    sqlx::query(sqlx::AssertSqlSafe(admit(true)))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let response = app.http.get(app.url("/health/ready")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
 }
 
 #[sqlx::test]
