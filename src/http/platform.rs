@@ -370,16 +370,18 @@ pub(crate) async fn respond_with_state(
                     .insert_header((ETAG, etag))
                     .finish());
             }
-            let doc = LoginState::build(
+            let doc = crate::service::view::render(
                 &row,
                 read_at,
+                attempt_now,
                 state.settings.poll_interval_seconds,
                 audience,
             );
             return Ok(HttpResponse::Ok()
+                .insert_header(header::ContentType::json())
                 .insert_header((ETAG, etag))
                 .insert_header((header::CACHE_CONTROL, "no-store"))
-                .json(doc));
+                .body(doc));
         };
         // the code's expiry changes the document without any event
         let until_expiry = (row.attempt.expires_at - Utc::now())

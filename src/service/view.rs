@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::domain::state::{self, LoginFacts};
 use crate::domain::{AttemptStatus, LoginStatus};
-use crate::store::logins::LoginRow;
+use crate::store::logins::{LoginRow, Parts};
 
 /// Who reads: the platform's backend sees identity data, a browser never does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,58 @@ impl LoginState {
     }
 }
 
+/// The document as JSON, the same bytes as serialising [`LoginState::build`]. The first
+/// reader of a row for an audience and code status serialises it whole and keeps it with the
+/// row in two parts; later readers write only `server_time` between them.
+/// `attempt_now` is the code's effective status at `now` ([`effective`]).
+pub fn render(
+    row: &LoginRow,
+    now: DateTime<Utc>,
+    attempt_now: AttemptStatus,
+    poll_interval_seconds: u32,
+    audience: Audience,
+) -> Vec<u8> {
+    // for one row, only the clock's overlay on a pending code changes the document's
+    // content; everything else in it comes from the row
+    let slot = 2 * (audience == Audience::Browser) as usize
+        + (attempt_now == AttemptStatus::Pending) as usize;
+    let (head, tail) = row.rendered.0[slot].get_or_init(|| {
+        let whole = serde_json::to_vec(&LoginState::build(
+            row,
+            now,
+            poll_interval_seconds,
+            audience,
+        ))
+        .expect("a login document serialises");
+        split_at_server_time(&whole)
+    });
+    let mut out = Vec::with_capacity(head.len() + tail.len() + 40);
+    out.extend_from_slice(head);
+    serde_json::to_writer(&mut out, &now).expect("a timestamp serialises");
+    out.extend_from_slice(tail);
+    out
+}
+
+/// The document before and after the value of `server_time`. A string value cannot contain
+/// the unescaped key, so the key is found only where it is one.
+fn split_at_server_time(whole: &[u8]) -> Parts {
+    const KEY: &[u8] = b"\"server_time\":\"";
+    let start = whole
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .expect("the document has server_time")
+        + KEY.len()
+        - 1;
+    let end = start
+        + 1
+        + whole[start + 1..]
+            .iter()
+            .position(|&b| b == b'"')
+            .expect("server_time is a string")
+        + 1;
+    (whole[..start].into(), whole[end..].into())
+}
+
 /// The ETag of a login's document, from the login's event sequence and its code's effective
 /// status (which the clock alone moves): a reader can compare it without building the document.
 pub fn etag(event_seq: i32, attempt: AttemptStatus) -> String {
@@ -165,5 +217,37 @@ mod tests {
             etag(1, effective(&row("pending", 60), now).0),
             etag(1, effective(&row("pending", -1), now).0)
         );
+    }
+
+    #[test]
+    fn a_rendered_document_is_the_serialised_document_at_every_read() {
+        let expires_at = Utc::now() + chrono::Duration::seconds(30);
+        let mut rows = Vec::new();
+        for status in ["pending", "succeeded", "failed", "canceled"] {
+            let mut row = LoginRow::sample(uuid::Uuid::now_v7(), status, expires_at);
+            // identity data with characters JSON escapes, including the key being searched
+            row.user_ref = Some(r#"a"server_time":"x" \ é"#.into());
+            row.attempt.fail_reason = (status == "failed").then(|| "FACE_MISMATCH".into());
+            rows.push(row);
+        }
+        // before the code's expiry, across it, and long after: the memo holds both variants
+        let reads = [-20, -1, 0, 1, 25, 31, 300].map(|s| expires_at + chrono::Duration::seconds(s));
+        for row in &rows {
+            for audience in [Audience::Platform, Audience::Browser] {
+                for _ in 0..2 {
+                    for now in reads {
+                        let expected =
+                            serde_json::to_vec(&LoginState::build(row, now, 2, audience)).unwrap();
+                        let rendered = render(row, now, effective(row, now).0, 2, audience);
+                        assert_eq!(
+                            String::from_utf8(rendered).unwrap(),
+                            String::from_utf8(expected).unwrap(),
+                            "{} {audience:?} at {now}",
+                            row.attempt.status
+                        );
+                    }
+                }
+            }
+        }
     }
 }

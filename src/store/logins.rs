@@ -25,6 +25,23 @@ pub struct LoginRow {
     pub redeemed_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
     pub attempt: AttemptRow,
+    /// The documents made from this row, kept with it: a cached row is serialised once per
+    /// reader and code status (`service::view::render`).
+    pub rendered: Rendered,
+}
+
+/// Serialised documents of one row, in two parts around the per-request `server_time`. A
+/// copy of the row starts empty, since a copy may be changed.
+#[derive(Debug, Default)]
+pub struct Rendered(pub [std::sync::OnceLock<Parts>; 4]);
+
+/// A document's bytes before and after one value.
+pub type Parts = (Box<[u8]>, Box<[u8]>);
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +98,7 @@ impl LoginRow {
                 phone_ip: None,
                 network_match: None,
             },
+            rendered: Rendered::default(),
         }
     }
 }
@@ -145,6 +163,7 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
             phone_ip: r.phone_ip,
             network_match: r.network_match,
         },
+        rendered: Rendered::default(),
     }))
 }
 
