@@ -106,6 +106,7 @@ async fn main() -> ExitCode {
             bodies_older_than,
         } => purge(database, older_than, bodies_older_than).await,
     };
+    facepair::telemetry::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

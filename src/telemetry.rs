@@ -28,9 +28,10 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     use std::io::IsTerminal as _;
     // colours only for a person at a terminal, never into files or collectors
+    sink::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(sink::Line::default)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder
@@ -141,8 +142,130 @@ fn write_access(request_id: &str, method: &str, route: &str, status: u16, latenc
             line.push(b'\n');
         }
     }
-    // one write per line, as the JSON layer does, so lines from two workers never interleave
-    let _ = std::io::stderr().lock().write_all(&line);
+    sink::send(line);
+}
+
+/// Writes every log line that is still on its way (before the process exits).
+pub fn flush() {
+    sink::flush();
+}
+
+/// Log lines reach stderr through one thread, which writes the lines of a millisecond in one
+/// system call. A request then costs a channel send rather than a write and a lock its
+/// worker shares with the others. Lines stay whole and in order; a full channel makes
+/// writers wait rather than lose lines. On a normal exit [`flush`] writes what is left; a
+/// process killed outright loses at most the last millisecond.
+mod sink {
+    use std::io::Write as _;
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    use std::time::Duration;
+
+    enum Message {
+        Line(Vec<u8>),
+        Flush(SyncSender<()>),
+    }
+
+    static SINK: OnceLock<SyncSender<Message>> = OnceLock::new();
+
+    /// How long the writer lets lines gather after the first of a batch.
+    const GATHER: Duration = Duration::from_millis(1);
+    /// Lines waiting before writers wait too.
+    const CAPACITY: usize = 4096;
+
+    pub fn start() {
+        SINK.get_or_init(|| {
+            let (tx, rx) = sync_channel(CAPACITY);
+            std::thread::Builder::new()
+                .name("facepair-log".into())
+                .spawn(move || write_all(rx))
+                .expect("the log thread starts");
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                flush();
+                default_hook(info);
+            }));
+            tx
+        });
+    }
+
+    pub fn send(line: Vec<u8>) {
+        match SINK.get() {
+            Some(tx) => {
+                let _ = tx.send(Message::Line(line));
+            }
+            // before `init` (unit tests, library use): straight to stderr
+            None => {
+                let _ = std::io::stderr().write_all(&line);
+            }
+        }
+    }
+
+    pub fn flush() {
+        if let Some(tx) = SINK.get() {
+            let (done, written) = sync_channel(1);
+            if tx.send(Message::Flush(done)).is_ok() {
+                let _ = written.recv_timeout(Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn write_all(rx: Receiver<Message>) {
+        let mut stderr = std::io::stderr();
+        let mut batch = Vec::with_capacity(64 * 1024);
+        let mut flushed = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut message = Some(first);
+            let mut gathered = false;
+            loop {
+                match message.take() {
+                    Some(Message::Line(line)) => batch.extend_from_slice(&line),
+                    Some(Message::Flush(done)) => flushed.push(done),
+                    None => {}
+                }
+                // a flush is written at once
+                if !flushed.is_empty() || batch.len() >= 1 << 20 {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(next) => message = Some(next),
+                    Err(_) if !gathered => {
+                        gathered = true;
+                        std::thread::sleep(GATHER);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = stderr.write_all(&batch);
+            batch.clear();
+            for done in flushed.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// One log line from the JSON or text layer, sent when the layer is done with it.
+    #[derive(Default)]
+    pub struct Line(Vec<u8>);
+
+    impl std::io::Write for Line {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Line {
+        fn drop(&mut self) {
+            if !self.0.is_empty() {
+                send(std::mem::take(&mut self.0));
+            }
+        }
+    }
 }
 
 /// A UUIDv7 for a request without an `X-Request-Id`. Its random bits come from the thread's

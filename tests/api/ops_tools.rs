@@ -415,7 +415,7 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"))
         .arg("serve")
         .env("DATABASE_URL", database_url(&pool))
         .env("FACEPAIR_LISTEN", format!("127.0.0.1:{port}"))
@@ -486,8 +486,17 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         .await
         .unwrap();
 
-    child.start_kill().unwrap();
-    let output = child.wait_with_output().await.unwrap();
+    // stopped as an orchestrator stops it: every line is written before it exits
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("facepair stops on SIGTERM")
+        .unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
     let logs = String::from_utf8(output.stderr).unwrap();
     let mut requests = 0;
     for line in logs.lines() {
