@@ -1,5 +1,5 @@
-//! The NOTIFYs that wake every instance's listeners, sent in batches on one connection held
-//! for the purpose.
+//! The NOTIFYs that wake every instance's listeners, sent in batches on a connection held for
+//! the purpose: one per HTTP worker, on the worker's thread, and one for background tasks.
 //!
 //! A change waits until a batch that includes it was sent, so the answer to the request that
 //! made the change still follows its NOTIFY. Under load the batches grow by themselves: while
