@@ -65,6 +65,9 @@ struct Args {
     /// Which scenarios to run, e.g. `1,3`; all by default.
     #[arg(long, value_delimiter = ',', default_values_t = [1u8, 2, 3, 4, 5])]
     scenarios: Vec<u8>,
+    /// The webhook ingest concurrencies to measure, e.g. `8`.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32])]
+    ingest_clients: Vec<usize>,
     /// Keep facepair's log in this file (with `RUST_LOG` passed through) instead of
     /// discarding it, to see where a request's time goes.
     #[arg(long)]
@@ -152,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
 
     if run(1) {
         // 1. webhook ingest
-        for concurrency in [1usize, 8, 32] {
+        for &concurrency in &args.ingest_clients {
             // facepair and pgbench take turns, so both see the same machine; the round with
             // the median ratio is reported
             let mut rounds = Vec::new();
