@@ -449,7 +449,7 @@ async fn seed(db: &PgPool, rows: usize) -> anyhow::Result<Seeded> {
         .await?;
         sqlx::query(
             // created a while ago, as the logins desktops wait on were: an event of the last
-            // 15 s would have the backstop wake its streams every 5 s during the run
+            // 15 s would have the backstop wake its streams during the run
             "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail, created_at)
              select l, 1, 'login_created', 'platform', 'pending', a, '{\"attempt_number\": 1}', now() - interval '10 minutes'
              from unnest($1::uuid[], $2::uuid[]) as u(l, a)",

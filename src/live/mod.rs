@@ -131,22 +131,35 @@ pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: C
     }
 }
 
-/// Wakes local subscribers of logins that changed recently, in case a writer crashed between
-/// its commit and its NOTIFY. One cheap query per instance per period, whatever the number of
-/// subscribers.
+/// Wakes local subscribers of logins that changed recently, and drops their cached rows, in
+/// case a writer crashed between its commit and its NOTIFY. One cheap query per instance per
+/// period, whatever the number of subscribers. A change stays in the query's window for three
+/// periods but is announced once: the pass that first sees a login's newest event.
 pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // the newest event of each login in the last pass's window
+    let mut announced: HashMap<Uuid, i32> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if hub.logins.lock().unwrap().is_empty() {
+        if hub.logins.lock().unwrap().is_empty() && hub.cache.is_empty() {
+            announced.clear();
             continue;
         }
         match crate::store::events::recently_changed(&pool, 3.0 * period.as_secs_f64()).await {
-            Ok(ids) => ids.into_iter().for_each(|id| hub.changed(id)),
+            Ok(changes) => {
+                let mut window = HashMap::with_capacity(changes.len());
+                for (login_id, seq) in changes {
+                    if announced.get(&login_id) != Some(&seq) {
+                        hub.changed(login_id);
+                    }
+                    window.insert(login_id, seq);
+                }
+                announced = window;
+            }
             Err(e) => tracing::debug!(error = %e, "backstop query failed"),
         }
     }

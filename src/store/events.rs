@@ -27,16 +27,19 @@ pub async fn after(
     .await
 }
 
-/// Logins with an event in the last `seconds`: the backstop for a NOTIFY lost to a crash
-/// between commit and notify.
+/// Logins with an event in the last `seconds`, each with its newest event's sequence number:
+/// the backstop for a NOTIFY lost to a crash between commit and notify.
 pub async fn recently_changed(
     conn: impl sqlx::PgExecutor<'_>,
     seconds: f64,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "select distinct login_id from events where created_at > now() - make_interval(secs => $1)",
+) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select login_id, max(seq) as "seq!" from events
+           where created_at > now() - make_interval(secs => $1)
+           group by login_id"#,
         seconds
     )
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.login_id, r.seq)).collect())
 }
