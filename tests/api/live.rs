@@ -344,31 +344,50 @@ async fn a_departed_client_is_noticed(pool: PgPool) {
     .await;
 }
 
-/// A change whose NOTIFY never went out (its writer died between commit and NOTIFY) still
-/// reaches an instance's waiting readers and cached rows, through the backstop, and is
-/// announced once although it stays in the backstop's window for three periods.
-#[sqlx::test]
-async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
-    use facepair::live::{Hub, backstop};
+/// A login just created, and an instance that hears no NOTIFY at all (a hub without a
+/// listener) holding its row in cache.
+async fn deaf_instance_with_a_login(pool: &PgPool) -> (TestApp, uuid::Uuid, facepair::live::Hub) {
     let app = TestApp::spawn(pool.clone()).await;
     app.mock_eligible().await;
     let login = app.login().await;
     let id: uuid::Uuid = login["login_id"].as_str().unwrap().parse().unwrap();
-
-    // an instance that hears no NOTIFY at all: a hub without a listener, one cached row
-    let hub = Hub::default();
+    let hub = facepair::live::Hub::default();
     hub.cache.reset(true);
-    let row = facepair::store::logins::find(&pool, id)
+    let row = facepair::store::logins::find(pool, id)
         .await
         .unwrap()
         .unwrap();
     hub.cache
         .store(id, hub.cache.version(&id), std::sync::Arc::new(row));
     assert!(hub.cache.get(&id).is_some());
-    let mut subscription = hub.subscribe(id);
+    (app, id, hub)
+}
+
+/// Runs the hub's backstop every `period` until the guard is dropped.
+fn start_backstop(
+    hub: &facepair::live::Hub,
+    pool: &PgPool,
+    period: Duration,
+) -> tokio_util::sync::DropGuard {
     let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(facepair::live::backstop(
+        hub.clone(),
+        pool.clone(),
+        period,
+        stop.clone(),
+    ));
+    stop.drop_guard()
+}
+
+/// A change whose NOTIFY never went out (its writer died between commit and NOTIFY) still
+/// reaches an instance's waiting readers and cached rows, through the backstop, and is
+/// announced once although it stays in the backstop's window for three periods.
+#[sqlx::test]
+async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
+    let (app, id, hub) = deaf_instance_with_a_login(&pool).await;
+    let mut subscription = hub.subscribe(id);
     let period = Duration::from_millis(100);
-    tokio::spawn(backstop(hub.clone(), pool.clone(), period, stop.clone()));
+    let _backstop = start_backstop(&hub, &pool, period);
 
     // the login's creation, committed just now
     tokio::time::timeout(Duration::from_secs(3), subscription.changed())
@@ -390,33 +409,14 @@ async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
     tokio::time::timeout(Duration::from_secs(3), subscription.changed())
         .await
         .expect("the backstop announces the next change");
-    stop.cancel();
 }
 
 /// With no one waiting, a cached row is still dropped when its NOTIFY never came: plain polls
 /// would otherwise be answered from it until the cache fills.
 #[sqlx::test]
 async fn the_backstop_drops_cached_rows_without_subscribers(pool: PgPool) {
-    use facepair::live::{Hub, backstop};
-    let app = TestApp::spawn(pool.clone()).await;
-    app.mock_eligible().await;
-    let login = app.login().await;
-    let id: uuid::Uuid = login["login_id"].as_str().unwrap().parse().unwrap();
-    let hub = Hub::default();
-    hub.cache.reset(true);
-    let row = facepair::store::logins::find(&pool, id)
-        .await
-        .unwrap()
-        .unwrap();
-    hub.cache
-        .store(id, hub.cache.version(&id), std::sync::Arc::new(row));
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(backstop(
-        hub.clone(),
-        pool.clone(),
-        Duration::from_millis(100),
-        stop.clone(),
-    ));
+    let (_app, id, hub) = deaf_instance_with_a_login(&pool).await;
+    let _backstop = start_backstop(&hub, &pool, Duration::from_millis(100));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while hub.cache.get(&id).is_some() {
         assert!(
@@ -425,5 +425,4 @@ async fn the_backstop_drops_cached_rows_without_subscribers(pool: PgPool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.cancel();
 }
