@@ -144,8 +144,11 @@ function follow() {
   for (const kind of KINDS) events.addEventListener(kind, (e) => render(JSON.parse(e.data)));
   events.onerror = () => {
     failures += 1;
-    // no stream at all (a proxy that buffers, an old browser): fall back to long-polling
-    if (!opened && failures >= 3 && events) { events.close(); events = null; poll(); }
+    // the browser gave up on the stream for good (an answer other than 200: the server was
+    // busy or unavailable), or there is no stream at all (a proxy that buffers, an old
+    // browser): fall back to long-polling, which retries by itself
+    const gaveUp = events && events.readyState === EventSource.CLOSED;
+    if (events && (gaveUp || (!opened && failures >= 3))) { events.close(); events = null; poll(); }
   };
 }
 
