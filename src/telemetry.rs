@@ -26,9 +26,9 @@ pub fn init(format: LogFormat) {
     let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_env("FACEPAIR_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    sink::start();
     use std::io::IsTerminal as _;
     // colours only for a person at a terminal, never into files or collectors
-    sink::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(sink::Line::default)

@@ -91,6 +91,8 @@ impl TestApp {
     }
 
     async fn start(pool: PgPool, idenfy: MockServer, s: Settings) -> Self {
+        // facepair's log, as `facepair serve` writes it: shown with a failing test's output
+        facepair::telemetry::init(facepair::config::LogFormat::Text);
         let settings = s.clone();
         let app = Application::build(s, pool.clone())
             .await
