@@ -127,9 +127,10 @@ impl Stream {
         let fail = |e: sqlx::Error| {
             tracing::warn!(login_id = %self.login_id, error = %e, "SSE read failed; closing the stream");
         };
-        let events = events::after(&self.state.pool, self.login_id, self.last_sent, BATCH)
-            .await
-            .map_err(fail)?;
+        // the login first, then its events, and only the events its document already
+        // includes: a change committed but not yet announced to this instance (its cached row
+        // is still the one before) is sent with the wake-up that announcement brings, never
+        // under an older document
         let row = crate::service::read_login(&self.state, self.login_id)
             .await
             .map_err(fail)?;
@@ -137,6 +138,10 @@ impl Stream {
             self.phase = Phase::Done;
             return Ok(None);
         };
+        let mut events = events::after(&self.state.pool, self.login_id, self.last_sent, BATCH)
+            .await
+            .map_err(fail)?;
+        events.retain(|e| e.seq <= row.event_seq);
         let Some(last) = events.last() else {
             if crate::service::effective(&row, Utc::now()).1.is_final() {
                 self.phase = Phase::Done;

@@ -426,3 +426,53 @@ async fn the_backstop_drops_cached_rows_without_subscribers(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An event never travels with a document older than itself: a change committed but not yet
+/// announced to this instance (its cached row is still the one before) is sent once the
+/// announcement comes, with the new document. Here the announcement is the backstop's, as
+/// for a writer that died between its commit and its NOTIFY.
+#[sqlx::test]
+async fn an_event_is_sent_with_a_document_that_includes_it(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    // the instance caches the login as created
+    assert_eq!(app.get_login(id).await.status(), 200);
+    // canceled in the database alone: no NOTIFY reaches the instance
+    let seq: i32 = sqlx::query_scalar(
+        "update logins set status = 'canceled', canceled_at = now(), event_seq = event_seq + 1
+         where id = $1::uuid returning event_seq",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into events (login_id, seq, kind, source, login_status)
+         values ($1::uuid, $2, 'login_canceled', 'platform', 'canceled')",
+    )
+    .bind(id)
+    .bind(seq)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut sse = Sse::open(&app, &format!("/v1/logins/{id}/events"), None, true).await;
+    let mut kinds = Vec::new();
+    // the backstop runs every 5 s
+    while let Some(event) = sse.next(Duration::from_secs(12)).await {
+        assert!(
+            event.data["event_seq"].as_i64().unwrap() >= event.id,
+            "event {} ({}) sent with the document of event {}",
+            event.id,
+            event.kind,
+            event.data["event_seq"]
+        );
+        kinds.push(event.kind.clone());
+        if event.kind == "login_canceled" {
+            assert_eq!(event.data["status"], "canceled");
+        }
+    }
+    assert_eq!(kinds, ["login_created", "login_canceled"]);
+}
