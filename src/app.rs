@@ -184,7 +184,6 @@ impl Application {
         self.notifier_stop.cancel();
         let _ = self.notifier_task.await;
         self.state.pool.close().await;
-        self.state.worker_pools.forget();
         result
     }
 }
@@ -195,6 +194,7 @@ impl AppState {
     /// request first needs them. A socket is driven by the runtime that opened it; a
     /// connection opened on another thread would cost two thread wake-ups on every round
     /// trip.
+    ///
     /// The worker's NOTIFYs go out on a connection of its own for the same reason. Both end
     /// with the worker, after its last request was answered.
     fn for_worker(&self, max_connections: u32) -> AppState {
@@ -217,7 +217,9 @@ impl AppState {
     }
 }
 
-/// The pools of this instance's HTTP workers, counted together in the metrics.
+/// The pools of this instance's HTTP workers, counted together in the metrics. Their
+/// connections belong to the workers' runtimes: they close when the last state holding the
+/// pools is dropped, after the workers have stopped.
 #[derive(Clone, Default)]
 pub struct WorkerPools(Arc<std::sync::Mutex<Vec<PgPool>>>);
 
@@ -232,13 +234,6 @@ impl WorkerPools {
         pools.iter().fold((0, 0), |(open, idle), p| {
             (open + p.size(), idle + p.num_idle())
         })
-    }
-
-    /// Drops the pools once the workers have stopped: their connections belong to the
-    /// workers' runtimes, which are gone, so they are closed by dropping rather than with a
-    /// goodbye to PostgreSQL.
-    fn forget(&self) {
-        self.0.lock().expect("worker pools").clear();
     }
 }
 

@@ -357,8 +357,8 @@ pub(crate) async fn respond_with_state(
         let row = service_find(state, id).await?;
         let read_at = Utc::now();
         // the document is built only when it is sent
-        let attempt_now = crate::service::effective(&row, read_at).0;
-        let etag = crate::service::view::etag(row.event_seq, attempt_now);
+        let attempt_now = service::effective(&row, read_at).0;
+        let etag = service::view::etag(row.event_seq, attempt_now);
         let unchanged = known.as_deref().is_some_and(|k| etag_matches(k, &etag));
         let now = tokio::time::Instant::now();
         let Some(sub) = subscription
@@ -370,7 +370,7 @@ pub(crate) async fn respond_with_state(
                     .insert_header((ETAG, etag))
                     .finish());
             }
-            let doc = crate::service::view::render(
+            let doc = service::view::render(
                 &row,
                 read_at,
                 attempt_now,
