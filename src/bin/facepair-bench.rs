@@ -642,6 +642,11 @@ impl Conn {
 /// `workers` clients, each on its own connection, each sending its next request as soon as
 /// the last one was answered, until `secs` pass. `one(conn, i)` sends request number `i`
 /// and says whether it succeeded.
+///
+/// The clients run on one thread per CPU, each thread a single-threaded runtime driving its
+/// share of the connections (as pgbench runs with `-j 2`): no task moves between threads,
+/// so a response wakes only the thread that waits for it. The load generator's CPU is taken
+/// from facepair on a shared machine.
 async fn closed_loop<F, Fut>(
     url: &str,
     workers: usize,
@@ -651,46 +656,80 @@ async fn closed_loop<F, Fut>(
 ) -> anyhow::Result<(Vec<Duration>, usize, Duration, usize)>
 where
     F: Fn(Conn, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = (Conn, bool)> + Send,
+    Fut: std::future::Future<Output = (Conn, bool)> + 'static,
 {
     let one = Arc::new(one);
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(first));
-    let mut conns = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        conns.push(Conn::open(url).await?);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, workers.max(1));
+    // every thread has its connections open before the clock starts
+    let opened = Arc::new(std::sync::Barrier::new(threads + 1));
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let share = workers / threads + usize::from(t < workers % threads);
+        let (url, one, counter, opened) =
+            (url.to_owned(), one.clone(), counter.clone(), opened.clone());
+        handles.push(std::thread::spawn(
+            move || -> anyhow::Result<(Vec<Duration>, usize)> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let conns = runtime.block_on(async {
+                    let mut conns = Vec::with_capacity(share);
+                    for _ in 0..share {
+                        conns.push(Conn::open(&url).await?);
+                    }
+                    anyhow::Ok(conns)
+                });
+                opened.wait();
+                let deadline = Instant::now() + secs;
+                let clients = conns?.into_iter().map(|mut conn| {
+                    let (one, counter) = (one.clone(), counter.clone());
+                    async move {
+                        let mut latencies = Vec::new();
+                        let mut errors = 0;
+                        while Instant::now() < deadline {
+                            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let t = Instant::now();
+                            let (back, ok) = one(conn, i).await;
+                            conn = back;
+                            if ok {
+                                latencies.push(t.elapsed());
+                            } else {
+                                errors += 1;
+                            }
+                        }
+                        (latencies, errors)
+                    }
+                });
+                let done = runtime.block_on(futures_util::future::join_all(clients));
+                Ok(done
+                    .into_iter()
+                    .fold((Vec::new(), 0), |(mut all, e), (l, n)| {
+                        all.extend(l);
+                        (all, e + n)
+                    }))
+            },
+        ));
     }
-    let started = Instant::now();
-    let deadline = started + secs;
-    let mut tasks = Vec::new();
-    for conn in conns {
-        let one = one.clone();
-        let counter = counter.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = conn;
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            while Instant::now() < deadline {
-                let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let t = Instant::now();
-                let (back, ok) = one(conn, i).await;
-                conn = back;
-                if ok {
-                    latencies.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
-            }
-            (latencies, errors)
-        }));
-    }
+    let (results, took) = tokio::task::spawn_blocking(move || {
+        opened.wait();
+        let started = Instant::now();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("load generator thread"))
+            .collect();
+        (results, started.elapsed())
+    })
+    .await?;
     let mut all = Vec::new();
     let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.expect("worker");
+    for r in results {
+        let (l, e) = r?;
         all.extend(l);
         errors += e;
     }
-    let took = started.elapsed();
     let used = counter.load(std::sync::atomic::Ordering::Relaxed);
     Ok((all, errors, took, used))
 }
@@ -826,14 +865,15 @@ async fn polls(
                 .bearer_auth(API_KEY)
                 .send()
                 .await?;
-            etags.insert(
-                *id,
-                r.headers()
-                    .get("etag")
-                    .context("etag")?
-                    .to_str()?
-                    .to_owned(),
-            );
+            let status = r.status();
+            let etag = r
+                .headers()
+                .get("etag")
+                .map(|e| e.to_str().map(str::to_owned));
+            let etag = etag.transpose()?.with_context(|| {
+                format!("GET /v1/logins/{id} answered {status} without an ETag")
+            })?;
+            etags.insert(*id, etag);
         }
     }
     // every request's parts made and checked once, before the clock starts: the load
