@@ -2,11 +2,13 @@
 //! Secrets, digit codes, tokens and selfie URLs are never logged: the access line carries the
 //! route pattern, never the path (which may hold a watch token).
 //!
-//! Events inside a request carry its `request` span (`request_id`). The access line itself is
-//! written here rather than as a `tracing` event: through the JSON layer, which re-reads the
-//! span's fields for every event, it cost a quarter of the throughput of cached polls
-//! (BENCHMARKS.md). It obeys the same filter (`FACEPAIR_LOG`).
+//! Every other line logged while serving a request carries the request's `request_id`, read
+//! from the request's task-local rather than from a `tracing` span: a span per request, its
+//! fields formatted as JSON when it opens, cost more than the rest of a cached poll's logging
+//! (BENCHMARKS.md). The access line itself is written here rather than as a `tracing` event,
+//! for the same reason. It obeys the same filter (`FACEPAIR_LOG`).
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -15,8 +17,14 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use tracing::Instrument as _;
+use serde_json::Value;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
@@ -28,20 +36,134 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     sink::start();
     use std::io::IsTerminal as _;
-    // colours only for a person at a terminal, never into files or collectors
-    let builder = tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(sink::Line::default)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.compact().try_init(),
-    };
+        // colours only for a person at a terminal, never into files or collectors
+        .with_ansi(std::io::stderr().is_terminal())
+        .event_format(Lines(format))
+        .try_init();
+}
+
+/// How every line but the access line is written: the keys of the access line (`timestamp`,
+/// `level`, the event's fields with its `message`, `target`), then `request_id` while a
+/// request is served and `span`, the innermost span's name, inside one.
+struct Lines(LogFormat);
+
+impl<S, N> FormatEvent<S, N> for Lines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        // lines from crates that log through `log` carry their own target
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let request_id = REQUEST_ID.try_with(Clone::clone).ok();
+        let span = ctx.lookup_current().map(|span| span.name());
+        match self.0 {
+            LogFormat::Json => {
+                let mut line = vec![
+                    ("timestamp", timestamp.into()),
+                    ("level", meta.level().as_str().into()),
+                ];
+                line.extend(fields.0);
+                line.push(("target", meta.target().into()));
+                if let Some(id) = request_id {
+                    line.push(("request_id", id.into()));
+                }
+                if let Some(span) = span {
+                    line.push(("span", span.into()));
+                }
+                let line = serde_json::to_string(&InOrder(&line)).map_err(|_| std::fmt::Error)?;
+                writeln!(writer, "{line}")
+            }
+            LogFormat::Text => {
+                let level = meta.level().as_str();
+                if writer.has_ansi_escapes() {
+                    write!(writer, "{timestamp} \x1b[1m{level:>5}\x1b[0m ")?;
+                } else {
+                    write!(writer, "{timestamp} {level:>5} ")?;
+                }
+                write!(writer, "{}:", meta.target())?;
+                if let Some(span) = span {
+                    write!(writer, " {span}:")?;
+                }
+                let mut rest = String::new();
+                for (key, value) in fields.0 {
+                    match (key, value) {
+                        ("message", Value::String(m)) => write!(writer, " {m}")?,
+                        (key, Value::String(v)) => write!(rest, " {key}={v}")?,
+                        (key, v) => write!(rest, " {key}={v}")?,
+                    }
+                }
+                if let Some(id) = request_id {
+                    write!(rest, " request_id={id}")?;
+                }
+                writeln!(writer, "{rest}")
+            }
+        }
+    }
+}
+
+/// A JSON object with its keys in the order given.
+struct InOrder<'a>(&'a [(&'static str, Value)]);
+
+impl serde::Serialize for InOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// An event's fields in the order they were given, as JSON values.
+#[derive(Default)]
+struct Fields(Vec<(&'static str, Value)>);
+
+impl Fields {
+    fn put(&mut self, field: &Field, value: Value) {
+        // what `log` records besides the message is already in the normalized metadata
+        if !field.name().starts_with("log.") {
+            self.0.push((field.name(), value));
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, format!("{value:?}").into());
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, value.to_string().into());
+    }
 }
 
 tokio::task_local! {
@@ -55,8 +177,9 @@ pub fn current_request_id() -> String {
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Gives every request an id (the caller's `x-request-id` if it is sane), a root span, an
-/// `x-request-id` response header and one access log line.
+/// Gives every request an id (the caller's `x-request-id` if it is sane), which every line
+/// logged while it is served carries, an `x-request-id` response header and one access log
+/// line.
 pub async fn request_span(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -74,22 +197,17 @@ pub async fn request_span(
         })
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().to_string();
-    // events inside the request carry its id; its access line has the rest
-    let span = tracing::info_span!("request", request_id = %id);
-    let result = REQUEST_ID
-        .scope(id.clone(), next.call(req))
-        .instrument(span)
-        .await;
+    let result = REQUEST_ID.scope(id.clone(), next.call(req)).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let status = match &result {
-        Ok(res) => res.status().as_u16(),
-        Err(e) => e.as_response_error().status_code().as_u16(),
+    // read after routing, which recorded the resource it chose: before, it would walk the
+    // routes a second time
+    let (status, route) = match &result {
+        Ok(res) => (res.status().as_u16(), res.request().match_pattern()),
+        Err(e) => (e.as_response_error().status_code().as_u16(), None),
     };
-    write_access(&id, &method, &route, status, latency_ms);
+    let route = route.as_deref().unwrap_or("unmatched");
+    write_access(&id, &method, route, status, latency_ms);
     let mut res = result?;
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);

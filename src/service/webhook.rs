@@ -150,7 +150,7 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
     tx.commit().await?;
 
     state.metrics.delivery(verdict, received.signing_key_index);
-    tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = ?login_id, "webhook recorded");
+    tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = login_id.map(tracing::field::display), "webhook recorded");
     if let (Some(moved), Some(login_id)) = (change, login_id) {
         moved.record(state);
         service::notify(state, login_id).await;

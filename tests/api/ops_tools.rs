@@ -498,18 +498,45 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         .unwrap();
     assert!(output.status.success(), "{:?}", output.status);
     let logs = String::from_utf8(output.stderr).unwrap();
-    let mut requests = 0;
+    let mut requests = Vec::new();
+    let mut recorded = Vec::new();
     for line in logs.lines() {
         let entry: Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        for field in ["timestamp", "level", "message", "target"] {
+            assert!(entry[field].is_string(), "{field} missing: {line}");
+        }
         if entry["message"] == "request" {
-            requests += 1;
             for field in ["request_id", "route", "status", "latency_ms", "method"] {
                 assert!(!entry[field].is_null(), "{field} missing: {line}");
             }
+            requests.push(entry);
+        } else if entry["message"] == "webhook recorded" {
+            recorded.push(entry);
         }
     }
-    assert!(requests >= 6, "{logs}");
+    assert!(requests.len() >= 6, "{logs}");
+    // a line logged while a request is served carries that request's id
+    assert_eq!(recorded.len(), 1, "{logs}");
+    for line in &recorded {
+        let id = line["request_id"].as_str().expect("request_id");
+        let request = requests
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line with the id of {line}"));
+        assert_eq!(request["route"], "/v1/webhooks/idenfy", "{request}");
+    }
+    let routes: Vec<&str> = requests
+        .iter()
+        .filter_map(|r| r["route"].as_str())
+        .collect();
+    for route in [
+        "/v1/logins",
+        "/v1/watch/{watch_token}",
+        "/pair/{watch_token}",
+    ] {
+        assert!(routes.contains(&route), "{route} not in {routes:?}");
+    }
     for secret in [
         watch_token.as_str(),
         &watch_token[4..],
