@@ -168,13 +168,14 @@ async fn main() -> anyhow::Result<()> {
             let mut rounds = Vec::new();
             for _ in 0..args.rounds.max(1) {
                 settle(&admin).await?;
-                let cpu_before = cpu_ms(server.pid)?;
+                let before = Cpu::now(server.pid)?;
                 let run = webhooks(&server.url, &mut next_token, concurrency, secs).await?;
-                let cpu_per_request =
-                    (cpu_ms(server.pid)? - cpu_before) / (run.rate * secs.as_secs_f64());
+                let cpu = Cpu::now(server.pid)?.each(before, run.rate * secs.as_secs_f64());
                 let mut reference = [0.0; 2];
+                let mut reference_cpu = cpu;
                 for (notify, rate) in reference.iter_mut().enumerate() {
                     settle(&admin).await?;
+                    let before = Cpu::now(server.pid)?;
                     *rate = pgbench(
                         &args.pgbench,
                         &ref_url,
@@ -189,12 +190,16 @@ async fn main() -> anyhow::Result<()> {
                         concurrency,
                         secs,
                     )?;
+                    if notify == 1 {
+                        reference_cpu = Cpu::now(server.pid)?
+                            .each(before, *rate * secs.as_secs_f64());
+                    }
                 }
                 let [without_notify, with_notify] = reference;
                 rounds.push((
                     run.rate / with_notify,
                     run,
-                    cpu_per_request,
+                    (cpu, reference_cpu),
                     with_notify,
                     without_notify,
                 ));
@@ -208,15 +213,23 @@ async fn main() -> anyhow::Result<()> {
                 rounds[rounds.len() - 1].0,
                 rounds[rounds.len() / 2].1.rate / rounds[rounds.len() / 2].4,
             );
-            let (_, run, cpu_per_request, reference, without_notify) = &rounds[rounds.len() / 2];
+            let (_, run, (cpu, reference_cpu), reference, without_notify) =
+                &rounds[rounds.len() / 2];
             rows.push(Row {
                 scenario: format!("1. webhook ingest, concurrency {concurrency}"),
                 facepair: format!(
-                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.3} ms CPU each)",
-                    run.rate, run.p50_ms, run.p99_ms, run.errors, cpu_per_request
+                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.3} ms, PostgreSQL {:.3} ms, load generator {:.3} ms)",
+                    run.rate,
+                    run.p50_ms,
+                    run.p99_ms,
+                    run.errors,
+                    cpu.facepair,
+                    cpu.postgres,
+                    cpu.generator
                 ),
                 reference: format!(
-                    "{reference:.0}/s pgbench, same SQL ({without_notify:.0}/s without NOTIFY)"
+                    "{reference:.0}/s pgbench, same SQL ({without_notify:.0}/s without NOTIFY; CPU each: PostgreSQL {:.3} ms, pgbench {:.3} ms)",
+                    reference_cpu.postgres, reference_cpu.pgbench
                 ),
                 ratio: spread,
                 target: ">= 0.8x".into(),
@@ -233,21 +246,20 @@ async fn main() -> anyhow::Result<()> {
         for conditional in [false, true] {
             let mut rounds = Vec::new();
             for _ in 0..args.rounds.max(1) {
+                // the CPU each request takes, from each party: steadier than the rate on a
+                // shared machine, and all of it comes out of the same cores
+                let before = Cpu::now(server.pid)?;
                 let reference = pgbench(&args.pgbench, &ref_url, &["-S"], 32, secs)?;
-                // CPU per request, facepair's and the load generator's: steadier than the
-                // rate on a shared machine, and both come out of the same 2 cores
-                let cpu_before = (cpu_ms(server.pid)?, cpu_ms(std::process::id())?);
+                let reference_cpu =
+                    Cpu::now(server.pid)?.each(before, reference * secs.as_secs_f64());
+                let before = Cpu::now(server.pid)?;
                 let run =
                     polls(&http, &server.url, poll_ids.clone(), conditional, 32, secs).await?;
-                let requests = run.rate * secs.as_secs_f64();
-                let cpu_each = (
-                    (cpu_ms(server.pid)? - cpu_before.0) / requests,
-                    (cpu_ms(std::process::id())? - cpu_before.1) / requests,
-                );
-                rounds.push((run.rate / reference, run, reference, cpu_each));
+                let cpu = Cpu::now(server.pid)?.each(before, run.rate * secs.as_secs_f64());
+                rounds.push((run.rate / reference, run, reference, (cpu, reference_cpu)));
             }
             rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let (ratio, run, reference, cpu_each) = &rounds[rounds.len() / 2];
+            let (ratio, run, reference, (cpu, reference_cpu)) = &rounds[rounds.len() / 2];
             rows.push(Row {
                 scenario: format!(
                     "2. status polls{}, 32 clients",
@@ -258,15 +270,19 @@ async fn main() -> anyhow::Result<()> {
                     }
                 ),
                 facepair: format!(
-                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.1} us CPU each; load generator {:.1} us)",
+                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.1} us, load generator {:.1} us)",
                     run.rate,
                     run.p50_ms,
                     run.p99_ms,
                     run.errors,
-                    cpu_each.0 * 1000.0,
-                    cpu_each.1 * 1000.0
+                    cpu.facepair * 1000.0,
+                    cpu.generator * 1000.0
                 ),
-                reference: format!("{reference:.0}/s pgbench -S"),
+                reference: format!(
+                    "{reference:.0}/s pgbench -S (CPU each: PostgreSQL {:.1} us, pgbench {:.1} us)",
+                    reference_cpu.postgres * 1000.0,
+                    reference_cpu.pgbench * 1000.0
+                ),
                 ratio: format!(
                     "{ratio:.2}x median of {} rounds ({:.2}-{:.2})",
                     rounds.len(),
@@ -542,12 +558,84 @@ impl Drop for Server {
 
 /// CPU time the process has used so far (user + system), in milliseconds.
 fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    Ok(proc_cpu_ms(pid)?.own)
+}
+
+struct ProcCpu {
+    command: String,
+    parent: u32,
+    /// user and system time of the process, all its threads
+    own: f64,
+    /// of its children that exited and were waited for
+    children: f64,
+}
+
+fn proc_cpu_ms(pid: u32) -> anyhow::Result<ProcCpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // the fields after the command name, which is in parentheses and may hold spaces
-    let rest = stat.rsplit_once(')').context("stat")?.1;
+    // the command is in parentheses and may hold spaces
+    let (head, rest) = stat.rsplit_once(')').context("stat")?;
+    let command = head.split_once('(').context("stat")?.1.to_owned();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks * 10.0)
+    let ticks = |a: usize, b: usize| -> anyhow::Result<f64> {
+        Ok((fields[a].parse::<f64>()? + fields[b].parse::<f64>()?) * 10.0)
+    };
+    Ok(ProcCpu {
+        command,
+        parent: fields[1].parse()?,
+        own: ticks(11, 12)?,
+        children: ticks(13, 14)?,
+    })
+}
+
+/// CPU time used so far, in ms, by each party of a run: facepair, the load generator (this
+/// process), pgbench (this process's children that exited) and PostgreSQL (every postgres
+/// process, and the backends that exited, which the postmaster has waited for). Only this
+/// suite's PostgreSQL may run on the machine.
+#[derive(Clone, Copy)]
+struct Cpu {
+    facepair: f64,
+    generator: f64,
+    pgbench: f64,
+    postgres: f64,
+}
+
+impl Cpu {
+    fn now(facepair: u32) -> anyhow::Result<Cpu> {
+        let me = proc_cpu_ms(std::process::id())?;
+        let mut postgres = 0.0;
+        for entry in std::fs::read_dir("/proc")? {
+            let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // a process may end between the listing and the read
+            let Ok(p) = proc_cpu_ms(pid) else { continue };
+            if p.command != "postgres" {
+                continue;
+            }
+            postgres += p.own;
+            let parent_is_postgres =
+                proc_cpu_ms(p.parent).is_ok_and(|parent| parent.command == "postgres");
+            if !parent_is_postgres {
+                postgres += p.children;
+            }
+        }
+        Ok(Cpu {
+            facepair: cpu_ms(facepair)?,
+            generator: me.own,
+            pgbench: me.children,
+            postgres,
+        })
+    }
+
+    /// The CPU each of `count` operations took since `before`, in ms.
+    fn each(self, before: Cpu, count: f64) -> Cpu {
+        Cpu {
+            facepair: (self.facepair - before.facepair) / count,
+            generator: (self.generator - before.generator) / count,
+            pgbench: (self.pgbench - before.pgbench) / count,
+            postgres: (self.postgres - before.postgres) / count,
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
