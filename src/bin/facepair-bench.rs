@@ -191,8 +191,8 @@ async fn main() -> anyhow::Result<()> {
                         secs,
                     )?;
                     if notify == 1 {
-                        reference_cpu = Cpu::now(server.pid)?
-                            .each(before, *rate * secs.as_secs_f64());
+                        reference_cpu =
+                            Cpu::now(server.pid)?.each(before, *rate * secs.as_secs_f64());
                     }
                 }
                 let [without_notify, with_notify] = reference;

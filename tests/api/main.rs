@@ -10,6 +10,7 @@ mod live;
 mod ops;
 mod ops_tools;
 mod outage;
+mod pool;
 mod sim_conformance;
 mod watch;
 mod webhook;
