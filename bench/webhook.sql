@@ -2,7 +2,9 @@
 -- (src/service/webhook.rs, src/store/deliveries.rs, src/store/changes.rs), statement for
 -- statement and round trip for round trip, against the same schema and data.
 -- Variables: rows (seeded attempts), notify (1 or 0).
-\set n random(0, :rows - 1)
+-- Every transaction takes the next pending attempt (the sequence bench_tokens), as every
+-- webhook facepair is sent is for another attempt: an attempt drawn at random would, as the
+-- runs go on, more and more often be one already finished, whose update then changes nothing
 -- one body per transaction, hashed once (facepair hashes the raw body once and passes it)
 \set body random(1, 2000000000)
 -- 1. facepair sends BEGIN and the body's advisory lock in one simple query; pgbench's prepared
@@ -11,10 +13,10 @@
 BEGIN;
 -- 2. the attempt, its login locked, and whether the body was seen before
 SELECT pg_advisory_xact_lock(hashtextextended('body-' || :client_id || '-' || :body, 0)),
-       a.login_id, a.id AS attempt_id,
+       a.login_id, a.id AS attempt_id, a.idenfy_token AS token,
        exists(SELECT 1 FROM deliveries WHERE body_sha256 = sha256(('body-' || :client_id || '-' || :body)::bytea)) AS seen
 FROM attempts a JOIN logins l ON l.id = a.login_id
-WHERE a.idenfy_token = 'bench-' || :n
+WHERE a.idenfy_token = (SELECT 'bench-' || nextval('bench_tokens') % :rows)
 FOR UPDATE OF l \gset
 -- 3. the login and its current attempt, read after the lock
 SELECT l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
@@ -42,7 +44,7 @@ RETURNING seq;
 INSERT INTO deliveries (id, body, body_sha256, content_type, event_type, signing_key_index, token, idenfy_status,
                         verdict, attempt_id, login_id, detail)
 VALUES (gen_random_uuid(), convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
-        'application/json', 'FACIAL_AUTHENTICATION', 0, 'bench-' || :n, 'SUCCESS', 'applied', :attempt_id, :login_id, NULL);
+        'application/json', 'FACIAL_AUTHENTICATION', 0, :token, 'SUCCESS', 'applied', :attempt_id, :login_id, NULL);
 COMMIT;
 -- 6. the NOTIFY, in its own round trip after the commit, committed without waiting for the
 -- disk (facepair's NOTIFY connections set synchronous_commit = off when they connect; a

@@ -158,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
         // facepair always listens to its own NOTIFYs: PostgreSQL then signals the listening
         // backend at every notifying commit and sends it the notification. The reference
         // has a listener too, or its NOTIFY would cost PostgreSQL less than facepair's
+        // the attempts pgbench takes, one after the other (bench/webhook.sql)
+        sqlx::query("create sequence bench_tokens minvalue 0 start 0")
+            .execute(&ref_db)
+            .await?;
         let mut listener = sqlx::postgres::PgListener::connect(&ref_url).await?;
         listener.listen(facepair::live::CHANNEL).await?;
         let reference_listener =
@@ -236,6 +240,16 @@ async fn main() -> anyhow::Result<()> {
             });
         }
         reference_listener.abort();
+        let taken: i64 = sqlx::query_scalar("select last_value from bench_tokens")
+            .fetch_one(&ref_db)
+            .await?;
+        if taken >= args.rows as i64 {
+            eprintln!(
+                "warning: pgbench ran {taken} webhook transactions on {} seeded attempts, so it \
+                 also updated finished ones, which costs less; raise --rows",
+                args.rows
+            );
+        }
     }
 
     if run(2) {
