@@ -57,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 2_000)]
     creates: usize,
     /// Pending attempts seeded for webhook ingest (must exceed what the runs consume).
-    #[arg(long, default_value_t = 400_000)]
+    #[arg(long, default_value_t = 500_000)]
     rows: usize,
     /// Interleaved facepair/pgbench rounds per comparison; the median round is reported.
     #[arg(long, default_value_t = 5)]
