@@ -125,7 +125,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(app_state.for_worker(per_worker)))
-                .wrap(from_fn(telemetry::request_span))
+                .wrap(from_fn(telemetry::request_context))
                 .configure(http::configure)
         })
         .workers(workers)

@@ -180,7 +180,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Gives every request an id (the caller's `x-request-id` if it is sane), which every line
 /// logged while it is served carries, an `x-request-id` response header and one access log
 /// line.
-pub async fn request_span(
+pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
