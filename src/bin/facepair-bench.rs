@@ -616,23 +616,30 @@ struct Cpu {
 impl Cpu {
     fn now(facepair: u32) -> anyhow::Result<Cpu> {
         let me = proc_cpu_ms(std::process::id())?;
-        let mut postgres = 0.0;
+        let mut postgres = HashMap::new();
         for entry in std::fs::read_dir("/proc")? {
             let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
             // a process may end between the listing and the read
-            let Ok(p) = proc_cpu_ms(pid) else { continue };
-            if p.command != "postgres" {
-                continue;
-            }
-            postgres += p.own;
-            let parent_is_postgres =
-                proc_cpu_ms(p.parent).is_ok_and(|parent| parent.command == "postgres");
-            if !parent_is_postgres {
-                postgres += p.children;
+            if let Ok(p) = proc_cpu_ms(pid)
+                && p.command == "postgres"
+            {
+                postgres.insert(pid, p);
             }
         }
+        // the postmaster (the one whose parent is not postgres) holds its exited backends'
+        let postgres = postgres
+            .values()
+            .map(|p| {
+                p.own
+                    + if postgres.contains_key(&p.parent) {
+                        0.0
+                    } else {
+                        p.children
+                    }
+            })
+            .sum();
         Ok(Cpu {
             facepair: cpu_ms(facepair)?,
             generator: me.own,
