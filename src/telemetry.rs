@@ -66,7 +66,7 @@ where
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let timestamp = timestamp();
         let request_id = REQUEST_ID.try_with(Clone::clone).ok();
         let span = ctx.lookup_current().map(|span| span.name());
         match self.0 {
@@ -112,6 +112,11 @@ where
             }
         }
     }
+}
+
+/// When a line is written, as every line shows it.
+fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// A JSON object with its keys in the order given.
@@ -215,18 +220,19 @@ pub async fn request_context(
     Ok(res)
 }
 
-/// The access line, with the same keys as the JSON layer's lines.
+/// The access line, laid out as [`Lines`] lays out every other line: its fields after
+/// `message`, then `target` and `request_id`.
 #[derive(serde::Serialize)]
 struct Access<'a> {
     timestamp: String,
     level: &'static str,
     message: &'static str,
-    target: &'static str,
-    request_id: &'a str,
     method: &'a str,
     route: &'a str,
     status: u16,
     latency_ms: f64,
+    target: &'static str,
+    request_id: &'a str,
 }
 
 fn write_access(request_id: &str, method: &str, route: &str, status: u16, latency_ms: f64) {
@@ -234,23 +240,23 @@ fn write_access(request_id: &str, method: &str, route: &str, status: u16, latenc
         return;
     }
     let access = Access {
-        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        timestamp: timestamp(),
         level: "INFO",
         message: "request",
-        target: "facepair::access",
-        request_id,
         method,
         route,
         status,
         latency_ms,
+        target: "facepair::access",
+        request_id,
     };
     let mut line = Vec::with_capacity(256);
     match FORMAT.get() {
         Some(LogFormat::Text) => {
             let _ = writeln!(
                 line,
-                "{}  INFO facepair::access: request request_id={request_id} method={method} route={route} status={status} latency_ms={latency_ms:.3}",
-                access.timestamp
+                "{} {:>5} {}: {} method={method} route={route} status={status} latency_ms={latency_ms:.3} request_id={request_id}",
+                access.timestamp, access.level, access.target, access.message
             );
         }
         _ => {
