@@ -3,15 +3,20 @@
 
 use std::time::Duration;
 
+use facepair::config::DatabaseArgs;
+use secrecy::SecretString;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
-/// One connection, no test before use, as `DatabaseArgs::pool_options` builds it.
+/// facepair's own pool (`DatabaseArgs::pool_options`), with one connection.
 async fn single(pool: &PgPool) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(false)
+    let database = DatabaseArgs {
+        // the connection options below are what is used; the URL is not read
+        database_url: SecretString::from("unused"),
+        db_max_connections: 1,
+        db_acquire_timeout_ms: 5000,
+    };
+    database
+        .pool_options()
         .connect_with(pool.connect_options().as_ref().clone())
         .await
         .unwrap()
