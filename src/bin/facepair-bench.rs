@@ -693,12 +693,10 @@ fn summarise(mut latencies: Vec<Duration>, errors: usize, took: Duration) -> Run
     }
 }
 
-/// Runs `workers` loops of `one` until `secs` pass; `one(i)` gets a globally unique i.
-/// One keep-alive HTTP/1.1 connection of the load generator, on hyper directly: the stack
-/// reqwest is built on, without reqwest's pool, so the generator takes as little of the
-/// shared CPU as it can.
-/// One HTTP/1.1 connection, driven by the task that sends on it: a request and its answer
-/// then cost no hand-over between tasks, which on 2 cores is CPU taken from facepair.
+/// One keep-alive HTTP/1.1 connection of the load generator, on hyper directly (the stack
+/// reqwest is built on, without reqwest's pool), driven by the task that sends on it: a
+/// request and its answer then cost no hand-over between tasks, which on 2 cores is CPU
+/// taken from facepair.
 struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     connection: std::pin::Pin<Box<Connection>>,
@@ -754,8 +752,10 @@ impl Conn {
 ///
 /// The clients run on one thread per CPU, each thread a single-threaded runtime driving its
 /// share of the connections (as pgbench runs with `-j 2`): no task moves between threads,
-/// so a response wakes only the thread that waits for it. The load generator's CPU is taken
-/// from facepair on a shared machine.
+/// so a response wakes only the thread that waits for it. Each client is a task of its own,
+/// so a response polls only its own client, not every client of the thread (as one future
+/// joining them all would). The load generator's CPU is taken from facepair on a shared
+/// machine.
 async fn closed_loop<F, Fut>(
     url: &str,
     workers: usize,
@@ -793,32 +793,39 @@ where
                 });
                 opened.wait();
                 let deadline = Instant::now() + secs;
-                let clients = conns?.into_iter().map(|mut conn| {
-                    let (one, counter) = (one.clone(), counter.clone());
-                    async move {
-                        let mut latencies = Vec::new();
-                        let mut errors = 0;
-                        while Instant::now() < deadline {
-                            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let t = Instant::now();
-                            let (back, ok) = one(conn, i).await;
-                            conn = back;
-                            if ok {
-                                latencies.push(t.elapsed());
-                            } else {
-                                errors += 1;
-                            }
-                        }
-                        (latencies, errors)
-                    }
-                });
-                let done = runtime.block_on(futures_util::future::join_all(clients));
-                Ok(done
+                let clients = tokio::task::LocalSet::new();
+                let clients_done: Vec<_> = conns?
                     .into_iter()
-                    .fold((Vec::new(), 0), |(mut all, e), (l, n)| {
-                        all.extend(l);
-                        (all, e + n)
-                    }))
+                    .map(|mut conn| {
+                        let (one, counter) = (one.clone(), counter.clone());
+                        clients.spawn_local(async move {
+                            let mut latencies = Vec::new();
+                            let mut errors = 0;
+                            while Instant::now() < deadline {
+                                let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let t = Instant::now();
+                                let (back, ok) = one(conn, i).await;
+                                conn = back;
+                                if ok {
+                                    latencies.push(t.elapsed());
+                                } else {
+                                    errors += 1;
+                                }
+                            }
+                            (latencies, errors)
+                        })
+                    })
+                    .collect();
+                runtime.block_on(clients.run_until(async {
+                    let mut all = Vec::new();
+                    let mut errors = 0;
+                    for client in clients_done {
+                        let (latencies, n) = client.await?;
+                        all.extend(latencies);
+                        errors += n;
+                    }
+                    Ok((all, errors))
+                }))
             },
         ));
     }
