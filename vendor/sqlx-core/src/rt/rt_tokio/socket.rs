@@ -22,6 +22,15 @@ impl Socket for TcpStream {
         (*self).poll_read_ready(cx)
     }
 
+    // facepair: tokio's own read notes a short read as the end of what is there
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut buf: &mut dyn ReadBuf,
+    ) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, &mut buf)
+    }
+
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (*self).poll_write_ready(cx)
     }
@@ -43,6 +52,15 @@ impl Socket for tokio::net::UnixStream {
 
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (*self).poll_read_ready(cx)
+    }
+
+    // facepair: tokio's own read notes a short read as the end of what is there
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut buf: &mut dyn ReadBuf,
+    ) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, &mut buf)
     }
 
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
