@@ -350,9 +350,9 @@ pub(crate) async fn respond_with_state(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let wait = std::time::Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS).into());
-    let deadline = tokio::time::Instant::now() + wait;
     // subscribe before reading, so a change between the read and the wait is not missed
-    let mut subscription = (!wait.is_zero()).then(|| state.hub.subscribe(id));
+    let mut subscription =
+        (!wait.is_zero()).then(|| (state.hub.subscribe(id), tokio::time::Instant::now() + wait));
     loop {
         let row = service_find(state, id).await?;
         let read_at = Utc::now();
@@ -360,11 +360,15 @@ pub(crate) async fn respond_with_state(
         let attempt_now = service::effective(&row, read_at).0;
         let etag = service::view::etag(row.event_seq, attempt_now);
         let unchanged = known.as_deref().is_some_and(|k| etag_matches(k, &etag));
-        let now = tokio::time::Instant::now();
-        let Some(sub) = subscription
+        // a plain read (no wait) reads no clock but the document's
+        let waiting = subscription
             .as_mut()
-            .filter(|_| unchanged && now < deadline)
-        else {
+            .filter(|_| unchanged)
+            .and_then(|(sub, deadline)| {
+                let now = tokio::time::Instant::now();
+                (now < *deadline).then_some((sub, now, *deadline))
+            });
+        let Some((sub, now, deadline)) = waiting else {
             if unchanged {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((ETAG, etag))

@@ -1,6 +1,6 @@
 //! The login document every reader sees: platform GET, watch GET, SSE, long-poll.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -161,7 +161,10 @@ pub fn render(
     });
     let mut out = Vec::with_capacity(head.len() + tail.len() + 40);
     out.extend_from_slice(head);
-    serde_json::to_writer(&mut out, &now).expect("a timestamp serialises");
+    // as serde writes it, without its escaping of each character
+    out.push(b'"');
+    out.extend_from_slice(now.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes());
+    out.push(b'"');
     out.extend_from_slice(tail);
     out
 }
@@ -194,6 +197,8 @@ pub fn etag(event_seq: i32, attempt: AttemptStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Timelike as _;
+
     use super::*;
 
     fn row(attempt_status: &str, expires_in_secs: i64) -> LoginRow {
@@ -230,12 +235,19 @@ mod tests {
             row.attempt.fail_reason = (status == "failed").then(|| "FACE_MISMATCH".into());
             rows.push(row);
         }
-        // before the code's expiry, across it, and long after: the memo holds both variants
-        let reads = [-20, -1, 0, 1, 25, 31, 300].map(|s| expires_at + chrono::Duration::seconds(s));
+        // before the code's expiry, across it, and long after: the memo holds both variants;
+        // and clocks whose fraction of a second has 9, 6, 3 and no digits
+        let mut reads = [-20, -1, 0, 1, 25, 31, 300]
+            .map(|s| expires_at + chrono::Duration::seconds(s))
+            .to_vec();
+        let whole_second = expires_at.with_nanosecond(0).unwrap();
+        for nanos in [0, 5_000, 7_000_000, 123_456_789] {
+            reads.push(whole_second + chrono::Duration::nanoseconds(nanos));
+        }
         for row in &rows {
             for audience in [Audience::Platform, Audience::Browser] {
                 for _ in 0..2 {
-                    for now in reads {
+                    for &now in &reads {
                         let expected =
                             serde_json::to_vec(&LoginState::build(row, now, 2, audience)).unwrap();
                         let rendered = render(row, now, effective(row, now).0, 2, audience);
