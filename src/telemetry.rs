@@ -276,13 +276,14 @@ pub fn flush() {
 
 /// Log lines reach stderr through one thread, which writes the lines of a millisecond in one
 /// system call. A request then costs a channel send rather than a write and a lock its
-/// worker shares with the others. Lines stay whole and in order; a full channel makes
+/// worker shares with the others; while lines keep coming the thread sleeps on its own
+/// timer, so the send wakes nobody. Lines stay whole and in order; a full channel makes
 /// writers wait rather than lose lines. On a normal exit [`flush`] writes what is left; a
 /// process killed outright loses at most the last millisecond.
 mod sink {
     use std::io::Write as _;
     use std::sync::OnceLock;
-    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
     use std::time::Duration;
 
     enum Message {
@@ -302,7 +303,7 @@ mod sink {
             let (tx, rx) = sync_channel(CAPACITY);
             std::thread::Builder::new()
                 .name("facepair-log".into())
-                .spawn(move || write_all(rx))
+                .spawn(move || write_all(rx, std::io::stderr()))
                 .expect("the log thread starts");
             let default_hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
@@ -334,13 +335,33 @@ mod sink {
         }
     }
 
-    fn write_all(rx: Receiver<Message>) {
-        let mut stderr = std::io::stderr();
+    /// Waits for lines only after a millisecond without any: while lines keep coming, the
+    /// thread is asleep in its own timer, never in the channel, so no writer has to wake it.
+    fn write_all(rx: Receiver<Message>, mut out: impl std::io::Write) {
         let mut batch = Vec::with_capacity(64 * 1024);
         let mut flushed = Vec::new();
-        while let Ok(first) = rx.recv() {
+        // the last pass wrote lines, and the thread has slept since
+        let (mut wrote, mut slept) = (false, false);
+        loop {
+            let first = match rx.try_recv() {
+                Ok(first) => first,
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) if wrote && !slept => {
+                    slept = true;
+                    std::thread::sleep(GATHER);
+                    continue;
+                }
+                Err(TryRecvError::Empty) => match rx.recv() {
+                    Ok(first) => {
+                        slept = false;
+                        first
+                    }
+                    Err(_) => return,
+                },
+            };
             let mut message = Some(first);
-            let mut gathered = false;
+            // lines found after a sleep have had their millisecond to gather
+            let mut gathered = std::mem::take(&mut slept);
             loop {
                 match message.take() {
                     Some(Message::Line(line)) => batch.extend_from_slice(&line),
@@ -360,11 +381,103 @@ mod sink {
                     Err(_) => break,
                 }
             }
-            let _ = stderr.write_all(&batch);
+            let _ = out.write_all(&batch);
+            wrote = !batch.is_empty();
             batch.clear();
             for done in flushed.drain(..) {
                 let _ = done.send(());
             }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::sync::{Arc, Mutex};
+
+        use super::*;
+
+        /// What the writer wrote, and how many writes it took.
+        #[derive(Clone, Default)]
+        struct Out(Arc<Mutex<(Vec<u8>, usize)>>);
+
+        impl std::io::Write for Out {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let mut out = self.0.lock().unwrap();
+                out.0.extend_from_slice(buf);
+                out.1 += 1;
+                Ok(buf.len())
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        fn flush(tx: &SyncSender<Message>) {
+            let (done, written) = sync_channel(1);
+            tx.send(Message::Flush(done)).unwrap();
+            written.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+
+        #[test]
+        fn lines_come_out_whole_in_order_and_in_few_writes_through_bursts_and_pauses() {
+            let (tx, rx) = sync_channel(CAPACITY);
+            let out = Out::default();
+            let writer = std::thread::spawn({
+                let out = out.clone();
+                move || write_all(rx, out)
+            });
+            // two writers at once, in bursts, with pauses shorter and longer than the
+            // writer's wait, so it both lingers and blocks
+            let senders: Vec<_> = (0..2)
+                .map(|t| {
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        for burst in 0..20 {
+                            for i in 0..50 {
+                                let line =
+                                    format!("{t} {:04} {}\n", burst * 50 + i, "x".repeat(100));
+                                tx.send(Message::Line(line.into_bytes())).unwrap();
+                            }
+                            let pause = [0, 500, 3_000][burst % 3];
+                            std::thread::sleep(Duration::from_micros(pause));
+                        }
+                    })
+                })
+                .collect();
+            for s in senders {
+                s.join().unwrap();
+            }
+            flush(&tx);
+            let (text, writes) = {
+                let out = out.0.lock().unwrap();
+                (String::from_utf8(out.0.clone()).unwrap(), out.1)
+            };
+            // everything sent before the flush is written when it returns
+            for t in 0..2 {
+                let seen: Vec<usize> = text
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{t} ")))
+                    .map(|l| {
+                        assert_eq!(l.len(), 2 + 4 + 1 + 100, "a whole line: {l}");
+                        l[2..6].parse().unwrap()
+                    })
+                    .collect();
+                assert_eq!(
+                    seen,
+                    (0..1000).collect::<Vec<_>>(),
+                    "writer {t}'s lines in order"
+                );
+            }
+            // lines are written a batch at a time, not one by one
+            assert!(writes < 200, "{writes} writes for 2,000 lines");
+            // a line sent after a long pause (the writer blocked in the channel) still comes out
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(Message::Line(b"late\n".to_vec())).unwrap();
+            flush(&tx);
+            assert!(out.0.lock().unwrap().0.ends_with(b"late\n"));
+            drop(tx);
+            writer.join().unwrap();
         }
     }
 
