@@ -172,14 +172,18 @@ async fn main() -> anyhow::Result<()> {
             let mut rounds = Vec::new();
             for _ in 0..args.rounds.max(1) {
                 settle(&admin).await?;
-                let before = Cpu::now(server.pid)?;
+                let (before, flushes_before) = (Cpu::now(server.pid)?, wal_flushes(&admin).await?);
                 let run = webhooks(&server.url, &mut next_token, concurrency, secs).await?;
-                let cpu = Cpu::now(server.pid)?.each(before, run.rate * secs.as_secs_f64());
+                let count = run.rate * secs.as_secs_f64();
+                let cpu = Cpu::now(server.pid)?.each(before, count);
+                let flushes = (wal_flushes(&admin).await? - flushes_before) as f64 / count;
                 let mut reference = [0.0; 2];
                 let mut reference_cpu = cpu;
+                let mut reference_flushes = 0.0;
                 for (notify, rate) in reference.iter_mut().enumerate() {
                     settle(&admin).await?;
-                    let before = Cpu::now(server.pid)?;
+                    let (before, flushes_before) =
+                        (Cpu::now(server.pid)?, wal_flushes(&admin).await?);
                     *rate = pgbench(
                         &args.pgbench,
                         &ref_url,
@@ -195,8 +199,10 @@ async fn main() -> anyhow::Result<()> {
                         secs,
                     )?;
                     if notify == 1 {
-                        reference_cpu =
-                            Cpu::now(server.pid)?.each(before, *rate * secs.as_secs_f64());
+                        let count = *rate * secs.as_secs_f64();
+                        reference_cpu = Cpu::now(server.pid)?.each(before, count);
+                        reference_flushes =
+                            (wal_flushes(&admin).await? - flushes_before) as f64 / count;
                     }
                 }
                 let [without_notify, with_notify] = reference;
@@ -204,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
                     run.rate / with_notify,
                     run,
                     (cpu, reference_cpu),
+                    (flushes, reference_flushes),
                     with_notify,
                     without_notify,
                 ));
@@ -215,14 +222,20 @@ async fn main() -> anyhow::Result<()> {
                 rounds.len(),
                 rounds[0].0,
                 rounds[rounds.len() - 1].0,
-                rounds[rounds.len() / 2].1.rate / rounds[rounds.len() / 2].4,
+                rounds[rounds.len() / 2].1.rate / rounds[rounds.len() / 2].5,
             );
-            let (_, run, (cpu, reference_cpu), reference, without_notify) =
-                &rounds[rounds.len() / 2];
+            let (
+                _,
+                run,
+                (cpu, reference_cpu),
+                (flushes, reference_flushes),
+                reference,
+                without_notify,
+            ) = &rounds[rounds.len() / 2];
             rows.push(Row {
                 scenario: format!("1. webhook ingest, concurrency {concurrency}"),
                 facepair: format!(
-                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.3} ms, PostgreSQL {:.3} ms, load generator {:.3} ms)",
+                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.3} ms, PostgreSQL {:.3} ms, load generator {:.3} ms; WAL flushes each {flushes:.2})",
                     run.rate,
                     run.p50_ms,
                     run.p99_ms,
@@ -232,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
                     cpu.generator
                 ),
                 reference: format!(
-                    "{reference:.0}/s pgbench, same SQL ({without_notify:.0}/s without NOTIFY; CPU each: PostgreSQL {:.3} ms, pgbench {:.3} ms)",
+                    "{reference:.0}/s pgbench, same SQL ({without_notify:.0}/s without NOTIFY; CPU each: PostgreSQL {:.3} ms, pgbench {:.3} ms; WAL flushes each {reference_flushes:.2})",
                     reference_cpu.postgres, reference_cpu.pgbench
                 ),
                 ratio: spread,
@@ -922,6 +935,15 @@ fn pgbench_init(pgbench: &str, url: &str) -> anyhow::Result<()> {
 
 /// Starts a measured run from the same state: the dirty pages of the previous run (and of
 /// seeding) written out, so a checkpoint does not land in the middle of the next one.
+/// How many times PostgreSQL has flushed its WAL to disk (`pg_stat_wal.wal_sync`): commits
+/// that arrive together share one flush, so fewer flushes per transaction mean more
+/// transactions committed at once.
+async fn wal_flushes(admin: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("select wal_sync from pg_stat_wal")
+        .fetch_one(admin)
+        .await?)
+}
+
 async fn settle(admin: &PgPool) -> anyhow::Result<()> {
     sqlx::query("checkpoint").execute(admin).await?;
     Ok(())
