@@ -172,18 +172,17 @@ async fn main() -> anyhow::Result<()> {
             let mut rounds = Vec::new();
             for _ in 0..args.rounds.max(1) {
                 settle(&admin).await?;
-                let (before, flushes_before) = (Cpu::now(server.pid)?, wal_flushes(&admin).await?);
+                let (before, wal_before) = (Cpu::now(server.pid)?, Wal::now(&admin).await?);
                 let run = webhooks(&server.url, &mut next_token, concurrency, secs).await?;
                 let count = run.rate * secs.as_secs_f64();
                 let cpu = Cpu::now(server.pid)?.each(before, count);
-                let flushes = (wal_flushes(&admin).await? - flushes_before) as f64 / count;
+                let wal = Wal::now(&admin).await?.each(wal_before, count);
                 let mut reference = [0.0; 2];
                 let mut reference_cpu = cpu;
-                let mut reference_flushes = 0.0;
+                let mut reference_wal = wal;
                 for (notify, rate) in reference.iter_mut().enumerate() {
                     settle(&admin).await?;
-                    let (before, flushes_before) =
-                        (Cpu::now(server.pid)?, wal_flushes(&admin).await?);
+                    let (before, wal_before) = (Cpu::now(server.pid)?, Wal::now(&admin).await?);
                     *rate = pgbench(
                         &args.pgbench,
                         &ref_url,
@@ -201,8 +200,7 @@ async fn main() -> anyhow::Result<()> {
                     if notify == 1 {
                         let count = *rate * secs.as_secs_f64();
                         reference_cpu = Cpu::now(server.pid)?.each(before, count);
-                        reference_flushes =
-                            (wal_flushes(&admin).await? - flushes_before) as f64 / count;
+                        reference_wal = Wal::now(&admin).await?.each(wal_before, count);
                     }
                 }
                 let [without_notify, with_notify] = reference;
@@ -210,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
                     run.rate / with_notify,
                     run,
                     (cpu, reference_cpu),
-                    (flushes, reference_flushes),
+                    (wal, reference_wal),
                     with_notify,
                     without_notify,
                 ));
@@ -224,29 +222,25 @@ async fn main() -> anyhow::Result<()> {
                 rounds[rounds.len() - 1].0,
                 rounds[rounds.len() / 2].1.rate / rounds[rounds.len() / 2].5,
             );
-            let (
-                _,
-                run,
-                (cpu, reference_cpu),
-                (flushes, reference_flushes),
-                reference,
-                without_notify,
-            ) = &rounds[rounds.len() / 2];
+            let (_, run, (cpu, reference_cpu), (wal, reference_wal), reference, without_notify) =
+                &rounds[rounds.len() / 2];
             rows.push(Row {
                 scenario: format!("1. webhook ingest, concurrency {concurrency}"),
                 facepair: format!(
-                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.3} ms, PostgreSQL {:.3} ms, load generator {:.3} ms; WAL flushes each {flushes:.2})",
+                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.3} ms, PostgreSQL {:.3} ms, load generator {:.3} ms; WAL each: {:.2} flushes, {:.1} KiB)",
                     run.rate,
                     run.p50_ms,
                     run.p99_ms,
                     run.errors,
                     cpu.facepair,
                     cpu.postgres,
-                    cpu.generator
+                    cpu.generator,
+                    wal.flushes,
+                    wal.kib
                 ),
                 reference: format!(
-                    "{reference:.0}/s pgbench, same SQL ({without_notify:.0}/s without NOTIFY; CPU each: PostgreSQL {:.3} ms, pgbench {:.3} ms; WAL flushes each {reference_flushes:.2})",
-                    reference_cpu.postgres, reference_cpu.pgbench
+                    "{reference:.0}/s pgbench, same SQL ({without_notify:.0}/s without NOTIFY; CPU each: PostgreSQL {:.3} ms, pgbench {:.3} ms; WAL each: {:.2} flushes, {:.1} KiB)",
+                    reference_cpu.postgres, reference_cpu.pgbench, reference_wal.flushes, reference_wal.kib
                 ),
                 ratio: spread,
                 target: ">= 0.8x".into(),
@@ -935,13 +929,34 @@ fn pgbench_init(pgbench: &str, url: &str) -> anyhow::Result<()> {
 
 /// Starts a measured run from the same state: the dirty pages of the previous run (and of
 /// seeding) written out, so a checkpoint does not land in the middle of the next one.
-/// How many times PostgreSQL has flushed its WAL to disk (`pg_stat_wal.wal_sync`): commits
-/// that arrive together share one flush, so fewer flushes per transaction mean more
-/// transactions committed at once.
-async fn wal_flushes(admin: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("select wal_sync from pg_stat_wal")
-        .fetch_one(admin)
-        .await?)
+/// PostgreSQL's write-ahead log so far (`pg_stat_wal`): how many times it was flushed to
+/// disk (commits that arrive together share one flush, so fewer flushes per transaction mean
+/// more transactions committed at once), and how many bytes were written to it.
+#[derive(Clone, Copy)]
+struct Wal {
+    flushes: f64,
+    kib: f64,
+}
+
+impl Wal {
+    async fn now(admin: &PgPool) -> anyhow::Result<Wal> {
+        let (flushes, bytes): (f64, f64) =
+            sqlx::query_as("select wal_sync::float8, wal_bytes::float8 from pg_stat_wal")
+                .fetch_one(admin)
+                .await?;
+        Ok(Wal {
+            flushes,
+            kib: bytes / 1024.0,
+        })
+    }
+
+    /// The WAL each of `count` transactions caused since `before`.
+    fn each(self, before: Wal, count: f64) -> Wal {
+        Wal {
+            flushes: (self.flushes - before.flushes) / count,
+            kib: (self.kib - before.kib) / count,
+        }
+    }
 }
 
 async fn settle(admin: &PgPool) -> anyhow::Result<()> {
