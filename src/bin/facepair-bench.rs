@@ -155,13 +155,13 @@ async fn main() -> anyhow::Result<()> {
 
     if run(1) {
         // 1. webhook ingest
-        // facepair always listens to its own NOTIFYs: PostgreSQL then signals the listening
-        // backend at every notifying commit and sends it the notification. The reference
-        // has a listener too, or its NOTIFY would cost PostgreSQL less than facepair's
         // the attempts pgbench takes, one after the other (bench/webhook.sql)
         sqlx::query("create sequence bench_tokens minvalue 0 start 0")
             .execute(&ref_db)
             .await?;
+        // facepair always listens to its own NOTIFYs: PostgreSQL then signals the listening
+        // backend at every notifying commit and sends it the notification. The reference
+        // has a listener too, or its NOTIFY would cost PostgreSQL less than facepair's
         let mut listener = sqlx::postgres::PgListener::connect(&ref_url).await?;
         listener.listen(facepair::live::CHANNEL).await?;
         let reference_listener =
@@ -172,17 +172,16 @@ async fn main() -> anyhow::Result<()> {
             let mut rounds = Vec::new();
             for _ in 0..args.rounds.max(1) {
                 settle(&admin).await?;
-                let (before, wal_before) = (Cpu::now(server.pid)?, Wal::now(&admin).await?);
+                let before = Usage::now(server.pid, &admin).await?;
                 let run = webhooks(&server.url, &mut next_token, concurrency, secs).await?;
-                let count = run.rate * secs.as_secs_f64();
-                let cpu = Cpu::now(server.pid)?.each(before, count);
-                let wal = Wal::now(&admin).await?.each(wal_before, count);
+                let used = Usage::now(server.pid, &admin)
+                    .await?
+                    .each(before, run.rate * secs.as_secs_f64());
                 let mut reference = [0.0; 2];
-                let mut reference_cpu = cpu;
-                let mut reference_wal = wal;
+                let mut reference_used = used;
                 for (notify, rate) in reference.iter_mut().enumerate() {
                     settle(&admin).await?;
-                    let (before, wal_before) = (Cpu::now(server.pid)?, Wal::now(&admin).await?);
+                    let before = Usage::now(server.pid, &admin).await?;
                     *rate = pgbench(
                         &args.pgbench,
                         &ref_url,
@@ -198,17 +197,16 @@ async fn main() -> anyhow::Result<()> {
                         secs,
                     )?;
                     if notify == 1 {
-                        let count = *rate * secs.as_secs_f64();
-                        reference_cpu = Cpu::now(server.pid)?.each(before, count);
-                        reference_wal = Wal::now(&admin).await?.each(wal_before, count);
+                        reference_used = Usage::now(server.pid, &admin)
+                            .await?
+                            .each(before, *rate * secs.as_secs_f64());
                     }
                 }
                 let [without_notify, with_notify] = reference;
                 rounds.push((
                     run.rate / with_notify,
                     run,
-                    (cpu, reference_cpu),
-                    (wal, reference_wal),
+                    (used, reference_used),
                     with_notify,
                     without_notify,
                 ));
@@ -220,9 +218,9 @@ async fn main() -> anyhow::Result<()> {
                 rounds.len(),
                 rounds[0].0,
                 rounds[rounds.len() - 1].0,
-                rounds[rounds.len() / 2].1.rate / rounds[rounds.len() / 2].5,
+                rounds[rounds.len() / 2].1.rate / rounds[rounds.len() / 2].4,
             );
-            let (_, run, (cpu, reference_cpu), (wal, reference_wal), reference, without_notify) =
+            let (_, run, (used, reference_used), reference, without_notify) =
                 &rounds[rounds.len() / 2];
             rows.push(Row {
                 scenario: format!("1. webhook ingest, concurrency {concurrency}"),
@@ -232,15 +230,15 @@ async fn main() -> anyhow::Result<()> {
                     run.p50_ms,
                     run.p99_ms,
                     run.errors,
-                    cpu.facepair,
-                    cpu.postgres,
-                    cpu.generator,
-                    wal.flushes,
-                    wal.kib
+                    used.cpu.facepair,
+                    used.cpu.postgres,
+                    used.cpu.generator,
+                    used.wal.flushes,
+                    used.wal.kib
                 ),
                 reference: format!(
                     "{reference:.0}/s pgbench, same SQL ({without_notify:.0}/s without NOTIFY; CPU each: PostgreSQL {:.3} ms, pgbench {:.3} ms; WAL each: {:.2} flushes, {:.1} KiB)",
-                    reference_cpu.postgres, reference_cpu.pgbench, reference_wal.flushes, reference_wal.kib
+                    reference_used.cpu.postgres, reference_used.cpu.pgbench, reference_used.wal.flushes, reference_used.wal.kib
                 ),
                 ratio: spread,
                 target: ">= 0.8x".into(),
@@ -577,11 +575,7 @@ impl Drop for Server {
     }
 }
 
-/// CPU time the process has used so far (user + system), in milliseconds.
-fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    Ok(proc_cpu_ms(pid)?.own)
-}
-
+/// A process's CPU time so far, in milliseconds, from `/proc/<pid>/stat`.
 struct ProcCpu {
     command: String,
     parent: u32,
@@ -648,7 +642,7 @@ impl Cpu {
             })
             .sum();
         Ok(Cpu {
-            facepair: cpu_ms(facepair)?,
+            facepair: proc_cpu_ms(facepair)?.own,
             generator: me.own,
             pgbench: me.children,
             postgres,
@@ -927,8 +921,30 @@ fn pgbench_init(pgbench: &str, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts a measured run from the same state: the dirty pages of the previous run (and of
-/// seeding) written out, so a checkpoint does not land in the middle of the next one.
+/// What the parties of a run used: their CPU and PostgreSQL's write-ahead log.
+#[derive(Clone, Copy)]
+struct Usage {
+    cpu: Cpu,
+    wal: Wal,
+}
+
+impl Usage {
+    async fn now(facepair: u32, admin: &PgPool) -> anyhow::Result<Usage> {
+        Ok(Usage {
+            cpu: Cpu::now(facepair)?,
+            wal: Wal::now(admin).await?,
+        })
+    }
+
+    /// What each of `count` operations used since `before`.
+    fn each(self, before: Usage, count: f64) -> Usage {
+        Usage {
+            cpu: self.cpu.each(before.cpu, count),
+            wal: self.wal.each(before.wal, count),
+        }
+    }
+}
+
 /// PostgreSQL's write-ahead log so far (`pg_stat_wal`): how many times it was flushed to
 /// disk (commits that arrive together share one flush, so fewer flushes per transaction mean
 /// more transactions committed at once), and how many bytes were written to it.
@@ -959,6 +975,8 @@ impl Wal {
     }
 }
 
+/// Starts a measured run from the same state: the dirty pages of the previous run (and of
+/// seeding) written out, so a checkpoint does not land in the middle of the next one.
 async fn settle(admin: &PgPool) -> anyhow::Result<()> {
     sqlx::query("checkpoint").execute(admin).await?;
     Ok(())
