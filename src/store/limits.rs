@@ -9,8 +9,13 @@ pub struct Limit {
     pub limit: i32,
 }
 
-/// Counts one hit in each limit's current window, in one statement. Returns the index of the
-/// first limit the hit is over and the seconds until its window ends.
+/// Counts one hit in each limit's current window if every limit has room for it, in one
+/// statement. Returns the index of the first limit that is full and the seconds until its
+/// window ends; a refused hit counts in no window, so requests refused by one limit (a
+/// desktop address over its own) never use up another (the platform's key).
+///
+/// The windows' rows are locked in bucket order before they are read, so concurrent hits
+/// queue on them and none slips past a full window; a bucket's first hit inserts its row.
 ///
 /// The counts commit without waiting for the disk: a count lost in a crash only lets a few
 /// more requests through, and not waiting keeps a second fsync off every login creation.
@@ -20,33 +25,49 @@ pub async fn hit(
 ) -> Result<Option<(usize, u64)>, sqlx::Error> {
     let buckets: Vec<&str> = limits.iter().map(|l| l.bucket.as_str()).collect();
     let windows: Vec<f64> = limits.iter().map(|l| l.window_secs).collect();
+    let caps: Vec<i32> = limits.iter().map(|l| l.limit).collect();
     // `set_config(.., true)` lasts for the statement's own transaction, whose commit it makes
     // asynchronous
-    let rows = sqlx::query!(
+    let full = sqlx::query!(
         r#"
         with async_commit as (select set_config('synchronous_commit', 'off', true)),
         input as (
-            select bucket, make_interval(secs => window_secs) as width
-            from unnest($1::text[], $2::float8[]) as u(bucket, window_secs)
+            select bucket, make_interval(secs => window_secs) as width, cap
+            from unnest($1::text[], $2::float8[], $3::int4[]) as u(bucket, window_secs, cap)
+        ),
+        held as (
+            select r.bucket, r.hits, r.window_start
+            from rate_limits r join input i on i.bucket = r.bucket
+            order by r.bucket
+            for update of r
+        ),
+        full_windows as (
+            select h.bucket, extract(epoch from (h.window_start + i.width - now()))::float8 as remaining
+            from held h join input i on i.bucket = h.bucket
+            where h.window_start > now() - i.width and h.hits >= i.cap
+        ),
+        counted as (
+            insert into rate_limits as r (bucket, window_start, hits)
+            select bucket, now(), 1 from input, async_commit
+            where not exists (select from full_windows)
+            order by bucket
+            on conflict (bucket) do update set
+                hits = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
+                            then 1 else r.hits + 1 end,
+                window_start = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
+                                    then now() else r.window_start end
         )
-        insert into rate_limits as r (bucket, window_start, hits)
-        select bucket, now(), 1 from input, async_commit
-        on conflict (bucket) do update set
-            hits = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
-                        then 1 else r.hits + 1 end,
-            window_start = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
-                                then now() else r.window_start end
-        returning bucket, hits,
-                  extract(epoch from (window_start + (select width from input where bucket = r.bucket) - now()))::float8 as "remaining!"
+        select bucket as "bucket!", remaining as "remaining!" from full_windows
         "#,
         &buckets as &[&str],
-        &windows
+        &windows,
+        &caps
     )
     .fetch_all(conn)
     .await?;
     Ok(limits.iter().enumerate().find_map(|(i, limit)| {
-        let row = rows.iter().find(|r| r.bucket == limit.bucket)?;
-        (row.hits > limit.limit).then(|| (i, row.remaining.ceil().max(1.0) as u64))
+        let window = full.iter().find(|w| w.bucket == limit.bucket)?;
+        Some((i, window.remaining.ceil().max(1.0) as u64))
     }))
 }
 

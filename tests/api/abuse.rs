@@ -78,6 +78,87 @@ async fn login_creation_is_limited_per_desktop_address(pool: PgPool) {
     assert_eq!(create("198.51.100.8").await.status(), 201);
 }
 
+/// A desktop address hammering at its own limit must not use up its platform's key: a refused
+/// creation counts in no window.
+#[sqlx::test]
+async fn creations_refused_by_one_limit_do_not_count_against_another(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| {
+        s.limits.logins_per_client_ip_per_hour = 2;
+        s.limits.logins_per_api_key_per_minute = 4;
+    })
+    .await;
+    app.mock_eligible().await;
+    let create =
+        |ip: &'static str| app.create_login(json!({ "scan_ref": SCAN_REF, "client_ip": ip }));
+    let limit_of =
+        |(status, body): (u16, Value)| (status, body["error"]["limit"].as_str().map(str::to_owned));
+    assert_eq!(create("198.51.100.7").await.status(), 201);
+    assert_eq!(create("198.51.100.7").await.status(), 201);
+    for _ in 0..6 {
+        assert_eq!(
+            limit_of(code_of(create("198.51.100.7").await).await),
+            (429, Some("logins_per_client_ip".into()))
+        );
+    }
+    // the key has counted 2 creations, not 8: another desktop still gets its 2
+    assert_eq!(create("198.51.100.8").await.status(), 201);
+    assert_eq!(create("198.51.100.9").await.status(), 201);
+    assert_eq!(
+        limit_of(code_of(create("198.51.100.10").await).await),
+        (429, Some("logins_per_api_key".into()))
+    );
+    // and the refusals by the key's limit did not count against that address either
+    assert_eq!(
+        app.count(
+            "select coalesce(sum(hits), 0)::int8 from rate_limits where bucket like '%198.51.100.10%'"
+        )
+            .await,
+        0,
+        "a refused creation counted in the address's window"
+    );
+    assert_eq!(app.count("select count(*) from logins").await, 4);
+}
+
+/// Hits arriving together on two limits at once (in either order of naming them) queue on
+/// the windows' rows: exactly the limit's worth get through, and none deadlocks.
+#[sqlx::test]
+async fn concurrent_hits_never_pass_a_full_window(pool: PgPool) {
+    use facepair::store::limits::{Limit, hit};
+    let limit = |bucket: &str, limit| Limit {
+        bucket: bucket.into(),
+        window_secs: 60.0,
+        limit,
+    };
+    let hits = (0..40).map(|i| {
+        let pool = pool.clone();
+        let mut limits = vec![limit("key", 7), limit(&format!("ip:{}", i % 2), 100)];
+        if i % 3 == 0 {
+            limits.reverse();
+        }
+        tokio::spawn(async move { hit(&pool, &limits).await.unwrap().is_none() })
+    });
+    let mut passed = 0;
+    for h in hits {
+        passed += usize::from(h.await.unwrap());
+    }
+    assert_eq!(passed, 7);
+    let counted: Vec<(String, i32)> =
+        sqlx::query_as("select bucket, hits from rate_limits order by bucket")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let ips: i32 = counted
+        .iter()
+        .filter(|(b, _)| b.starts_with("ip:"))
+        .map(|(_, h)| h)
+        .sum();
+    assert_eq!(
+        ips, 7,
+        "refused hits counted in the addresses' windows: {counted:?}"
+    );
+    assert!(counted.contains(&("key".into(), 7)), "{counted:?}");
+}
+
 /// Guessing watch tokens: 404s until the limit, then 429 for every token from that address,
 /// valid ones included, so guessing cannot go on; the count is shared by instances.
 #[sqlx::test]
