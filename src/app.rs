@@ -94,6 +94,10 @@ impl Application {
                 stop.clone(),
             )),
             tokio::spawn(service::expiry::run(state.clone(), stop.clone())),
+            tokio::spawn(crate::memory::return_freed(
+                crate::memory::EVERY,
+                stop.clone(),
+            )),
             tokio::spawn(live::listen(
                 state.hub.clone(),
                 (*state.pool.connect_options()).clone(),

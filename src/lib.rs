@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod idenfy;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod service;

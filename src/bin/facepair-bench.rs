@@ -346,6 +346,19 @@ async fn main() -> anyhow::Result<()> {
             ratio: "-".into(),
             target: "p99 <= 50 ms".into(),
         });
+        rows.push(Row {
+            scenario: "3. RSS once every stream closed".into(),
+            facepair: format!(
+                "{:.1} MiB (before the first opened: {:.1} MiB; every stream closed {:.1} s after its client left; read {} s later)",
+                result.idle_after_kib as f64 / 1024.0,
+                result.idle_before_kib as f64 / 1024.0,
+                result.all_closed_after.as_secs_f64(),
+                (facepair::memory::EVERY + Duration::from_secs(1)).as_secs()
+            ),
+            reference: "-".into(),
+            ratio: "-".into(),
+            target: "-".into(),
+        });
     }
 
     if run(4) {
@@ -1090,6 +1103,11 @@ async fn polls(
 
 struct Waiting {
     kib_per_stream: f64,
+    /// RSS before the first stream opened and a few seconds after the last one closed.
+    idle_before_kib: u64,
+    idle_after_kib: u64,
+    /// From the last client leaving to facepair having closed every stream.
+    all_closed_after: Duration,
     p50_ms: f64,
     p99_ms: f64,
     sent: usize,
@@ -1097,7 +1115,8 @@ struct Waiting {
 }
 
 /// Opens `count` watch streams, measures facepair's RSS growth, then sends webhooks for a
-/// sample of them and times each from send to the event arriving on its stream.
+/// sample of them and times each from send to the event arriving on its stream. Then closes
+/// every stream and measures what facepair keeps once they are gone.
 async fn waiting_clients(
     server: &Server,
     seeded: &Seeded,
@@ -1116,6 +1135,7 @@ async fn waiting_clients(
     // figure is what an open stream keeps, not the high-water mark of thousands of requests
     // queued for the database at the same instant (which glibc keeps mapped afterwards)
     let opening = Arc::new(tokio::sync::Semaphore::new(opening.max(1)));
+    let mut streams = tokio::task::JoinSet::new();
     for k in 0..count {
         let token = seeded.watch_tokens[first + k].clone();
         let permit = opening.clone().acquire_owned().await?;
@@ -1125,7 +1145,7 @@ async fn waiting_clients(
             arrived_tx.clone(),
             opened.clone(),
         );
-        tokio::spawn(async move {
+        streams.spawn(async move {
             let mut permit = Some(permit);
             let Ok(mut response) = client
                 .get(format!("{url}/v1/watch/{token}/events"))
@@ -1182,8 +1202,38 @@ async fn waiting_clients(
     }
     let received = latencies.len();
     latencies.sort();
+    // every desktop goes away; facepair notices a gone client when a write to it fails, at
+    // the latest on the second keep-alive comment after it left
+    streams.shutdown().await;
+    drop(client);
+    let closed_at = Instant::now();
+    let metrics = format!("{}/metrics", server.url);
+    loop {
+        let text = http.get(&metrics).send().await?.text().await?;
+        let open = text
+            .lines()
+            .find_map(|l| l.strip_prefix("facepair_sse_streams_open "))
+            .context("no facepair_sse_streams_open in /metrics")?;
+        if open.trim() == "0" {
+            break;
+        }
+        if closed_at.elapsed() > facepair::live::sse::KEEP_ALIVE * 3 {
+            bail!(
+                "{open} streams still open {:?} after every client left",
+                closed_at.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let all_closed_after = closed_at.elapsed();
+    // facepair hands freed memory back to the system periodically
+    tokio::time::sleep(facepair::memory::EVERY + Duration::from_secs(1)).await;
+    let idle_after_kib = rss_kib(server.pid)?;
     Ok(Waiting {
         kib_per_stream,
+        idle_before_kib: before,
+        idle_after_kib,
+        all_closed_after,
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         sent: sent_at.len(),
