@@ -417,3 +417,44 @@ async fn an_embedding_page_hears_of_the_approval(pool: PgPool) {
         .await;
     browser.screenshot("pairing-embedded-approved").await;
 }
+
+/// Where no stream gets through (a proxy or a firewall that drops them), the page gives the
+/// stream up and long-polls, and still follows the login to its end without a reload.
+#[sqlx::test]
+async fn without_a_stream_the_page_long_polls(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let login = sb.app.login().await;
+    let code = login["attempt"]["digit_string"].as_str().unwrap();
+    let browser = Browser::start().await;
+    // Chromium's DevTools protocol, through chromedriver: every request for a stream fails
+    for (cmd, params) in [
+        ("Network.enable", json!({})),
+        ("Network.setBlockedURLs", json!({ "urls": ["*/events"] })),
+    ] {
+        let answer = browser
+            .command(
+                reqwest::Method::POST,
+                "/goog/cdp/execute",
+                json!({ "cmd": cmd, "params": params }),
+            )
+            .await;
+        assert!(answer.get("error").is_none(), "{cmd}: {answer}");
+    }
+    browser.open(login["watch_url"].as_str().unwrap()).await;
+    browser.until(CODE, json!(code)).await;
+    const LONG_POLLED: &str =
+        "return performance.getEntriesByType('resource').some(e => e.name.endsWith('?wait=25'))";
+    browser.until(LONG_POLLED, json!(true)).await;
+    browser.run("window.__sameDocument = true").await;
+    assert_eq!(sb.phone(code, "SUCCESS", None).await.status(), 200);
+    browser.until(HEADLINE, json!("Face confirmed.")).await;
+    assert_eq!(
+        browser.run("return window.__sameDocument === true").await,
+        json!(true),
+        "no reload"
+    );
+    let streams = browser
+        .run("return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/events') && e.responseStatus === 200).length")
+        .await;
+    assert_eq!(streams, json!(0), "a stream got through after all");
+}
