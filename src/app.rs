@@ -95,6 +95,7 @@ impl Application {
             )),
             tokio::spawn(service::expiry::run(state.clone(), stop.clone())),
             tokio::spawn(crate::memory::return_freed(
+                state.hub.cache.clone(),
                 crate::memory::EVERY,
                 stop.clone(),
             )),

@@ -7,15 +7,21 @@
 //! gone, against 20 MiB before the first (`scripts/bench --scenarios 3 --streams 3000`).
 //! `malloc_trim` releases every free page of every arena; a pass over a heap with little
 //! free is a walk of its free lists.
+//!
+//! Each pass first drops the cached login rows nobody read since the pass before
+//! ([`crate::live::cache`]): scattered over the pages the wave freed, they would keep many of
+//! them in use.
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::live::cache::Cache;
+
 /// How often freed memory is handed back.
 pub const EVERY: Duration = Duration::from_secs(30);
 
-pub async fn return_freed(every: Duration, stop: CancellationToken) {
+pub async fn return_freed(cache: std::sync::Arc<Cache>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -24,9 +30,14 @@ pub async fn return_freed(every: Duration, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let started = Instant::now();
-        if trim() {
+        let dropped = cache.sweep();
+        let swept = started.elapsed();
+        let trimmed = trim();
+        if trimmed || dropped > 0 {
             tracing::debug!(
-                took_us = started.elapsed().as_micros() as u64,
+                cached_rows_dropped = dropped,
+                sweep_us = swept.as_micros() as u64,
+                trim_us = (started.elapsed() - swept).as_micros() as u64,
                 "freed memory returned to the system"
             );
         }

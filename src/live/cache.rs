@@ -9,6 +9,11 @@
 //! - the clock's overlay (a code past its expiry reads as expired) is applied on every read,
 //!   so a cached pending row never outlives its code.
 //!
+//! Rows nobody read between two sweeps ([`Cache::sweep`]) are dropped: a login whose desktop
+//! went away, or one followed only by a stream (which reads it again after each change, when
+//! the change has dropped it anyway), would otherwise hold its row, and the heap pages around
+//! it, until the cache filled up.
+//!
 //! A change on another instance is visible here as soon as its NOTIFY arrives, which that
 //! instance sends before it answers the request that made the change. Writes never read from
 //! the cache: they lock the rows in PostgreSQL.
@@ -27,14 +32,20 @@ const SLOTS: usize = 1024;
 const CAPACITY: usize = 20_000;
 
 pub struct Cache {
-    /// Read-locked by every cached read, write-locked by stores and changes.
-    entries: RwLock<HashMap<Uuid, Arc<LoginRow>>>,
+    /// Read-locked by every cached read, write-locked by stores, changes and sweeps.
+    entries: RwLock<HashMap<Uuid, Entry>>,
     /// Bumped by every change of a login hashing to the slot.
     versions: Box<[AtomicU64]>,
     /// Bumped whenever everything must be considered changed.
     epoch: AtomicU64,
     usable: AtomicBool,
     hasher: RandomState,
+}
+
+struct Entry {
+    row: Arc<LoginRow>,
+    /// Read since the last sweep (storing it counts: the store followed a read).
+    read: AtomicBool,
 }
 
 /// What a reader saw before reading, to store its row only if nothing changed meanwhile.
@@ -65,7 +76,13 @@ impl Cache {
         if !self.usable.load(Ordering::Acquire) {
             return None;
         }
-        self.entries.read().unwrap().get(id).cloned()
+        let entries = self.entries.read().unwrap();
+        let entry = entries.get(id)?;
+        // only the first read after a sweep writes: readers of a hot row do not contend on it
+        if !entry.read.load(Ordering::Relaxed) {
+            entry.read.store(true, Ordering::Relaxed);
+        }
+        Some(entry.row.clone())
     }
 
     pub fn version(&self, id: &Uuid) -> Version {
@@ -87,7 +104,29 @@ impl Cache {
         if entries.len() >= CAPACITY {
             entries.clear();
         }
-        entries.insert(id, row);
+        entries.insert(
+            id,
+            Entry {
+                row,
+                read: AtomicBool::new(true),
+            },
+        );
+    }
+
+    /// Drops the rows nobody read since the last sweep; returns how many. They are freed
+    /// after the lock is released, so readers wait only for the walk.
+    pub fn sweep(&self) -> usize {
+        let mut entries = self.entries.write().unwrap();
+        let gone: Vec<Entry> = entries
+            .extract_if(|_, entry| !entry.read.swap(false, Ordering::Relaxed))
+            .map(|(_, entry)| entry)
+            .collect();
+        if entries.is_empty() {
+            // a wave's worth of buckets goes too
+            entries.shrink_to_fit();
+        }
+        drop(entries);
+        gone.len()
     }
 
     pub fn changed(&self, id: &Uuid) {
@@ -149,6 +188,28 @@ mod tests {
         assert!(cache.get(&id).is_some());
         cache.changed(&id);
         assert!(cache.get(&id).is_none(), "a change drops the entry");
+    }
+
+    #[test]
+    fn rows_nobody_read_between_two_sweeps_are_dropped() {
+        let cache = Cache::default();
+        cache.reset(true);
+        let (read, unread) = (Uuid::new_v4(), Uuid::new_v4());
+        for id in [read, unread] {
+            cache.store(id, cache.version(&id), row(id));
+        }
+        // a store follows a read: both survive the first sweep
+        assert_eq!(cache.sweep(), 0);
+        assert!(cache.get(&read).is_some());
+        assert_eq!(cache.sweep(), 1);
+        assert!(
+            cache.get(&read).is_some(),
+            "a row read since the last sweep stays"
+        );
+        assert!(cache.get(&unread).is_none());
+        assert_eq!(cache.sweep(), 0);
+        assert_eq!(cache.sweep(), 1);
+        assert!(cache.is_empty());
     }
 
     #[test]
