@@ -173,6 +173,18 @@ impl Browser {
 const CODE: &str = "return document.getElementById('code').textContent";
 const HEADLINE: &str = "return document.getElementById('outcome').hidden ? '' : document.getElementById('headline').textContent";
 
+/// The phone succeeds; the open page says so without loading itself again.
+async fn approved_without_reload(browser: &Browser, sb: &Sandbox, code: &str) {
+    browser.run("window.__sameDocument = true").await;
+    assert_eq!(sb.phone(code, "SUCCESS", None).await.status(), 200);
+    browser.until(HEADLINE, json!("Face confirmed.")).await;
+    assert_eq!(
+        browser.run("return window.__sameDocument === true").await,
+        json!(true),
+        "no reload"
+    );
+}
+
 #[sqlx::test]
 async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
     let sb = Sandbox::start(pool).await;
@@ -194,14 +206,7 @@ async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
     browser.until("return /works for \\d+:\\d\\d more/.test(document.getElementById('countdown').textContent)", json!(true)).await;
     browser.screenshot("pairing-pending").await;
 
-    browser.run("window.__sameDocument = true").await;
-    assert_eq!(sb.phone(code, "SUCCESS", None).await.status(), 200);
-    browser.until(HEADLINE, json!("Face confirmed.")).await;
-    assert_eq!(
-        browser.run("return window.__sameDocument === true").await,
-        json!(true),
-        "no reload"
-    );
+    approved_without_reload(&browser, &sb, code).await;
     browser.screenshot("pairing-approved").await;
 }
 
@@ -445,14 +450,7 @@ async fn without_a_stream_the_page_long_polls(pool: PgPool) {
     const LONG_POLLED: &str =
         "return performance.getEntriesByType('resource').some(e => e.name.endsWith('?wait=25'))";
     browser.until(LONG_POLLED, json!(true)).await;
-    browser.run("window.__sameDocument = true").await;
-    assert_eq!(sb.phone(code, "SUCCESS", None).await.status(), 200);
-    browser.until(HEADLINE, json!("Face confirmed.")).await;
-    assert_eq!(
-        browser.run("return window.__sameDocument === true").await,
-        json!(true),
-        "no reload"
-    );
+    approved_without_reload(&browser, &sb, code).await;
     let streams = browser
         .run("return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/events') && e.responseStatus === 200).length")
         .await;
