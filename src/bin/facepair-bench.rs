@@ -1217,7 +1217,8 @@ async fn waiting_clients(
         if open.trim() == "0" {
             break;
         }
-        if closed_at.elapsed() > facepair::live::sse::KEEP_ALIVE * 3 {
+        // two keep-alives find every gone client; twice that is a fault, not a slow machine
+        if closed_at.elapsed() > facepair::live::sse::KEEP_ALIVE * 4 {
             bail!(
                 "{open} streams still open {:?} after every client left",
                 closed_at.elapsed()
