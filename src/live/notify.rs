@@ -88,6 +88,9 @@ async fn sender(
             _ = notifier.wake.notified() => false,
             _ = stop.cancelled() => true,
         };
+        // let the requests whose answers arrived in the same turn of the runtime commit and
+        // join this batch: it goes out after the runtime next polls its sockets
+        tokio::task::yield_now().await;
         let (ids, batch) = notifier.take();
         if !ids.is_empty()
             && let Err(e) = send(&mut conn, &connect, &ids).await
