@@ -353,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
                 result.idle_after_kib as f64 / 1024.0,
                 result.idle_before_kib as f64 / 1024.0,
                 result.all_closed_after.as_secs_f64(),
-                (facepair::memory::EVERY * 2 + Duration::from_secs(1)).as_secs()
+                AFTER_THE_WAVE.as_secs()
             ),
             reference: "-".into(),
             ratio: "-".into(),
@@ -1101,9 +1101,13 @@ async fn polls(
     Ok(summarise(latencies, errors, took))
 }
 
+/// How long after the last stream closed its RSS is read: facepair hands freed memory back to
+/// the system periodically, after dropping the cached rows nobody read in a whole period.
+const AFTER_THE_WAVE: Duration = Duration::from_secs(facepair::memory::EVERY.as_secs() * 2 + 1);
+
 struct Waiting {
     kib_per_stream: f64,
-    /// RSS before the first stream opened and a few seconds after the last one closed.
+    /// RSS before the first stream opened and [`AFTER_THE_WAVE`] after the last one closed.
     idle_before_kib: u64,
     idle_after_kib: u64,
     /// From the last client leaving to facepair having closed every stream.
@@ -1227,9 +1231,7 @@ async fn waiting_clients(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let all_closed_after = closed_at.elapsed();
-    // facepair hands freed memory back to the system periodically, after dropping the cached
-    // rows nobody read in a whole period
-    tokio::time::sleep(facepair::memory::EVERY * 2 + Duration::from_secs(1)).await;
+    tokio::time::sleep(AFTER_THE_WAVE).await;
     let idle_after_kib = rss_kib(server.pid)?;
     Ok(Waiting {
         kib_per_stream,
