@@ -65,10 +65,11 @@ fn trim() -> bool {
 mod tests {
     use super::*;
 
+    /// Resident memory in KiB, as the kernel reports it (no page size assumed).
     fn rss_kib() -> u64 {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// The shape of a wave: many connection-sized buffers, all freed but the newest, which
