@@ -134,6 +134,10 @@ impl Application {
                 .configure(http::configure)
         })
         .workers(workers)
+        // a client that closes its side of the connection has left: its request stops being
+        // served at once (a Server-Sent Events stream or a long poll would otherwise hold
+        // its memory until a write to it failed, up to two keep-alive intervals)
+        .h1_allow_half_closed(false)
         .listen(listener)?
         .shutdown_timeout(10)
         .disable_signals()

@@ -203,7 +203,17 @@ pub async fn request_context(
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
     let method = req.method().to_string();
+    ROUTES.with(|routes| {
+        routes.get_or_init(|| req.resource_map().clone());
+    });
+    let mut abandoned = Abandoned {
+        uri: Some(req.uri().clone()),
+        id: &id,
+        method: &method,
+        started,
+    };
     let result = REQUEST_ID.scope(id.clone(), next.call(req)).await;
+    abandoned.uri = None;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     // read after routing, which recorded the resource it chose: before, it would walk the
     // routes a second time
@@ -212,12 +222,47 @@ pub async fn request_context(
         Err(e) => (e.as_response_error().status_code().as_u16(), None),
     };
     let route = route.as_deref().unwrap_or("unmatched");
-    write_access(&id, &method, route, status, latency_ms);
+    write_access(&id, &method, route, status, latency_ms, "request");
     let mut res = result?;
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     Ok(res)
+}
+
+/// The access line of a request dropped before it was answered, because its client closed the
+/// connection (the server serves no half-closed connections): status 499, as nginx logs it.
+/// The request's own work stops at the await it was in; what it committed stays committed.
+struct Abandoned<'a> {
+    /// Until the request is answered. (The request itself cannot be kept: routing needs it
+    /// unshared.)
+    uri: Option<actix_web::http::Uri>,
+    id: &'a str,
+    method: &'a str,
+    started: Instant,
+}
+
+thread_local! {
+    /// The worker's routes, to name an abandoned request's route as the access line does.
+    static ROUTES: std::cell::OnceCell<actix_web::dev::ResourceMap> = const { std::cell::OnceCell::new() };
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(uri) = self.uri.take() {
+            let route = ROUTES.with(|routes| routes.get()?.match_pattern(uri.path()));
+            let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            let route = route.as_deref().unwrap_or("unmatched");
+            write_access(
+                self.id,
+                self.method,
+                route,
+                499,
+                latency_ms,
+                "client closed the connection",
+            );
+        }
+    }
 }
 
 /// The access line, laid out as [`Lines`] lays out every other line: its fields after
@@ -235,14 +280,21 @@ struct Access<'a> {
     request_id: &'a str,
 }
 
-fn write_access(request_id: &str, method: &str, route: &str, status: u16, latency_ms: f64) {
+fn write_access(
+    request_id: &str,
+    method: &str,
+    route: &str,
+    status: u16,
+    latency_ms: f64,
+    message: &'static str,
+) {
     if !tracing::enabled!(target: "facepair::access", tracing::Level::INFO) {
         return;
     }
     let access = Access {
         timestamp: timestamp(),
         level: "INFO",
-        message: "request",
+        message,
         method,
         route,
         status,

@@ -56,6 +56,13 @@ impl Notifier {
 
     /// Resolves once a NOTIFY for `login_id` was sent (or could not be).
     pub async fn notify(&self, login_id: Uuid) {
+        let batch = self.enqueue(login_id);
+        let mut sent = self.sent.clone();
+        let _ = tokio::time::timeout(WAIT_FOR_BATCH, sent.wait_for(|&n| n >= batch)).await;
+    }
+
+    /// Puts `login_id` in the next batch without waiting for it; returns the batch's number.
+    pub fn enqueue(&self, login_id: Uuid) -> u64 {
         let batch = {
             let mut pending = self.pending.lock().unwrap();
             if !pending.ids.contains(&login_id) {
@@ -64,8 +71,7 @@ impl Notifier {
             pending.batch
         };
         self.wake.notify_one();
-        let mut sent = self.sent.clone();
-        let _ = tokio::time::timeout(WAIT_FOR_BATCH, sent.wait_for(|&n| n >= batch)).await;
+        batch
     }
 
     fn take(&self) -> (Vec<Uuid>, u64) {

@@ -3,8 +3,10 @@
 //! `id:` is the event's per-login sequence number, `event:` its kind, `data:` the login's state
 //! document (the same JSON as the GET) when the event is sent. A reconnecting client sends
 //! `Last-Event-ID` (or `?last_event_id=`) and gets what it missed from the events table. A
-//! comment every 15 s keeps proxies from closing the stream and finds dead clients. The stream
-//! ends once the login can no longer change, and on shutdown with a reconnect hint.
+//! comment every 15 s keeps proxies from closing the stream and finds clients that vanished
+//! without closing their connection; one that closes it ends its stream at once (the server
+//! serves no half-closed connections). The stream ends once the login can no longer change,
+//! and on shutdown with a reconnect hint.
 //!
 //! Each stream is one future (no task, no channel): it sleeps on the hub until its login
 //! changes.

@@ -73,11 +73,16 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
             None,
         )
         .await?;
+        let announcement = moved
+            .as_ref()
+            .map(|_| service::Announcement::new(state, item.login_id));
         tx.commit().await?;
         if let Some(moved) = moved {
             moved.record(state);
             expired += 1;
-            service::notify(state, item.login_id).await;
+        }
+        if let Some(announcement) = announcement {
+            announcement.send().await;
         }
     }
     Ok(expired)

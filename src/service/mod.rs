@@ -198,11 +198,12 @@ pub async fn issue_code(
     let row = logins::find(&mut *tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
+    let announcement = Announcement::new(state, login_id);
     tx.commit().await?;
     if let Some(moved) = ended {
         moved.record(state);
     }
-    notify(state, login_id).await;
+    announcement.send().await;
     tracing::info!(%login_id, %attempt_id, attempt_number = number, "new code issued");
     Ok(row)
 }
@@ -258,11 +259,12 @@ pub async fn cancel(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
     let row = logins::find(&mut *tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
+    let announcement = Announcement::new(state, login_id);
     tx.commit().await?;
     if let Some(moved) = ended {
         moved.record(state);
     }
-    notify(state, login_id).await;
+    announcement.send().await;
     tracing::info!(%login_id, "login canceled");
     Ok(row)
 }
@@ -306,8 +308,9 @@ pub async fn redeem(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
     let row = logins::find(&mut *tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
+    let announcement = Announcement::new(state, login_id);
     tx.commit().await?;
-    notify(state, login_id).await;
+    announcement.send().await;
     tracing::info!(%login_id, "login redeemed");
     Ok(row)
 }
@@ -541,11 +544,44 @@ pub async fn read_login(
     Ok(Some(row))
 }
 
-/// Tells every instance's listeners that the login changed. Best effort: a lost notification
-/// is covered by the listeners' catch-up from the events table.
-pub async fn notify(state: &AppState, login_id: Uuid) {
-    state.notifier.notify(login_id).await;
-    state.hub.changed(login_id);
+/// A change to announce once its transaction committed: made before `COMMIT`, sent after it.
+///
+/// Sending tells every instance's listeners that the login changed and waits for the NOTIFY
+/// to go out, so the caller's answer follows it. Dropped unsent (a request abandoned by its
+/// client during `COMMIT` or while its NOTIFY waits, or a commit that failed, perhaps after
+/// committing), it still puts the login in the next NOTIFY and wakes this instance's
+/// subscribers, without waiting: a committed change is never left for the listeners'
+/// catch-up from the events table to find, which covers only a crash.
+#[must_use = "an announcement is sent after the commit"]
+pub struct Announcement<'a> {
+    state: &'a AppState,
+    login_id: Option<Uuid>,
+}
+
+impl<'a> Announcement<'a> {
+    pub fn new(state: &'a AppState, login_id: Uuid) -> Self {
+        Self {
+            state,
+            login_id: Some(login_id),
+        }
+    }
+
+    pub async fn send(mut self) {
+        if let Some(login_id) = self.login_id {
+            self.state.notifier.notify(login_id).await;
+            self.state.hub.changed(login_id);
+            self.login_id = None;
+        }
+    }
+}
+
+impl Drop for Announcement<'_> {
+    fn drop(&mut self) {
+        if let Some(login_id) = self.login_id.take() {
+            self.state.notifier.enqueue(login_id);
+            self.state.hub.changed(login_id);
+        }
+    }
 }
 
 fn internal(what: &str) -> ApiError {

@@ -147,13 +147,19 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
         },
     )
     .await?;
+    let announcement = change
+        .as_ref()
+        .and(login_id)
+        .map(|login_id| service::Announcement::new(state, login_id));
     tx.commit().await?;
 
     state.metrics.delivery(verdict, received.signing_key_index);
     tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = login_id.map(tracing::field::display), "webhook recorded");
-    if let (Some(moved), Some(login_id)) = (change, login_id) {
+    if let Some(moved) = change {
         moved.record(state);
-        service::notify(state, login_id).await;
+    }
+    if let Some(announcement) = announcement {
+        announcement.send().await;
     }
     Ok(Recorded {
         delivery_id,

@@ -25,6 +25,8 @@ pub struct TestApp {
     pub idenfy: MockServer,
     pub pool: PgPool,
     pub handle: actix_web::dev::ServerHandle,
+    /// The instance's state, shared with its workers.
+    pub state: facepair::AppState,
     stopper: tokio_util::sync::CancellationToken,
     settings: Settings,
     stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -99,6 +101,7 @@ impl TestApp {
             .expect("facepair starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
+        let state = app.state().clone();
         let stopper = app.stopper();
         let stopped = Some(tokio::spawn(app.run_until_stopped()));
         TestApp {
@@ -107,6 +110,7 @@ impl TestApp {
             idenfy,
             pool,
             handle,
+            state,
             stopper,
             settings,
             stopped,

@@ -404,7 +404,8 @@ async fn retention_boundaries(pool: PgPool) {
     assert!(out.contains("purged identity data of 0 logins"), "{out}");
 }
 
-/// One JSON line per request with id, route, status and latency; no secret in any line.
+/// One JSON line per request with id, route, status and latency, a request abandoned by its
+/// client included; no secret in any line.
 #[sqlx::test]
 async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
     let idenfy = wiremock::MockServer::start().await;
@@ -471,14 +472,25 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    http.get(format!("{base}/v1/watch/{watch_token}"))
+    let etag = http
+        .get(format!("{base}/v1/watch/{watch_token}"))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+        .headers()["etag"]
+        .clone();
     http.get(format!("{base}/pair/{watch_token}"))
         .send()
         .await
         .unwrap();
+    // a long poll its client gives up on: the approved login will not change
+    let gave_up = http
+        .get(format!("{base}/v1/watch/{watch_token}?wait=20"))
+        .header("if-none-match", etag)
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
     http.post(format!("{base}/v1/webhooks/idenfy"))
         .header("idenfy-signature", "0".repeat(64))
         .body("{}")
@@ -500,13 +512,16 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
     let logs = String::from_utf8(output.stderr).unwrap();
     let mut requests = Vec::new();
     let mut recorded = Vec::new();
+    let mut abandoned = Vec::new();
     for line in logs.lines() {
         let entry: Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         for field in ["timestamp", "level", "message", "target"] {
             assert!(entry[field].is_string(), "{field} missing: {line}");
         }
-        if entry["message"] == "request" {
+        if entry["message"] == "client closed the connection" {
+            abandoned.push(entry);
+        } else if entry["message"] == "request" {
             for field in ["request_id", "route", "status", "latency_ms", "method"] {
                 assert!(!entry[field].is_null(), "{field} missing: {line}");
             }
@@ -516,6 +531,12 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         }
     }
     assert!(requests.len() >= 6, "{logs}");
+    // the abandoned long poll: dropped when its client left, logged with nginx's 499
+    assert_eq!(abandoned.len(), 1, "{logs}");
+    assert_eq!(abandoned[0]["status"], 499, "{logs}");
+    assert_eq!(abandoned[0]["route"], "/v1/watch/{watch_token}", "{logs}");
+    let waited = abandoned[0]["latency_ms"].as_f64().unwrap();
+    assert!((400.0..5_000.0).contains(&waited), "{logs}");
     // a line logged while a request is served carries that request's id
     assert_eq!(recorded.len(), 1, "{logs}");
     for line in &recorded {
