@@ -55,6 +55,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings, pool: PgPool) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen)?;
+        drop_vanished_clients(&listener)?;
         let address = listener.local_addr()?;
         let public_url: Arc<str> = settings
             .public_url
@@ -246,6 +247,23 @@ impl WorkerPools {
     }
 }
 
+/// How long data sent to a client may stay unacknowledged before its connection is dropped.
+///
+/// A client that closes its connection is noticed at once (the server serves no half-closed
+/// connections). One that vanishes without closing it, a laptop put to sleep or a network
+/// gone, sends nothing more: its stream's next keep-alive comment goes unacknowledged, and
+/// the kernel would retransmit it for about 15 minutes before giving up (`tcp_retries2`).
+/// With this, the connection is dropped once a write has waited this long for an
+/// acknowledgement: a vanished client's stream ends within [`live::sse::KEEP_ALIVE`] plus
+/// this. No client that still answers is affected: any acknowledgement resets the clock.
+pub const UNACKNOWLEDGED_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sets [`UNACKNOWLEDGED_LIMIT`] on the listening socket; every accepted connection
+/// inherits it.
+fn drop_vanished_clients(listener: &TcpListener) -> std::io::Result<()> {
+    socket2::SockRef::from(listener).set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT))
+}
+
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -259,4 +277,23 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_connections_inherit_the_unacknowledged_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        drop_vanished_clients(&listener).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(
+            socket2::SockRef::from(&accepted)
+                .tcp_user_timeout()
+                .unwrap(),
+            Some(UNACKNOWLEDGED_LIMIT)
+        );
+    }
 }

@@ -4,8 +4,9 @@
 //! document (the same JSON as the GET) when the event is sent. A reconnecting client sends
 //! `Last-Event-ID` (or `?last_event_id=`) and gets what it missed from the events table. A
 //! comment every 15 s keeps proxies from closing the stream and finds clients that vanished
-//! without closing their connection; one that closes it ends its stream at once (the server
-//! serves no half-closed connections). The stream ends once the login can no longer change,
+//! without closing their connection (it goes unacknowledged, see
+//! [`crate::app::UNACKNOWLEDGED_LIMIT`]); one that closes it ends its stream at once (the
+//! server serves no half-closed connections). The stream ends once the login can no longer change,
 //! and on shutdown with a reconnect hint.
 //!
 //! Each stream is one future (no task, no channel): it sleeps on the hub until its login
