@@ -44,6 +44,17 @@ pub async fn return_freed(cache: std::sync::Arc<Cache>, every: Duration, stop: C
     }
 }
 
+/// A process's resident memory in KiB as the kernel reports it (`VmRSS`, no page size
+/// assumed); `process` is a pid, or `self`.
+pub fn resident_kib(process: &str) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no VmRSS"))
+}
+
 /// Returns every free page of the allocator's heaps to the system; whether any was.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
@@ -65,13 +76,6 @@ fn trim() -> bool {
 mod tests {
     use super::*;
 
-    /// Resident memory in KiB, as the kernel reports it (no page size assumed).
-    fn rss_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
     /// The shape of a wave: many connection-sized buffers, all freed but the newest, which
     /// keeps the heap from shrinking by itself.
     #[test]
@@ -79,9 +83,9 @@ mod tests {
         let mut wave: Vec<Vec<u8>> = (0..8192).map(|_| vec![1u8; 8192]).collect();
         let newest = wave.pop().unwrap();
         drop(wave);
-        let before = rss_kib();
+        let before = resident_kib("self").unwrap();
         assert!(trim(), "nothing was released");
-        let after = rss_kib();
+        let after = resident_kib("self").unwrap();
         assert!(
             before.saturating_sub(after) >= 32 * 1024,
             "RSS went from {before} KiB to {after} KiB"
