@@ -172,8 +172,9 @@ impl Application {
         self.stop.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM, [`Application::stop`] or `handle().stop()`: open streams
-    /// end with a reconnect hint, in-flight requests finish, then the background tasks stop.
+    /// Serves until SIGINT/SIGTERM, the token of [`Application::stopper`] cancelled, or
+    /// `handle().stop()`: open streams end with a reconnect hint, in-flight requests finish,
+    /// then the background tasks stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stop = self.stop.clone();

@@ -54,7 +54,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Base URL browsers use to reach facepair, for `watch_url` and the pairing page.
-    /// Defaults to http://<listen>.
+    /// Defaults to `http://<listen>`.
     #[arg(long, env = "FACEPAIR_PUBLIC_URL", value_name = "FACEPAIR_PUBLIC_URL")]
     pub public_url: Option<String>,
 
