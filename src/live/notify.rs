@@ -1,11 +1,12 @@
 //! The NOTIFYs that wake every instance's listeners, sent in batches on a connection held for
 //! the purpose: one per HTTP worker, on the worker's thread, and one for background tasks.
 //!
-//! A change waits until a batch that includes it was sent, so the answer to the request that
-//! made the change still follows its NOTIFY. Under load the batches grow by themselves: while
-//! one is being sent, the next collects every change that arrives meanwhile, and each
-//! listener is woken once per batch instead of once per change. A batch that cannot be sent is
-//! logged and dropped; listeners then catch up from the events table (the backstop).
+//! A platform's request that made a change waits until a batch that includes it was sent, so
+//! its answer follows its NOTIFY; a webhook's answer does not wait (`Announcement::queue`).
+//! Under load the batches grow by themselves: while one is being sent, the next collects
+//! every change that arrives meanwhile, and each listener is woken once per batch instead of
+//! once per change. A batch that cannot be sent is logged and dropped; listeners then catch
+//! up from the events table (the backstop).
 
 use std::sync::Mutex;
 use std::time::Duration;

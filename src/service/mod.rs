@@ -547,11 +547,11 @@ pub async fn read_login(
 /// A change to announce once its transaction committed: made before `COMMIT`, sent after it.
 ///
 /// Sending tells every instance's listeners that the login changed and waits for the NOTIFY
-/// to go out, so the caller's answer follows it. Dropped unsent (a request abandoned by its
-/// client during `COMMIT` or while its NOTIFY waits, or a commit that failed, perhaps after
-/// committing), it still puts the login in the next NOTIFY and wakes this instance's
-/// subscribers, without waiting: a committed change is never left for the listeners'
-/// catch-up from the events table to find, which covers only a crash.
+/// to go out, so the caller's answer follows it. Queueing does the same without waiting, for
+/// a caller who reads nothing back (a webhook's sender). Dropped unsent (a request
+/// abandoned by its client during `COMMIT` or while its NOTIFY waits, or a commit that
+/// failed, perhaps after committing), it is queued: a committed change is never left for the
+/// listeners' catch-up from the events table to find, which covers only a crash.
 #[must_use = "an announcement is sent after the commit"]
 pub struct Announcement<'a> {
     state: &'a AppState,
@@ -573,14 +573,24 @@ impl<'a> Announcement<'a> {
             self.login_id = None;
         }
     }
-}
 
-impl Drop for Announcement<'_> {
-    fn drop(&mut self) {
+    /// Puts the login in the next NOTIFY and wakes this instance's subscribers, without
+    /// waiting for the NOTIFY to go out.
+    pub fn queue(mut self) {
+        self.queue_unsent();
+    }
+
+    fn queue_unsent(&mut self) {
         if let Some(login_id) = self.login_id.take() {
             self.state.notifier.enqueue(login_id);
             self.state.hub.changed(login_id);
         }
+    }
+}
+
+impl Drop for Announcement<'_> {
+    fn drop(&mut self) {
+        self.queue_unsent();
     }
 }
 
