@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::http;
 use crate::http::auth::ApiKeys;
 use crate::idenfy::IdenfyClient;
-use crate::live::notify::Notifier;
+use crate::live::notify::{GATHER, Notifier};
 use crate::live::{self, Hub};
 use crate::metrics::Metrics;
 use crate::service;
@@ -65,8 +65,13 @@ impl Application {
             .into();
         // the notifier outlives the requests still finishing after `stop`: it stops last
         let notifier_stop = CancellationToken::new();
-        let (notifier, notifier_task) =
-            Notifier::start((*pool.connect_options()).clone(), notifier_stop.clone());
+        let metrics = Arc::new(Metrics::default());
+        let (notifier, notifier_task) = Notifier::start(
+            (*pool.connect_options()).clone(),
+            GATHER,
+            metrics.clone(),
+            notifier_stop.clone(),
+        );
         let state = AppState {
             idenfy: IdenfyClient::new(
                 &settings.idenfy_base_url,
@@ -75,7 +80,7 @@ impl Application {
                 settings.idenfy_timeout,
             ),
             api_keys: Arc::new(ApiKeys::new(&settings.api_keys)),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             hub: Hub::default(),
             notifier,
             settings: Arc::new(settings),
@@ -218,7 +223,12 @@ impl AppState {
             .min_connections(0)
             .connect_lazy_with(connect.clone());
         self.worker_pools.add(pool.clone());
-        let (notifier, sender) = Notifier::start(connect, CancellationToken::new());
+        let (notifier, sender) = Notifier::start(
+            connect,
+            GATHER,
+            self.metrics.clone(),
+            CancellationToken::new(),
+        );
         actix_web::rt::spawn(sender);
         AppState {
             pool,

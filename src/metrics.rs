@@ -59,6 +59,8 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub sse_closed: Counter,
+    pub notify_batches: Counter,
+    pub notify_logins: Counter,
     deliveries: [Counter; Verdict::ALL.len()],
     deliveries_by_key: Mutex<BTreeMap<usize, u64>>,
     idenfy_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
@@ -251,6 +253,18 @@ impl Metrics {
             "facepair_login_cache_misses_total",
             "Login reads that went to PostgreSQL.",
             self.cache_misses.get(),
+        );
+        counter(
+            &mut out,
+            "facepair_notify_batches_total",
+            "NOTIFY statements sent to wake every instance's listeners, each for a batch of changed logins.",
+            self.notify_batches.get(),
+        );
+        counter(
+            &mut out,
+            "facepair_notify_logins_total",
+            "Changed logins announced in those batches.",
+            self.notify_logins.get(),
         );
         let open = self.sse_opened.get().saturating_sub(self.sse_closed.get());
         let _ = writeln!(

@@ -174,10 +174,16 @@ async fn main() -> anyhow::Result<()> {
             for _ in 0..args.rounds.max(1) {
                 settle(&admin).await?;
                 let before = Usage::now(server.pid, &admin, disk.as_ref()).await?;
+                let batches_before = metric(&http, &server.url, NOTIFY_BATCHES).await?;
                 let run = webhooks(&server.url, &mut next_token, concurrency, secs).await?;
+                let webhooks_sent = run.rate * secs.as_secs_f64();
                 let used = Usage::now(server.pid, &admin, disk.as_ref())
                     .await?
-                    .each(before, run.rate * secs.as_secs_f64());
+                    .each(before, webhooks_sent);
+                // the batches of the last webhooks may still be gathering
+                tokio::time::sleep(facepair::live::notify::GATHER * 2).await;
+                let batches = (metric(&http, &server.url, NOTIFY_BATCHES).await? - batches_before)
+                    / webhooks_sent;
                 let mut reference = [0.0; 2];
                 let mut reference_used = used;
                 for (notify, rate) in reference.iter_mut().enumerate() {
@@ -207,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
                 rounds.push((
                     run.rate / with_notify,
                     run,
-                    (used, reference_used),
+                    (used, reference_used, batches),
                     with_notify,
                     without_notify,
                 ));
@@ -221,12 +227,12 @@ async fn main() -> anyhow::Result<()> {
                 rounds[rounds.len() - 1].0,
                 rounds[rounds.len() / 2].1.rate / rounds[rounds.len() / 2].4,
             );
-            let (_, run, (used, reference_used), reference, without_notify) =
+            let (_, run, (used, reference_used, batches), reference, without_notify) =
                 &rounds[rounds.len() / 2];
             rows.push(Row {
                 scenario: format!("1. webhook ingest, concurrency {concurrency}"),
                 facepair: format!(
-                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.3} ms, PostgreSQL {:.3} ms, load generator {:.3} ms; WAL each: {})",
+                    "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU each: facepair {:.3} ms, PostgreSQL {:.3} ms, load generator {:.3} ms; WAL each: {}; NOTIFYs each: {batches:.2})",
                     run.rate,
                     run.p50_ms,
                     run.p99_ms,
@@ -687,6 +693,26 @@ impl Cpu {
             postgres: (self.postgres - before.postgres) / count,
         }
     }
+}
+
+/// facepair's NOTIFY statements, each for a batch of changed logins; pgbench's script sends
+/// one per transaction.
+const NOTIFY_BATCHES: &str = "facepair_notify_batches_total";
+
+/// A figure from facepair's `/metrics`.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("no {name} in /metrics"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{name} in /metrics"))
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -1281,14 +1307,9 @@ async fn waiting_clients(
     streams.shutdown().await;
     drop(client);
     let closed_at = Instant::now();
-    let metrics = format!("{}/metrics", server.url);
     loop {
-        let text = http.get(&metrics).send().await?.text().await?;
-        let open = text
-            .lines()
-            .find_map(|l| l.strip_prefix("facepair_sse_streams_open "))
-            .context("no facepair_sse_streams_open in /metrics")?;
-        if open.trim() == "0" {
+        let open = metric(&http, &server.url, "facepair_sse_streams_open").await?;
+        if open == 0.0 {
             break;
         }
         // a client's close is read at once (0.0-0.3 s for 10,000 streams); a keep-alive

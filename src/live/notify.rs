@@ -4,23 +4,34 @@
 //! A platform's request that made a change waits until a batch that includes it was sent, so
 //! its answer follows its NOTIFY; a webhook's answer does not wait (`Announcement::queue`).
 //! Under load the batches grow by themselves: while one is being sent, the next collects
-//! every change that arrives meanwhile, and each listener is woken once per batch instead of
-//! once per change. A batch that cannot be sent is logged and dropped; listeners then catch
-//! up from the events table (the backstop).
+//! every change that arrives meanwhile. Changes nobody waits for also gather for up to
+//! [`GATHER`] after the last batch went out, so that under a stream of webhooks a notifier
+//! sends at most one batch per [`GATHER`], and each listener on every instance is woken once
+//! per batch instead of once per change: every NOTIFY costs PostgreSQL a transaction on the
+//! notifying connection and a wake-up of every listening backend. A change someone waits for
+//! sends the batch at once. A batch that cannot be sent is logged and dropped; listeners then
+//! catch up from the events table (the backstop).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::CHANNEL;
+use crate::metrics::Metrics;
 
 /// How long a change waits for its batch before answering anyway.
 const WAIT_FOR_BATCH: Duration = Duration::from_secs(1);
+
+/// How long after a batch went out the changes nobody waits for gather before the next one
+/// goes: what other instances' readers may lag behind a webhook under load, this instance's
+/// own being woken at once.
+pub const GATHER: Duration = Duration::from_millis(5);
 
 pub struct Notifier {
     pending: Mutex<Pending>,
@@ -34,82 +45,141 @@ struct Pending {
     ids: Vec<Uuid>,
     /// The batch the pending ids will go out in.
     batch: u64,
+    /// Someone waits for this batch: it goes out without gathering.
+    awaited: bool,
 }
 
 impl Notifier {
-    /// The notifier and the task that sends its batches until `stop`.
+    /// The notifier and the task that sends its batches until `stop`, gathering changes
+    /// nobody waits for for up to `gather` after each batch.
     pub fn start(
         connect: PgConnectOptions,
+        gather: Duration,
+        metrics: Arc<Metrics>,
         stop: CancellationToken,
-    ) -> (std::sync::Arc<Self>, impl Future<Output = ()>) {
+    ) -> (Arc<Self>, impl Future<Output = ()>) {
         let (sent_tx, sent) = watch::channel(0);
-        let notifier = std::sync::Arc::new(Self {
+        let notifier = Arc::new(Self {
             pending: Mutex::new(Pending {
-                ids: Vec::new(),
                 batch: 1,
+                ..Pending::default()
             }),
             wake: Notify::new(),
             sent,
         });
-        let task = sender(notifier.clone(), connect, sent_tx, stop);
+        let task = sender(
+            notifier.clone(),
+            Sender {
+                connect,
+                gather,
+                metrics,
+            },
+            sent_tx,
+            stop,
+        );
         (notifier, task)
     }
 
-    /// Resolves once a NOTIFY for `login_id` was sent (or could not be).
-    pub async fn notify(&self, login_id: Uuid) {
-        let batch = self.enqueue(login_id);
+    /// Resolves once a batch holding `login_id` was sent, at once rather than after the
+    /// gathering; false if it could not be sent within a second.
+    pub async fn notify(&self, login_id: Uuid) -> bool {
+        let batch = self.add(login_id, true);
         let mut sent = self.sent.clone();
-        let _ = tokio::time::timeout(WAIT_FOR_BATCH, sent.wait_for(|&n| n >= batch)).await;
+        matches!(
+            tokio::time::timeout(WAIT_FOR_BATCH, sent.wait_for(|&n| n >= batch)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Puts `login_id` in the next batch without waiting for it; returns the batch's number.
     pub fn enqueue(&self, login_id: Uuid) -> u64 {
+        self.add(login_id, false)
+    }
+
+    fn add(&self, login_id: Uuid, awaited: bool) -> u64 {
         let batch = {
             let mut pending = self.pending.lock().unwrap();
             if !pending.ids.contains(&login_id) {
                 pending.ids.push(login_id);
             }
+            pending.awaited |= awaited;
             pending.batch
         };
         self.wake.notify_one();
         batch
     }
 
+    fn awaited(&self) -> bool {
+        self.pending.lock().unwrap().awaited
+    }
+
     fn take(&self) -> (Vec<Uuid>, u64) {
         let mut pending = self.pending.lock().unwrap();
         let batch = pending.batch;
         pending.batch += 1;
+        pending.awaited = false;
         (std::mem::take(&mut pending.ids), batch)
     }
 }
 
-async fn sender(
-    notifier: std::sync::Arc<Notifier>,
+struct Sender {
     connect: PgConnectOptions,
+    gather: Duration,
+    metrics: Arc<Metrics>,
+}
+
+async fn sender(
+    notifier: Arc<Notifier>,
+    how: Sender,
     sent: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
     let mut conn: Option<PgConnection> = None;
+    // when the last batch went out
+    let mut last: Option<Instant> = None;
     loop {
-        let stopping = tokio::select! {
+        let mut stopping = tokio::select! {
             _ = notifier.wake.notified() => false,
             _ = stop.cancelled() => true,
         };
         // let the requests whose answers arrived in the same turn of the runtime commit and
         // join this batch: it goes out after the runtime next polls its sockets
         tokio::task::yield_now().await;
-        let (ids, batch) = notifier.take();
-        if !ids.is_empty()
-            && let Err(e) = send(&mut conn, &connect, &ids).await
+        if let Some(until) = last.map(|at| at + how.gather)
+            && !stopping
+            && Instant::now() < until
         {
-            conn = None;
-            tracing::warn!(error = %e, logins = ids.len(), "NOTIFY failed; listeners catch up from the events table");
+            stopping = gather(&notifier, until, &stop).await;
+        }
+        let (ids, batch) = notifier.take();
+        if !ids.is_empty() {
+            last = Some(Instant::now());
+            how.metrics.notify_batches.inc();
+            how.metrics.notify_logins.add(ids.len() as u64);
+            if let Err(e) = send(&mut conn, &how.connect, &ids).await {
+                conn = None;
+                tracing::warn!(error = %e, logins = ids.len(), "NOTIFY failed; listeners catch up from the events table");
+            }
         }
         sent.send_replace(batch);
         if stopping {
             return;
         }
     }
+}
+
+/// Waits until `until`, while no one waits for the pending batch; true if stopped meanwhile.
+async fn gather(notifier: &Notifier, until: Instant, stop: &CancellationToken) -> bool {
+    let deadline = tokio::time::sleep_until(until);
+    tokio::pin!(deadline);
+    while !notifier.awaited() {
+        tokio::select! {
+            _ = &mut deadline => return false,
+            _ = notifier.wake.notified() => {}
+            _ = stop.cancelled() => return true,
+        }
+    }
+    false
 }
 
 async fn send(

@@ -548,7 +548,8 @@ pub async fn read_login(
 ///
 /// Sending tells every instance's listeners that the login changed and waits for the NOTIFY
 /// to go out, so the caller's answer follows it. Queueing does the same without waiting, for
-/// a caller who reads nothing back (a webhook's sender). Dropped unsent (a request
+/// a caller who reads nothing back (a webhook's sender): this instance's readers are woken at
+/// once, other instances' with the notifier's next batch, within its gathering time. Dropped unsent (a request
 /// abandoned by its client during `COMMIT` or while its NOTIFY waits, or a commit that
 /// failed, perhaps after committing), it is queued: a committed change is never left for the
 /// listeners' catch-up from the events table to find, which covers only a crash.
@@ -575,7 +576,7 @@ impl<'a> Announcement<'a> {
     }
 
     /// Puts the login in the next NOTIFY and wakes this instance's subscribers, without
-    /// waiting for the NOTIFY to go out.
+    /// waiting for the NOTIFY to go out or hastening it.
     pub fn queue(mut self) {
         self.queue_unsent();
     }

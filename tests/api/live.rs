@@ -503,3 +503,90 @@ async fn an_event_is_sent_with_a_document_that_includes_it(pool: PgPool) {
     }
     assert_eq!(kinds, ["login_created", "login_canceled"]);
 }
+
+/// A notifier that gathers for an hour, its task, and a listener standing for other
+/// instances.
+async fn gathering_notifier(
+    pool: &PgPool,
+) -> (
+    std::sync::Arc<facepair::live::notify::Notifier>,
+    std::sync::Arc<facepair::metrics::Metrics>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+    sqlx::postgres::PgListener,
+) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .unwrap();
+    listener.listen(facepair::live::CHANNEL).await.unwrap();
+    let metrics = std::sync::Arc::new(facepair::metrics::Metrics::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (notifier, task) = facepair::live::notify::Notifier::start(
+        (*pool.connect_options()).clone(),
+        Duration::from_secs(3600),
+        metrics.clone(),
+        stop.clone(),
+    );
+    (notifier, metrics, stop, tokio::spawn(task), listener)
+}
+
+async fn heard(listener: &mut sqlx::postgres::PgListener, n: usize) -> Vec<String> {
+    let mut payloads = Vec::new();
+    for _ in 0..n {
+        let notification = tokio::time::timeout(WAIT, listener.recv())
+            .await
+            .expect("the NOTIFY goes out")
+            .unwrap();
+        payloads.push(notification.payload().to_owned());
+    }
+    payloads
+}
+
+/// Changes nobody waits for (webhooks') gather after a batch went out, and ride with the next
+/// batch someone waits for (a platform request's), which goes out at once: its caller is not
+/// held up by the gathering, and nothing gathered is lost.
+#[sqlx::test]
+async fn queued_changes_gather_until_a_change_is_awaited(pool: PgPool) {
+    let (notifier, metrics, stop, task, mut listener) = gathering_notifier(&pool).await;
+    let [first, queued, awaited] = [(); 3].map(|_| uuid::Uuid::now_v7());
+
+    // the first batch has nothing to gather after
+    assert!(notifier.notify(first).await);
+    assert_eq!(heard(&mut listener, 1).await, [first.to_string()]);
+
+    notifier.enqueue(queued);
+    let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(
+        early.is_err(),
+        "a queued change went out before the gathering ended"
+    );
+
+    // answered as sent, not after the second notify() gives up waiting
+    assert!(notifier.notify(awaited).await);
+    assert_eq!(
+        heard(&mut listener, 2).await,
+        [queued.to_string(), awaited.to_string()]
+    );
+    assert_eq!(metrics.notify_batches.get(), 2);
+    assert_eq!(metrics.notify_logins.get(), 3);
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// A notifier stopping while changes gather sends them before it ends.
+#[sqlx::test]
+async fn a_stopping_notifier_sends_what_it_gathered(pool: PgPool) {
+    let (notifier, metrics, stop, task, mut listener) = gathering_notifier(&pool).await;
+    let [first, queued] = [(); 2].map(|_| uuid::Uuid::now_v7());
+    assert!(notifier.notify(first).await);
+    assert_eq!(heard(&mut listener, 1).await, [first.to_string()]);
+
+    notifier.enqueue(queued);
+    stop.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the notifier ends at once")
+        .unwrap();
+    assert_eq!(heard(&mut listener, 1).await, [queued.to_string()]);
+    assert_eq!(metrics.notify_batches.get(), 2);
+}
