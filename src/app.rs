@@ -65,10 +65,12 @@ impl Application {
             .into();
         // the notifier outlives the requests still finishing after `stop`: it stops last
         let notifier_stop = CancellationToken::new();
+        let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let (notifier, notifier_task) = Notifier::start(
             (*pool.connect_options()).clone(),
             GATHER,
+            shutdown.clone(),
             metrics.clone(),
             notifier_stop.clone(),
         );
@@ -87,7 +89,7 @@ impl Application {
             public_url,
             pool,
             worker_pools: WorkerPools::default(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             watch_blocks: Arc::default(),
         };
 
@@ -226,6 +228,7 @@ impl AppState {
         let (notifier, sender) = Notifier::start(
             connect,
             GATHER,
+            self.shutdown.clone(),
             self.metrics.clone(),
             CancellationToken::new(),
         );

@@ -51,10 +51,13 @@ struct Pending {
 
 impl Notifier {
     /// The notifier and the task that sends its batches until `stop`, gathering changes
-    /// nobody waits for for up to `gather` after each batch.
+    /// nobody waits for for up to `gather` after each batch until `hurry` is cancelled (the
+    /// instance is stopping: a worker's task ends with the worker, and what it gathered
+    /// would be lost with it).
     pub fn start(
         connect: PgConnectOptions,
         gather: Duration,
+        hurry: CancellationToken,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> (Arc<Self>, impl Future<Output = ()>) {
@@ -72,6 +75,7 @@ impl Notifier {
             Sender {
                 connect,
                 gather,
+                hurry,
                 metrics,
             },
             sent_tx,
@@ -125,6 +129,7 @@ impl Notifier {
 struct Sender {
     connect: PgConnectOptions,
     gather: Duration,
+    hurry: CancellationToken,
     metrics: Arc<Metrics>,
 }
 
@@ -149,7 +154,7 @@ async fn sender(
             && !stopping
             && Instant::now() < until
         {
-            stopping = gather(&notifier, until, &stop).await;
+            stopping = gather(&notifier, until, &how.hurry, &stop).await;
         }
         let (ids, batch) = notifier.take();
         if !ids.is_empty() {
@@ -168,14 +173,21 @@ async fn sender(
     }
 }
 
-/// Waits until `until`, while no one waits for the pending batch; true if stopped meanwhile.
-async fn gather(notifier: &Notifier, until: Instant, stop: &CancellationToken) -> bool {
+/// Waits until `until`, while no one waits for the pending batch and the instance is not
+/// stopping; true if stopped meanwhile.
+async fn gather(
+    notifier: &Notifier,
+    until: Instant,
+    hurry: &CancellationToken,
+    stop: &CancellationToken,
+) -> bool {
     let deadline = tokio::time::sleep_until(until);
     tokio::pin!(deadline);
     while !notifier.awaited() {
         tokio::select! {
             _ = &mut deadline => return false,
             _ = notifier.wake.notified() => {}
+            _ = hurry.cancelled() => return false,
             _ = stop.cancelled() => return true,
         }
     }

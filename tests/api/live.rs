@@ -504,30 +504,40 @@ async fn an_event_is_sent_with_a_document_that_includes_it(pool: PgPool) {
     assert_eq!(kinds, ["login_created", "login_canceled"]);
 }
 
-/// A notifier that gathers for an hour, its task, and a listener standing for other
-/// instances.
-async fn gathering_notifier(
-    pool: &PgPool,
-) -> (
-    std::sync::Arc<facepair::live::notify::Notifier>,
-    std::sync::Arc<facepair::metrics::Metrics>,
-    tokio_util::sync::CancellationToken,
-    tokio::task::JoinHandle<()>,
-    sqlx::postgres::PgListener,
-) {
+/// A notifier that gathers for an hour, and a listener standing for other instances.
+struct Gathering {
+    notifier: std::sync::Arc<facepair::live::notify::Notifier>,
+    metrics: std::sync::Arc<facepair::metrics::Metrics>,
+    /// The instance is stopping.
+    hurry: tokio_util::sync::CancellationToken,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    listener: sqlx::postgres::PgListener,
+}
+
+async fn gathering_notifier(pool: &PgPool) -> Gathering {
     let mut listener = sqlx::postgres::PgListener::connect_with(pool)
         .await
         .unwrap();
     listener.listen(facepair::live::CHANNEL).await.unwrap();
     let metrics = std::sync::Arc::new(facepair::metrics::Metrics::default());
+    let hurry = tokio_util::sync::CancellationToken::new();
     let stop = tokio_util::sync::CancellationToken::new();
     let (notifier, task) = facepair::live::notify::Notifier::start(
         (*pool.connect_options()).clone(),
         Duration::from_secs(3600),
+        hurry.clone(),
         metrics.clone(),
         stop.clone(),
     );
-    (notifier, metrics, stop, tokio::spawn(task), listener)
+    Gathering {
+        notifier,
+        metrics,
+        hurry,
+        stop,
+        task: tokio::spawn(task),
+        listener,
+    }
 }
 
 async fn heard(listener: &mut sqlx::postgres::PgListener, n: usize) -> Vec<String> {
@@ -547,7 +557,14 @@ async fn heard(listener: &mut sqlx::postgres::PgListener, n: usize) -> Vec<Strin
 /// held up by the gathering, and nothing gathered is lost.
 #[sqlx::test]
 async fn queued_changes_gather_until_a_change_is_awaited(pool: PgPool) {
-    let (notifier, metrics, stop, task, mut listener) = gathering_notifier(&pool).await;
+    let Gathering {
+        notifier,
+        metrics,
+        stop,
+        task,
+        mut listener,
+        ..
+    } = gathering_notifier(&pool).await;
     let [first, queued, awaited] = [(); 3].map(|_| uuid::Uuid::now_v7());
 
     // the first batch has nothing to gather after
@@ -569,24 +586,43 @@ async fn queued_changes_gather_until_a_change_is_awaited(pool: PgPool) {
     );
     assert_eq!(metrics.notify_batches.get(), 2);
     assert_eq!(metrics.notify_logins.get(), 3);
-    stop.cancel();
-    task.await.unwrap();
-}
 
-/// A notifier stopping while changes gather sends them before it ends.
-#[sqlx::test]
-async fn a_stopping_notifier_sends_what_it_gathered(pool: PgPool) {
-    let (notifier, metrics, stop, task, mut listener) = gathering_notifier(&pool).await;
-    let [first, queued] = [(); 2].map(|_| uuid::Uuid::now_v7());
-    assert!(notifier.notify(first).await);
-    assert_eq!(heard(&mut listener, 1).await, [first.to_string()]);
-
-    notifier.enqueue(queued);
+    // a notifier stopping while changes gather sends them before it ends
+    let gathering = uuid::Uuid::now_v7();
+    notifier.enqueue(gathering);
     stop.cancel();
     tokio::time::timeout(WAIT, task)
         .await
         .expect("the notifier ends at once")
         .unwrap();
-    assert_eq!(heard(&mut listener, 1).await, [queued.to_string()]);
-    assert_eq!(metrics.notify_batches.get(), 2);
+    assert_eq!(heard(&mut listener, 1).await, [gathering.to_string()]);
+}
+
+/// Once the instance is stopping, nothing gathers: a worker's notifier ends with the worker,
+/// and what it held would be lost. What had gathered goes out at once, and so does every
+/// later change.
+#[sqlx::test]
+async fn a_stopping_instance_sends_what_it_gathered(pool: PgPool) {
+    let Gathering {
+        notifier,
+        metrics,
+        hurry,
+        stop,
+        task,
+        mut listener,
+    } = gathering_notifier(&pool).await;
+    let [first, gathered, later] = [(); 3].map(|_| uuid::Uuid::now_v7());
+    assert!(notifier.notify(first).await);
+    assert_eq!(heard(&mut listener, 1).await, [first.to_string()]);
+
+    notifier.enqueue(gathered);
+    let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(early.is_err(), "a queued change went out without gathering");
+    hurry.cancel();
+    assert_eq!(heard(&mut listener, 1).await, [gathered.to_string()]);
+    notifier.enqueue(later);
+    assert_eq!(heard(&mut listener, 1).await, [later.to_string()]);
+    assert_eq!(metrics.notify_logins.get(), 3);
+    stop.cancel();
+    task.await.unwrap();
 }
