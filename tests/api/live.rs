@@ -552,50 +552,51 @@ async fn heard(listener: &mut sqlx::postgres::PgListener, n: usize) -> Vec<Strin
     payloads
 }
 
+impl Gathering {
+    /// Sends a first batch, which has nothing to gather after, then queues a change, which
+    /// gathers; returns that change.
+    async fn queue_behind_a_batch(&mut self) -> uuid::Uuid {
+        let first = uuid::Uuid::now_v7();
+        assert!(self.notifier.notify(first).await);
+        assert_eq!(heard(&mut self.listener, 1).await, [first.to_string()]);
+        let queued = uuid::Uuid::now_v7();
+        self.notifier.enqueue(queued);
+        let early = tokio::time::timeout(Duration::from_millis(300), self.listener.recv()).await;
+        assert!(
+            early.is_err(),
+            "a queued change went out before the gathering ended"
+        );
+        queued
+    }
+}
+
 /// Changes nobody waits for (webhooks') gather after a batch went out, and ride with the next
 /// batch someone waits for (a platform request's), which goes out at once: its caller is not
 /// held up by the gathering, and nothing gathered is lost.
 #[sqlx::test]
 async fn queued_changes_gather_until_a_change_is_awaited(pool: PgPool) {
-    let Gathering {
-        notifier,
-        metrics,
-        stop,
-        task,
-        mut listener,
-        ..
-    } = gathering_notifier(&pool).await;
-    let [first, queued, awaited] = [(); 3].map(|_| uuid::Uuid::now_v7());
+    let mut g = gathering_notifier(&pool).await;
+    let queued = g.queue_behind_a_batch().await;
 
-    // the first batch has nothing to gather after
-    assert!(notifier.notify(first).await);
-    assert_eq!(heard(&mut listener, 1).await, [first.to_string()]);
-
-    notifier.enqueue(queued);
-    let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
-    assert!(
-        early.is_err(),
-        "a queued change went out before the gathering ended"
-    );
-
-    // answered as sent, not after the second notify() gives up waiting
-    assert!(notifier.notify(awaited).await);
+    // answered as sent, not after notify() gives up waiting
+    let awaited = uuid::Uuid::now_v7();
+    assert!(g.notifier.notify(awaited).await);
     assert_eq!(
-        heard(&mut listener, 2).await,
+        heard(&mut g.listener, 2).await,
         [queued.to_string(), awaited.to_string()]
     );
-    assert_eq!(metrics.notify_batches.get(), 2);
-    assert_eq!(metrics.notify_logins.get(), 3);
+    assert_eq!(g.metrics.notify_batches.get(), 2);
+    assert_eq!(g.metrics.notify_logins.get(), 3);
 
     // a notifier stopping while changes gather sends them before it ends
     let gathering = uuid::Uuid::now_v7();
-    notifier.enqueue(gathering);
-    stop.cancel();
-    tokio::time::timeout(WAIT, task)
+    g.notifier.enqueue(gathering);
+    g.stop.cancel();
+    tokio::time::timeout(WAIT, g.task)
         .await
         .expect("the notifier ends at once")
         .unwrap();
-    assert_eq!(heard(&mut listener, 1).await, [gathering.to_string()]);
+    assert_eq!(heard(&mut g.listener, 1).await, [gathering.to_string()]);
 }
 
 /// Once the instance is stopping, nothing gathers: a worker's notifier ends with the worker,
@@ -603,26 +604,15 @@ async fn queued_changes_gather_until_a_change_is_awaited(pool: PgPool) {
 /// later change.
 #[sqlx::test]
 async fn a_stopping_instance_sends_what_it_gathered(pool: PgPool) {
-    let Gathering {
-        notifier,
-        metrics,
-        hurry,
-        stop,
-        task,
-        mut listener,
-    } = gathering_notifier(&pool).await;
-    let [first, gathered, later] = [(); 3].map(|_| uuid::Uuid::now_v7());
-    assert!(notifier.notify(first).await);
-    assert_eq!(heard(&mut listener, 1).await, [first.to_string()]);
+    let mut g = gathering_notifier(&pool).await;
+    let gathered = g.queue_behind_a_batch().await;
 
-    notifier.enqueue(gathered);
-    let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
-    assert!(early.is_err(), "a queued change went out without gathering");
-    hurry.cancel();
-    assert_eq!(heard(&mut listener, 1).await, [gathered.to_string()]);
-    notifier.enqueue(later);
-    assert_eq!(heard(&mut listener, 1).await, [later.to_string()]);
-    assert_eq!(metrics.notify_logins.get(), 3);
-    stop.cancel();
-    task.await.unwrap();
+    g.hurry.cancel();
+    assert_eq!(heard(&mut g.listener, 1).await, [gathered.to_string()]);
+    let later = uuid::Uuid::now_v7();
+    g.notifier.enqueue(later);
+    assert_eq!(heard(&mut g.listener, 1).await, [later.to_string()]);
+    assert_eq!(g.metrics.notify_logins.get(), 3);
+    g.stop.cancel();
+    g.task.await.unwrap();
 }
