@@ -159,11 +159,15 @@ async fn sender(
         let (ids, batch) = notifier.take();
         if !ids.is_empty() {
             last = Some(Instant::now());
-            how.metrics.notify_batches.inc();
-            how.metrics.notify_logins.add(ids.len() as u64);
-            if let Err(e) = send(&mut conn, &how.connect, &ids).await {
-                conn = None;
-                tracing::warn!(error = %e, logins = ids.len(), "NOTIFY failed; listeners catch up from the events table");
+            match send(&mut conn, &how.connect, &ids).await {
+                Ok(()) => {
+                    how.metrics.notify_batches.inc();
+                    how.metrics.notify_logins.add(ids.len() as u64);
+                }
+                Err(e) => {
+                    conn = None;
+                    tracing::warn!(error = %e, logins = ids.len(), "NOTIFY failed; listeners catch up from the events table");
+                }
             }
         }
         sent.send_replace(batch);
