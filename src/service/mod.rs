@@ -549,10 +549,11 @@ pub async fn read_login(
 /// Sending tells every instance's listeners that the login changed and waits for the NOTIFY
 /// to go out, so the caller's answer follows it. Queueing does the same without waiting, for
 /// a caller who reads nothing back (a webhook's sender): this instance's readers are woken at
-/// once, other instances' with the notifier's next batch, within its gathering time. Dropped unsent (a request
-/// abandoned by its client during `COMMIT` or while its NOTIFY waits, or a commit that
-/// failed, perhaps after committing), it is queued: a committed change is never left for the
-/// listeners' catch-up from the events table to find, which covers only a crash.
+/// once, other instances' with the notifier's next batch, within its gathering time.
+/// Dropped unsent (a request abandoned by its client during `COMMIT` or while its NOTIFY
+/// waits, or a commit that failed, perhaps after committing), it is queued: a committed
+/// change is never left for the listeners' catch-up from the events table to find, which
+/// covers only a crash.
 #[must_use = "an announcement is sent after the commit"]
 pub struct Announcement<'a> {
     state: &'a AppState,
