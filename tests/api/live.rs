@@ -276,7 +276,9 @@ async fn every_open_stream_of_a_login_is_woken(pool: PgPool) {
 }
 
 /// Unchanged logins are answered from the instance's cache; a change made on another instance
-/// is visible as soon as its notification arrives, which is before that instance answered.
+/// is visible as soon as its notification arrives: for a platform's request, before that
+/// instance answered; for a webhook, which is answered before its NOTIFY goes out, within
+/// `notify::GATHER` and a NOTIFY's round trip of the answer.
 #[sqlx::test]
 async fn cached_reads_see_changes_from_other_instances(pool: PgPool) {
     let a = TestApp::spawn(pool).await;
