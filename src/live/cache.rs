@@ -158,7 +158,11 @@ mod tests {
     use super::*;
 
     fn row(id: Uuid) -> Arc<LoginRow> {
-        Arc::new(LoginRow::sample(id, "pending", chrono::Utc::now()))
+        Arc::new(LoginRow::sample(
+            id,
+            crate::domain::AttemptStatus::Pending,
+            chrono::Utc::now(),
+        ))
     }
 
     #[test]

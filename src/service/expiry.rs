@@ -59,7 +59,7 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
             continue;
         };
         let still_due = row.attempt.id == item.attempt_id
-            && row.attempt.status == AttemptStatus::Pending.as_str()
+            && row.attempt.status == AttemptStatus::Pending
             && view::effective(&row, Utc::now()).0 == AttemptStatus::Expired;
         if !still_due {
             continue;

@@ -341,8 +341,7 @@ pub async fn end_current(
     event: AttemptEvent,
     source: Source,
 ) -> Result<Option<Moved>, sqlx::Error> {
-    let stored = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
-    let (event, source) = if stored == AttemptStatus::Pending
+    let (event, source) = if row.attempt.status == AttemptStatus::Pending
         && view::effective(row, now).0 == AttemptStatus::Expired
     {
         (AttemptEvent::ClockExpired, Source::Clock)
@@ -363,8 +362,7 @@ pub async fn move_attempt(
     report: &IdenfyReport,
     delivery_id: Option<Uuid>,
 ) -> Result<Option<Moved>, sqlx::Error> {
-    let current = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
-    let Some(to) = state::next(current, event) else {
+    let Some(to) = state::next(row.attempt.status, event) else {
         return Ok(None);
     };
     let canceled = event == AttemptEvent::LoginCanceled;

@@ -66,8 +66,7 @@ pub struct AttemptState {
 
 /// The attempt and login status as of `now`, derived by the domain rules.
 pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginStatus) {
-    let stored = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
-    let attempt = state::effective(stored, row.attempt.expires_at, now);
+    let attempt = state::effective(row.attempt.status, row.attempt.expires_at, now);
     let login = state::login_status(LoginFacts {
         current_attempt: attempt,
         attempts_used: row.budget_used(),
@@ -201,7 +200,7 @@ mod tests {
 
     use super::*;
 
-    fn row(attempt_status: &str, expires_in_secs: i64) -> LoginRow {
+    fn row(attempt_status: AttemptStatus, expires_in_secs: i64) -> LoginRow {
         let expires_at = Utc::now() + chrono::Duration::seconds(expires_in_secs);
         LoginRow::sample(uuid::Uuid::now_v7(), attempt_status, expires_at)
     }
@@ -209,18 +208,22 @@ mod tests {
     #[test]
     fn the_etag_without_the_document_is_the_documents_etag() {
         let now = Utc::now();
-        for (status, expires_in) in [("pending", 60), ("pending", -1), ("failed", -1)] {
+        for (status, expires_in) in [
+            (AttemptStatus::Pending, 60),
+            (AttemptStatus::Pending, -1),
+            (AttemptStatus::Failed, -1),
+        ] {
             let row = row(status, expires_in);
             for audience in [Audience::Platform, Audience::Browser] {
                 let doc = LoginState::build(&row, now, 2, audience);
                 let without_document = etag(row.event_seq, effective(&row, now).0);
-                assert_eq!(without_document, doc.etag(), "{status} {expires_in}");
+                assert_eq!(without_document, doc.etag(), "{status:?} {expires_in}");
             }
         }
         // the clock alone changes it: a pending code past its expiry reads as expired
         assert_ne!(
-            etag(1, effective(&row("pending", 60), now).0),
-            etag(1, effective(&row("pending", -1), now).0)
+            etag(1, effective(&row(AttemptStatus::Pending, 60), now).0),
+            etag(1, effective(&row(AttemptStatus::Pending, -1), now).0)
         );
     }
 
@@ -228,11 +231,17 @@ mod tests {
     fn a_rendered_document_is_the_serialised_document_at_every_read() {
         let expires_at = Utc::now() + chrono::Duration::seconds(30);
         let mut rows = Vec::new();
-        for status in ["pending", "succeeded", "failed", "canceled"] {
+        for status in [
+            AttemptStatus::Pending,
+            AttemptStatus::Succeeded,
+            AttemptStatus::Failed,
+            AttemptStatus::Canceled,
+        ] {
             let mut row = LoginRow::sample(uuid::Uuid::now_v7(), status, expires_at);
             // identity data with characters JSON escapes, including the key being searched
             row.user_ref = Some(r#"a"server_time":"x" \ é"#.into());
-            row.attempt.fail_reason = (status == "failed").then(|| "FACE_MISMATCH".into());
+            row.attempt.fail_reason =
+                (status == AttemptStatus::Failed).then(|| "FACE_MISMATCH".into());
             rows.push(row);
         }
         // before the code's expiry, across it, and long after: the memo holds both variants;
@@ -254,7 +263,7 @@ mod tests {
                         assert_eq!(
                             String::from_utf8(rendered).unwrap(),
                             String::from_utf8(expected).unwrap(),
-                            "{} {audience:?} at {now}",
+                            "{:?} {audience:?} at {now}",
                             row.attempt.status
                         );
                     }

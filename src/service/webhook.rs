@@ -198,8 +198,9 @@ async fn judge(
     }
     // facepair's clock may already show this code expired: what readers saw stays true
     let now = Utc::now();
-    let stored = AttemptStatus::parse(&row.attempt.status).unwrap_or(AttemptStatus::Failed);
-    if stored == AttemptStatus::Pending && view::effective(&row, now).0 == AttemptStatus::Expired {
+    if row.attempt.status == AttemptStatus::Pending
+        && view::effective(&row, now).0 == AttemptStatus::Expired
+    {
         let moved =
             service::end_current(tx, &row, now, AttemptEvent::ClockExpired, Source::Clock).await?;
         return Ok((Verdict::Late, moved));

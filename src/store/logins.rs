@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::domain::AttemptStatus;
+
 /// A login and its current attempt, as stored (before the clock's overlay).
 #[derive(Debug, Clone)]
 pub struct LoginRow {
@@ -48,7 +50,7 @@ impl Clone for Rendered {
 pub struct AttemptRow {
     pub id: Uuid,
     pub number: i32,
-    pub status: String,
+    pub status: AttemptStatus,
     pub digit_string: Option<String>,
     pub idenfy_max_attempt_count: Option<i32>,
     pub created_at: DateTime<Utc>,
@@ -66,7 +68,7 @@ pub struct AttemptRow {
 impl LoginRow {
     /// A pending login whose current attempt has `attempt_status` and expires at
     /// `expires_at`, for unit tests.
-    pub fn sample(id: Uuid, attempt_status: &str, expires_at: DateTime<Utc>) -> Self {
+    pub fn sample(id: Uuid, attempt_status: AttemptStatus, expires_at: DateTime<Utc>) -> Self {
         LoginRow {
             id,
             scan_ref: Some("person".into()),
@@ -85,7 +87,7 @@ impl LoginRow {
             attempt: AttemptRow {
                 id,
                 number: 1,
-                status: attempt_status.into(),
+                status: attempt_status,
                 digit_string: Some("12345678".into()),
                 idenfy_max_attempt_count: Some(3),
                 created_at: Utc::now(),
@@ -132,7 +134,14 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
     )
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| LoginRow {
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    // the table's check constraint admits only the statuses facepair knows
+    let attempt_status = AttemptStatus::parse(&r.attempt_status).ok_or_else(|| {
+        sqlx::Error::Decode(format!("unknown attempt status {:?}", r.attempt_status).into())
+    })?;
+    Ok(Some(LoginRow {
         id: r.id,
         scan_ref: r.scan_ref,
         user_ref: r.user_ref,
@@ -150,7 +159,7 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
         attempt: AttemptRow {
             id: r.attempt_id,
             number: r.attempt_number,
-            status: r.attempt_status,
+            status: attempt_status,
             digit_string: r.digit_string,
             idenfy_max_attempt_count: r.idenfy_max_attempt_count,
             created_at: r.attempt_created_at,
