@@ -267,8 +267,17 @@ async fn main() -> anyhow::Result<()> {
 
     if run(2) {
         // 2. status polls, plain and conditional
-        let poll_ids: Arc<Vec<Uuid>> =
-            Arc::new(seeded.login_ids[next_token + 1000..next_token + 11_000].to_vec());
+        let poll_ids = seeded
+            .login_ids
+            .get(next_token + 1000..next_token + 11_000)
+            .with_context(|| {
+                format!(
+                    "--rows {} leaves fewer than 10,000 logins to poll after the webhooks \
+                     took {next_token}: raise --rows",
+                    args.rows
+                )
+            })?;
+        let poll_ids: Arc<Vec<Uuid>> = Arc::new(poll_ids.to_vec());
         pgbench_init(&args.pgbench, &ref_url)?;
         for conditional in [false, true] {
             let mut rounds = Vec::new();
@@ -324,7 +333,14 @@ async fn main() -> anyhow::Result<()> {
     if run(3) {
         // 3. waiting clients
         let stream_base = next_token + 11_000;
-        let streams = (args.streams).min(seeded.login_ids.len() - stream_base);
+        let streams = (args.streams).min(seeded.login_ids.len().saturating_sub(stream_base));
+        if streams == 0 {
+            bail!(
+                "--rows {} leaves no logins to open streams on after the webhooks and polls \
+                 took {stream_base}: raise --rows",
+                args.rows
+            );
+        }
         // a fresh process: memory freed by the earlier scenarios would otherwise be reused
         // by the streams and hide part of their cost
         let (fresh, _) = start_server().await?;
