@@ -6,7 +6,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::domain::{AttemptEvent, AttemptStatus, Source};
+use crate::domain::{AttemptEvent, Source};
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
 use crate::store::logins;
@@ -58,9 +58,8 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
         let Some(row) = logins::lock(&mut tx, item.login_id).await? else {
             continue;
         };
-        let still_due = row.attempt.id == item.attempt_id
-            && row.attempt.status == AttemptStatus::Pending
-            && view::effective(&row, Utc::now()).0 == AttemptStatus::Expired;
+        let still_due =
+            row.attempt.id == item.attempt_id && view::expired_by_clock(&row, Utc::now());
         if !still_due {
             continue;
         }

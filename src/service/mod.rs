@@ -341,9 +341,7 @@ pub async fn end_current(
     event: AttemptEvent,
     source: Source,
 ) -> Result<Option<Moved>, sqlx::Error> {
-    let (event, source) = if row.attempt.status == AttemptStatus::Pending
-        && view::effective(row, now).0 == AttemptStatus::Expired
-    {
+    let (event, source) = if view::expired_by_clock(row, now) {
         (AttemptEvent::ClockExpired, Source::Clock)
     } else {
         (event, source)

@@ -77,6 +77,12 @@ pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginSta
     (attempt, login)
 }
 
+/// The row's code is pending as stored but its time is up: the clock expired it, and the
+/// expiry is not recorded yet.
+pub fn expired_by_clock(row: &LoginRow, now: DateTime<Utc>) -> bool {
+    row.attempt.status == AttemptStatus::Pending && effective(row, now).0 == AttemptStatus::Expired
+}
+
 impl LoginState {
     pub fn build(
         row: &LoginRow,
@@ -225,6 +231,16 @@ mod tests {
             etag(1, effective(&row(AttemptStatus::Pending, 60), now).0),
             etag(1, effective(&row(AttemptStatus::Pending, -1), now).0)
         );
+    }
+
+    #[test]
+    fn only_a_pending_code_past_its_time_is_expired_by_the_clock() {
+        let now = Utc::now();
+        assert!(expired_by_clock(&row(AttemptStatus::Pending, -1), now));
+        assert!(!expired_by_clock(&row(AttemptStatus::Pending, 60), now));
+        for ended in [AttemptStatus::Failed, AttemptStatus::Expired] {
+            assert!(!expired_by_clock(&row(ended, -1), now), "{ended:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::domain::{AttemptEvent, AttemptStatus, Source, network};
+use crate::domain::{AttemptEvent, Source, network};
 use crate::error::ApiError;
 use crate::idenfy::{WebhookBody, WebhookStatus};
 use crate::service::{self, view};
@@ -198,9 +198,7 @@ async fn judge(
     }
     // facepair's clock may already show this code expired: what readers saw stays true
     let now = Utc::now();
-    if row.attempt.status == AttemptStatus::Pending
-        && view::effective(&row, now).0 == AttemptStatus::Expired
-    {
+    if view::expired_by_clock(&row, now) {
         let moved =
             service::end_current(tx, &row, now, AttemptEvent::ClockExpired, Source::Clock).await?;
         return Ok((Verdict::Late, moved));
