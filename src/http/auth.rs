@@ -2,6 +2,7 @@
 //! can be rotated without downtime.
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use secrecy::{ExposeSecret, SecretString};
@@ -11,25 +12,29 @@ use subtle::ConstantTimeEq;
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// The configured keys, kept only as SHA-256 digests so every comparison has equal length.
-pub struct ApiKeys(Vec<[u8; 32]>);
+/// The configured keys, each with its public id: a prefix of its SHA-256 digest, computed once.
+pub struct ApiKeys(Vec<(SecretString, Arc<str>)>);
 
 impl ApiKeys {
     pub fn new(keys: &[SecretString]) -> Self {
         Self(
             keys.iter()
-                .map(|k| Sha256::digest(k.expose_secret().as_bytes()).into())
+                .map(|k| {
+                    let digest = Sha256::digest(k.expose_secret().as_bytes());
+                    (k.clone(), Arc::from(hex::encode(&digest[..6])))
+                })
                 .collect(),
         )
     }
 
-    /// The matching key's public id (a prefix of its digest), or `None`.
-    fn check(&self, presented: &str) -> Option<String> {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    /// The matching key's id, or `None`. Every configured key is compared, each in time that
+    /// depends only on the lengths: a key's length is no secret, its bytes are.
+    fn check(&self, presented: &str) -> Option<Arc<str>> {
         let mut found = None;
-        for key in &self.0 {
-            if bool::from(key.ct_eq(&digest)) && found.is_none() {
-                found = Some(hex::encode(&key[..6]));
+        for (key, id) in &self.0 {
+            let equal = presented.as_bytes().ct_eq(key.expose_secret().as_bytes());
+            if bool::from(equal) && found.is_none() {
+                found = Some(Arc::clone(id));
             }
         }
         found
@@ -37,7 +42,7 @@ impl ApiKeys {
 }
 
 /// A request authorised by a platform API key; holds the key's id for the audit trail.
-pub struct ApiKey(pub String);
+pub struct ApiKey(pub Arc<str>);
 
 impl FromRequest for ApiKey {
     type Error = ApiError;
@@ -79,6 +84,17 @@ mod tests {
         let b = keys.check("second-key-0123456789").unwrap();
         assert_ne!(a, b);
         assert_eq!(keys.check("first-key-012345678"), None);
+        assert_eq!(keys.check("first-key-01234567890"), None);
+        assert_eq!(keys.check("first-key-0123456788"), None);
         assert_eq!(keys.check(""), None);
+    }
+
+    /// Key ids are stored with what each key did, so they must not change between releases:
+    /// the first 6 bytes of the key's SHA-256, in hex.
+    #[test]
+    fn a_key_id_is_its_digest_prefix() {
+        let keys = ApiKeys::new(&[SecretString::from("first-key-0123456789")]);
+        let id = keys.check("first-key-0123456789").unwrap();
+        assert_eq!(&*id, "ed60d7524db2");
     }
 }
