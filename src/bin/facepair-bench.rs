@@ -72,6 +72,21 @@ struct Args {
     /// discarding it, to see where a request's time goes.
     #[arg(long)]
     server_log: Option<PathBuf>,
+    /// The scheduling policy of the load generators: this process's threads and pgbench.
+    /// facepair and PostgreSQL keep the normal policy either way.
+    #[arg(long, value_enum, default_value_t = Policy::Batch)]
+    generator_policy: Policy,
+}
+
+/// Linux scheduling policies, as `chrt` names them.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Policy {
+    /// SCHED_BATCH: a generator thread woken by an answer waits for the server to block or
+    /// for the tick, rather than preempting it. Clients on other machines, which the
+    /// generators stand in for, take no CPU from the server at all.
+    Batch,
+    /// SCHED_OTHER, the normal policy.
+    Other,
 }
 
 struct Row {
@@ -82,9 +97,30 @@ struct Row {
     target: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // before the runtime starts its threads, so that each inherits it
+    let batch = args.generator_policy == Policy::Batch && generators_to_batch();
+    tokio::runtime::Runtime::new()?.block_on(run(args, batch))
+}
+
+/// Puts this process under SCHED_BATCH with util-linux's `chrt`; the threads it starts
+/// later inherit the policy, and so does every pgbench it runs.
+fn generators_to_batch() -> bool {
+    let pid = std::process::id().to_string();
+    let set = std::process::Command::new("chrt")
+        .args(["--all-tasks", "--batch", "--pid", "0", &pid])
+        .status();
+    let ok = set.as_ref().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "chrt could not set SCHED_BATCH ({set:?}): the load generators run under the normal policy"
+        );
+    }
+    ok
+}
+
+async fn run(args: Args, batch: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let admin = PgPool::connect(&args.database_url)
         .await
@@ -119,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
     let start_server = || async {
         let started = Server::start(
             &args.facepair,
+            batch,
             &app_url,
             &sim_url,
             args.server_log.as_deref(),
@@ -410,8 +447,9 @@ async fn main() -> anyhow::Result<()> {
     drop(server);
     print_table(&rows);
     println!(
-        "\n(run took {:.0} s; facepair at {}, PostgreSQL at {})",
+        "\n(run took {:.0} s; load generators under {}, facepair and PostgreSQL under SCHED_OTHER; facepair at {}, PostgreSQL at {})",
         started.elapsed().as_secs_f64(),
+        if batch { "SCHED_BATCH" } else { "SCHED_OTHER" },
         args.facepair.display(),
         redact(&args.database_url)
     );
@@ -561,8 +599,11 @@ struct Server {
 }
 
 impl Server {
+    /// `batch`: this process runs under SCHED_BATCH, which facepair would inherit; it is
+    /// started under the normal policy instead, as PostgreSQL runs.
     async fn start(
         bin: &PathBuf,
+        batch: bool,
         db: &str,
         sim_url: &str,
         log: Option<&std::path::Path>,
@@ -575,7 +616,14 @@ impl Server {
             .local_addr()?
             .port();
         let started = Instant::now();
-        let child = std::process::Command::new(bin)
+        let mut command = if batch {
+            let mut chrt = std::process::Command::new("chrt");
+            chrt.args(["--other", "0"]).arg(bin);
+            chrt
+        } else {
+            std::process::Command::new(bin)
+        };
+        let child = command
             .arg("serve")
             .env("DATABASE_URL", db)
             .env("FACEPAIR_LISTEN", format!("127.0.0.1:{port}"))
