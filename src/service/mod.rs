@@ -65,8 +65,14 @@ pub async fn create_login(
             "logins_per_client_ip",
         ));
     }
-    rate_limit(state, checks).await?;
-    check_scan_ref_budget(state, &state.pool, &req.scan_ref).await?;
+    // neither depends on the other: both on their own connections, in one round trip's
+    // time; when both refuse, the rate limit is the answer, as when they ran in turn
+    let (limited, budget) = tokio::join!(
+        rate_limit(state, checks),
+        check_scan_ref_budget(state, &state.pool, &req.scan_ref)
+    );
+    limited?;
+    budget?;
 
     let started = std::time::Instant::now();
     let eligibility = state.idenfy.check_status(&req.scan_ref).await;

@@ -327,3 +327,35 @@ async fn webhook_replays_and_odd_requests(pool: PgPool) {
         1
     );
 }
+
+/// The rate limits and the scan_ref budget are checked at once; when both refuse, the answer
+/// is the rate limit's, and the person's budget is left as it was.
+#[sqlx::test]
+async fn a_creation_both_limits_refuse_is_answered_by_the_rate_limit(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| {
+        s.limits.logins_per_api_key_per_minute = 2;
+        s.max_attempts_per_scan_ref_hour = 2;
+    })
+    .await;
+    app.mock_eligible().await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.create_login(json!({ "scan_ref": SCAN_REF }))
+                .await
+                .status(),
+            201
+        );
+    }
+    for _ in 0..3 {
+        let (status, body) = code_of(app.create_login(json!({ "scan_ref": SCAN_REF })).await).await;
+        assert_eq!(
+            (
+                status,
+                body["error"]["code"].as_str(),
+                body["error"]["limit"].as_str()
+            ),
+            (429, Some("rate_limited"), Some("logins_per_api_key"))
+        );
+    }
+    assert_eq!(app.count("select count(*) from attempts").await, 2);
+}
