@@ -80,7 +80,9 @@ pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginSta
 /// The row's code is pending as stored but its time is up: the clock expired it, and the
 /// expiry is not recorded yet.
 pub fn expired_by_clock(row: &LoginRow, now: DateTime<Utc>) -> bool {
-    row.attempt.status == AttemptStatus::Pending && effective(row, now).0 == AttemptStatus::Expired
+    let stored = row.attempt.status;
+    stored == AttemptStatus::Pending
+        && state::effective(stored, row.attempt.expires_at, now) == AttemptStatus::Expired
 }
 
 impl LoginState {
