@@ -101,7 +101,7 @@ pub async fn create_login(
         return Err(e);
     }
     let attempt_id = Uuid::now_v7();
-    changes::create(
+    let row = changes::create(
         &mut tx,
         &NewLogin {
             id: login_id,
@@ -119,9 +119,6 @@ pub async fn create_login(
         json!({ "attempt_number": 1, "eligibility": format!("{eligibility:?}").to_uppercase() }),
     )
     .await?;
-    let row = logins::find(&mut *tx, login_id)
-        .await?
-        .ok_or_else(|| internal("login vanished inside its own transaction"))?;
     tx.commit().await?;
     state.metrics.logins_created.inc();
     tracing::info!(%login_id, %attempt_id, "login created");

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::store::attempts::{IdenfyReport, NewAttempt};
-use crate::store::logins::NewLogin;
+use crate::store::logins::{Joined, LoginRow, NewLogin};
 
 /// What changes on the login row with a new status; the event sequence advances by one.
 #[derive(Debug, Default)]
@@ -99,27 +99,43 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
     .await
 }
 
-/// Stores a new login with its first attempt and its `login_created` event (sequence 1).
+/// Stores a new login with its first attempt and its `login_created` event (sequence 1), and
+/// reads them back as [`find`](crate::store::logins::find) would, in the same round trip.
 pub async fn create(
     conn: &mut PgConnection,
     l: &NewLogin<'_>,
     a: &NewAttempt<'_>,
     detail: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
+) -> Result<LoginRow, sqlx::Error> {
+    sqlx::query_as!(
+        Joined,
         r#"
         with login as (
             insert into logins (id, scan_ref, user_ref, locale, lifetime_seconds, max_attempts,
                                 client_ip, user_agent, api_key_id, watch_token_hash, status,
                                 event_seq)
             values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, 'pending', 1)
+            returning *
         ), attempt as (
             insert into attempts (id, login_id, number, idenfy_token, digit_string,
                                   idenfy_max_attempt_count, expires_at)
             values ($11, $1, $17, $12, $13, $14, $15)
+            returning *
+        ), event as (
+            insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
+            values ($1, 1, 'login_created', 'platform', 'pending', $11, $16)
         )
-        insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
-        values ($1, 1, 'login_created', 'platform', 'pending', $11, $16)
+        select l.id as "id!", l.scan_ref, l.user_ref, l.locale,
+               l.lifetime_seconds as "lifetime_seconds!", l.max_attempts as "max_attempts!",
+               l.attempts_forgiven as "attempts_forgiven!", host(l.client_ip) as client_ip,
+               l.status as "status!", l.event_seq as "event_seq!", l.created_at as "created_at!",
+               l.approved_at, l.redeemed_at, l.canceled_at,
+               a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
+               a.digit_string, a.idenfy_max_attempt_count,
+               a.created_at as "attempt_created_at!", a.expires_at as "expires_at!",
+               a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip,
+               a.network_match
+        from login l cross join attempt a
         "#,
         l.id,
         l.scan_ref,
@@ -139,7 +155,7 @@ pub async fn create(
         detail,
         a.number
     )
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_one(conn)
+    .await?
+    .into_row()
 }

@@ -114,7 +114,8 @@ impl LoginRow {
 
 /// Reads a login and its current attempt (unlocked; see [`lock`]).
 pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow>, sqlx::Error> {
-    let row = sqlx::query!(
+    sqlx::query_as!(
+        Joined,
         r#"
         select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
                host(l.client_ip) as client_ip, l.status, l.event_seq, l.created_at,
@@ -133,47 +134,84 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
         id
     )
     .fetch_optional(conn)
-    .await?;
-    let Some(r) = row else {
-        return Ok(None);
-    };
-    // the table's check constraint admits only the statuses facepair knows
-    let attempt_status = AttemptStatus::parse(&r.attempt_status).ok_or_else(|| {
-        sqlx::Error::Decode(format!("unknown attempt status {:?}", r.attempt_status).into())
-    })?;
-    Ok(Some(LoginRow {
-        id: r.id,
-        scan_ref: r.scan_ref,
-        user_ref: r.user_ref,
-        locale: r.locale,
-        lifetime_seconds: r.lifetime_seconds,
-        max_attempts: r.max_attempts,
-        attempts_forgiven: r.attempts_forgiven,
-        client_ip: r.client_ip,
-        status: r.status,
-        event_seq: r.event_seq,
-        created_at: r.created_at,
-        approved_at: r.approved_at,
-        redeemed_at: r.redeemed_at,
-        canceled_at: r.canceled_at,
-        attempt: AttemptRow {
-            id: r.attempt_id,
-            number: r.attempt_number,
-            status: attempt_status,
-            digit_string: r.digit_string,
-            idenfy_max_attempt_count: r.idenfy_max_attempt_count,
-            created_at: r.attempt_created_at,
-            expires_at: r.expires_at,
-            finished_at: r.finished_at,
-            outcome_source: r.outcome_source,
-            fail_reason: r.fail_reason,
-            risk_tags: r.risk_tags,
-            client_id: r.client_id,
-            phone_ip: r.phone_ip,
-            network_match: r.network_match,
-        },
-        rendered: Rendered::default(),
-    }))
+    .await?
+    .map(Joined::into_row)
+    .transpose()
+}
+
+/// A login joined with its current attempt, as [`find`] and a creation
+/// (`store::changes::create`) read it, before its attempt status is parsed.
+pub(crate) struct Joined {
+    pub id: Uuid,
+    pub scan_ref: Option<String>,
+    pub user_ref: Option<String>,
+    pub locale: Option<String>,
+    pub lifetime_seconds: i32,
+    pub max_attempts: i32,
+    pub attempts_forgiven: i32,
+    pub client_ip: Option<String>,
+    pub status: String,
+    pub event_seq: i32,
+    pub created_at: DateTime<Utc>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub redeemed_at: Option<DateTime<Utc>>,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub attempt_id: Uuid,
+    pub attempt_number: i32,
+    pub attempt_status: String,
+    pub digit_string: Option<String>,
+    pub idenfy_max_attempt_count: Option<i32>,
+    pub attempt_created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome_source: Option<String>,
+    pub fail_reason: Option<String>,
+    pub risk_tags: Option<Vec<String>>,
+    pub client_id: Option<String>,
+    pub phone_ip: Option<String>,
+    pub network_match: Option<String>,
+}
+
+impl Joined {
+    pub(crate) fn into_row(self) -> Result<LoginRow, sqlx::Error> {
+        // the table's check constraint admits only the statuses facepair knows
+        let attempt_status = AttemptStatus::parse(&self.attempt_status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown attempt status {:?}", self.attempt_status).into())
+        })?;
+        Ok(LoginRow {
+            id: self.id,
+            scan_ref: self.scan_ref,
+            user_ref: self.user_ref,
+            locale: self.locale,
+            lifetime_seconds: self.lifetime_seconds,
+            max_attempts: self.max_attempts,
+            attempts_forgiven: self.attempts_forgiven,
+            client_ip: self.client_ip,
+            status: self.status,
+            event_seq: self.event_seq,
+            created_at: self.created_at,
+            approved_at: self.approved_at,
+            redeemed_at: self.redeemed_at,
+            canceled_at: self.canceled_at,
+            attempt: AttemptRow {
+                id: self.attempt_id,
+                number: self.attempt_number,
+                status: attempt_status,
+                digit_string: self.digit_string,
+                idenfy_max_attempt_count: self.idenfy_max_attempt_count,
+                created_at: self.attempt_created_at,
+                expires_at: self.expires_at,
+                finished_at: self.finished_at,
+                outcome_source: self.outcome_source,
+                fail_reason: self.fail_reason,
+                risk_tags: self.risk_tags,
+                client_id: self.client_id,
+                phone_ip: self.phone_ip,
+                network_match: self.network_match,
+            },
+            rendered: Rendered::default(),
+        })
+    }
 }
 
 /// The login a watch token belongs to.
