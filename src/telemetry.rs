@@ -66,8 +66,10 @@ where
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let timestamp = timestamp();
-        let request_id = REQUEST_ID.try_with(Clone::clone).ok();
+        let timestamp = Timestamp::now();
+        let timestamp = timestamp.as_str();
+        let request_id = REQUEST_ID.try_with(|id| *id).ok();
+        let request_id = request_id.as_ref().map(RequestId::as_str);
         let span = ctx.lookup_current().map(|span| span.name());
         match self.0 {
             LogFormat::Json => {
@@ -114,9 +116,52 @@ where
     }
 }
 
-/// When a line is written, as every line shows it.
-fn timestamp() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+/// When a line is written, as every line shows it: RFC 3339 in UTC, to the microsecond. Kept
+/// inline, and its date and time of day formatted once a second per thread: every request
+/// writes one.
+struct Timestamp {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl Timestamp {
+    fn now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self::at(since_epoch.as_secs(), since_epoch.subsec_micros())
+    }
+
+    fn at(secs: u64, micros: u32) -> Self {
+        thread_local! {
+            /// The last second formatted on this thread, up to its seconds' digits.
+            static SECOND: std::cell::RefCell<(u64, String)> =
+                const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        }
+        let mut stamp = Timestamp {
+            bytes: [0; 40],
+            len: 0,
+        };
+        SECOND.with_borrow_mut(|(second, prefix)| {
+            if *second != secs {
+                let at = i64::try_from(secs)
+                    .ok()
+                    .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+                    .unwrap_or_default();
+                *prefix = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                prefix.pop(); // its `Z`
+                *second = secs;
+            }
+            let mut out = &mut stamp.bytes[..];
+            let _ = write!(out, "{prefix}.{micros:06}Z");
+            stamp.len = 40 - out.len();
+        });
+        stamp
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
 }
 
 /// A JSON object with its keys in the order given.
@@ -172,12 +217,64 @@ impl Visit for Fields {
 }
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST_ID: RequestId;
+}
+
+/// A request's id: the caller's `x-request-id` if it is sane, else a new UUIDv7. Kept inline,
+/// so that giving it to the request's task and to its log lines allocates nothing.
+#[derive(Clone, Copy)]
+struct RequestId {
+    bytes: [u8; RequestId::MAX],
+    len: u8,
+}
+
+impl RequestId {
+    const MAX: usize = 64;
+
+    /// The caller's id, if it is 1 to 64 letters, digits, `-` and `_`.
+    fn given(id: &[u8]) -> Option<Self> {
+        let sane = !id.is_empty()
+            && id.len() <= Self::MAX
+            && id
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+        sane.then(|| {
+            let mut bytes = [0; Self::MAX];
+            bytes[..id.len()].copy_from_slice(id);
+            RequestId {
+                bytes,
+                len: id.len() as u8,
+            }
+        })
+    }
+
+    /// A UUIDv7. Its random bits come from the thread's generator rather than the operating
+    /// system, which costs a system call per request.
+    fn generate() -> Self {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let random: [u8; 10] = rand::random();
+        let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        let mut bytes = [0; Self::MAX];
+        let len = uuid.hyphenated().encode_lower(&mut bytes).len();
+        RequestId {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // only ASCII goes in
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
 }
 
 /// The id of the request being served, for error bodies.
 pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+    REQUEST_ID
+        .try_with(|id| id.as_str().to_owned())
+        .unwrap_or_default()
 }
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -193,26 +290,19 @@ pub async fn request_context(
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
-    let method = req.method().to_string();
+        .and_then(|v| RequestId::given(v.as_bytes()))
+        .unwrap_or_else(RequestId::generate);
+    let method = req.method().clone();
     ROUTES.with(|routes| {
         routes.get_or_init(|| req.resource_map().clone());
     });
     let mut abandoned = Abandoned {
         uri: Some(req.uri().clone()),
-        id: &id,
-        method: &method,
+        id: id.as_str(),
+        method: method.as_str(),
         started,
     };
-    let result = REQUEST_ID.scope(id.clone(), next.call(req)).await;
+    let result = REQUEST_ID.scope(id, next.call(req)).await;
     abandoned.uri = None;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     // read after routing, which recorded the resource it chose: before, it would walk the
@@ -222,9 +312,16 @@ pub async fn request_context(
         Err(e) => (e.as_response_error().status_code().as_u16(), None),
     };
     let route = route.as_deref().unwrap_or("unmatched");
-    write_access(&id, &method, route, status, latency_ms, "request");
+    write_access(
+        id.as_str(),
+        method.as_str(),
+        route,
+        status,
+        latency_ms,
+        "request",
+    );
     let mut res = result?;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     Ok(res)
@@ -269,7 +366,7 @@ impl Drop for Abandoned<'_> {
 /// `message`, then `target` and `request_id`.
 #[derive(serde::Serialize)]
 struct Access<'a> {
-    timestamp: String,
+    timestamp: &'a str,
     level: &'static str,
     message: &'static str,
     method: &'a str,
@@ -291,8 +388,9 @@ fn write_access(
     if !tracing::enabled!(target: "facepair::access", tracing::Level::INFO) {
         return;
     }
+    let timestamp = Timestamp::now();
     let access = Access {
-        timestamp: timestamp(),
+        timestamp: timestamp.as_str(),
         level: "INFO",
         message,
         method,
@@ -302,23 +400,29 @@ fn write_access(
         target: "facepair::access",
         request_id,
     };
-    let mut line = Vec::with_capacity(256);
-    match FORMAT.get() {
-        Some(LogFormat::Text) => {
-            let _ = writeln!(
-                line,
-                "{} {:>5} {}: {} method={method} route={route} status={status} latency_ms={latency_ms:.3} request_id={request_id}",
-                access.timestamp, access.level, access.target, access.message
-            );
-        }
-        _ => {
-            if serde_json::to_writer(&mut line, &access).is_err() {
-                return;
-            }
-            line.push(b'\n');
-        }
+    thread_local! {
+        /// The line being written, its memory kept from one line to the next.
+        static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    sink::send(line);
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        match FORMAT.get() {
+            Some(LogFormat::Text) => {
+                let _ = writeln!(
+                    line,
+                    "{} {:>5} {}: {} method={method} route={route} status={status} latency_ms={latency_ms:.3} request_id={request_id}",
+                    access.timestamp, access.level, access.target, access.message
+                );
+            }
+            _ => {
+                if serde_json::to_writer(&mut *line, &access).is_err() {
+                    return;
+                }
+                line.push(b'\n');
+            }
+        }
+        sink::send(line);
+    });
 }
 
 /// Writes every log line that is still on its way (before the process exits).
@@ -327,118 +431,207 @@ pub fn flush() {
 }
 
 /// Log lines reach stderr through one thread, which writes the lines of a millisecond in one
-/// system call. A request then costs a channel send rather than a write and a lock its
-/// worker shares with the others; while lines keep coming the thread sleeps on its own
-/// timer, so the send wakes nobody. Lines stay whole and in order; a full channel makes
-/// writers wait rather than lose lines. On a normal exit [`flush`] writes what is left; a
-/// process killed outright loses at most the last millisecond.
+/// system call. Writers append their line to one buffer under a lock held for the copy: no
+/// allocation per line, no channel, and no memory freed on another thread than the one that
+/// took it. While lines keep coming the thread sleeps on its own timer, so a line wakes
+/// nobody; only the first line after a quiet spell wakes it. Lines stay whole and in the
+/// order they were appended; a full buffer makes writers wait rather than lose lines. On a
+/// normal exit [`flush`] writes what is left; a process killed outright loses at most the
+/// last millisecond.
 mod sink {
     use std::io::Write as _;
-    use std::sync::OnceLock;
-    use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
-    use std::time::Duration;
+    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+    use std::time::{Duration, Instant};
 
-    enum Message {
-        Line(Vec<u8>),
-        Flush(SyncSender<()>),
-    }
-
-    static SINK: OnceLock<SyncSender<Message>> = OnceLock::new();
+    static SINK: OnceLock<Sink> = OnceLock::new();
 
     /// How long the writer lets lines gather after the first of a batch.
     const GATHER: Duration = Duration::from_millis(1);
-    /// Lines waiting before writers wait too.
-    const CAPACITY: usize = 4096;
+    /// Bytes waiting before writers wait too.
+    const CAPACITY: usize = 1 << 20;
+    /// What each of the two buffers keeps of its memory between batches.
+    const KEPT: usize = 64 << 10;
 
-    pub fn start() {
-        SINK.get_or_init(|| {
-            let (tx, rx) = sync_channel(CAPACITY);
-            std::thread::Builder::new()
-                .name("facepair-log".into())
-                .spawn(move || write_all(rx, std::io::stderr()))
-                .expect("the log thread starts");
-            let default_hook = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                flush();
-                default_hook(info);
-            }));
-            tx
-        });
+    pub struct Sink {
+        state: Mutex<State>,
+        /// The writer thread, idle, has lines to write (or a flush to make).
+        ready: Condvar,
+        /// The buffer has room again, or a batch was written.
+        progress: Condvar,
+        capacity: usize,
     }
 
-    pub fn send(line: Vec<u8>) {
+    #[derive(Default)]
+    struct State {
+        lines: Vec<u8>,
+        /// Lines appended since the start, and of those, written.
+        appended: u64,
+        written: u64,
+        /// The writer thread waits for a line to be appended.
+        idle: bool,
+        /// Someone waits for every line appended so far to be written.
+        flush: bool,
+        /// Writers and flushes waiting for progress.
+        waiting: usize,
+        closed: bool,
+    }
+
+    pub fn start() {
+        let mut started = false;
+        let sink = SINK.get_or_init(|| {
+            started = true;
+            Sink::new(CAPACITY)
+        });
+        if !started {
+            return;
+        }
+        std::thread::Builder::new()
+            .name("facepair-log".into())
+            .spawn(|| sink.write_all(std::io::stderr()))
+            .expect("the log thread starts");
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            flush();
+            default_hook(info);
+        }));
+    }
+
+    pub fn send(line: &[u8]) {
         match SINK.get() {
-            Some(tx) => {
-                let _ = tx.send(Message::Line(line));
-            }
+            Some(sink) => sink.send(line),
             // before `init` (unit tests, library use): straight to stderr
             None => {
-                let _ = std::io::stderr().write_all(&line);
+                let _ = std::io::stderr().write_all(line);
             }
         }
     }
 
     pub fn flush() {
-        if let Some(tx) = SINK.get() {
-            let (done, written) = sync_channel(1);
-            if tx.send(Message::Flush(done)).is_ok() {
-                let _ = written.recv_timeout(Duration::from_secs(1));
-            }
+        if let Some(sink) = SINK.get() {
+            sink.flush(Duration::from_secs(1));
         }
     }
 
-    /// Waits for lines only after a millisecond without any: while lines keep coming, the
-    /// thread is asleep in its own timer, never in the channel, so no writer has to wake it.
-    fn write_all(rx: Receiver<Message>, mut out: impl std::io::Write) {
-        let mut batch = Vec::with_capacity(64 * 1024);
-        let mut flushed = Vec::new();
-        // the last pass wrote lines, and the thread has slept since
-        let (mut wrote, mut slept) = (false, false);
-        loop {
-            let first = match rx.try_recv() {
-                Ok(first) => first,
-                Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) if wrote && !slept => {
-                    slept = true;
-                    std::thread::sleep(GATHER);
-                    continue;
+    impl Sink {
+        pub fn new(capacity: usize) -> Self {
+            Sink {
+                state: Mutex::default(),
+                ready: Condvar::new(),
+                progress: Condvar::new(),
+                capacity,
+            }
+        }
+
+        fn lock(&self) -> MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        pub fn send(&self, line: &[u8]) {
+            let mut state = self.lock();
+            while state.lines.len() >= self.capacity && !state.closed {
+                state.waiting += 1;
+                state = self
+                    .progress
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                state.waiting -= 1;
+            }
+            state.lines.extend_from_slice(line);
+            state.appended += 1;
+            let wake = std::mem::take(&mut state.idle);
+            // woken while the lock is held, the writer thread would wait for it at once
+            drop(state);
+            if wake {
+                self.ready.notify_one();
+            }
+        }
+
+        /// Waits until every line appended before the call is written, for at most `limit`.
+        pub fn flush(&self, limit: Duration) {
+            let deadline = Instant::now() + limit;
+            let mut state = self.lock();
+            let target = state.appended;
+            while state.written < target && !state.closed {
+                state.flush = true;
+                self.ready.notify_one();
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
                 }
-                Err(TryRecvError::Empty) => match rx.recv() {
-                    Ok(first) => {
-                        slept = false;
-                        first
-                    }
-                    Err(_) => return,
-                },
-            };
-            let mut message = Some(first);
-            // lines found after a sleep have had their millisecond to gather
-            let mut gathered = std::mem::take(&mut slept);
+                state.waiting += 1;
+                state = self
+                    .progress
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                state.waiting -= 1;
+            }
+        }
+
+        /// Ends [`Sink::write_all`] once what was appended is written.
+        #[cfg(test)]
+        pub fn close(&self) {
+            self.lock().closed = true;
+            self.ready.notify_one();
+            self.progress.notify_all();
+        }
+
+        /// The writer thread: waits for a line only when a millisecond brought none. While
+        /// lines keep coming it is asleep in its own timer, never waiting on the lock's
+        /// condition, so no writer has to wake it.
+        pub fn write_all(&self, mut out: impl std::io::Write) {
+            let mut batch = Vec::with_capacity(KEPT);
             loop {
-                match message.take() {
-                    Some(Message::Line(line)) => batch.extend_from_slice(&line),
-                    Some(Message::Flush(done)) => flushed.push(done),
-                    None => {}
-                }
-                // a flush is written at once
-                if !flushed.is_empty() || batch.len() >= 1 << 20 {
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(next) => message = Some(next),
-                    Err(_) if !gathered => {
-                        gathered = true;
-                        std::thread::sleep(GATHER);
+                // the lines of a millisecond gather; a flush is written at once
+                let mut state = self.linger();
+                if state.lines.is_empty() && !state.flush && !state.closed {
+                    while state.lines.is_empty() && !state.flush && !state.closed {
+                        state.idle = true;
+                        state = self
+                            .ready
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
                     }
-                    Err(_) => break,
+                    state.idle = false;
+                    drop(state);
+                    // the first line after a quiet spell waits for its millisecond's company
+                    state = self.linger();
                 }
+                if state.lines.is_empty() && state.closed {
+                    return;
+                }
+                std::mem::swap(&mut state.lines, &mut batch);
+                state.flush = false;
+                let upto = state.appended;
+                self.progressed(state);
+                let _ = out.write_all(&batch);
+                batch.clear();
+                batch.shrink_to(KEPT);
+                let mut state = self.lock();
+                state.written = upto;
+                self.progressed(state);
             }
-            let _ = out.write_all(&batch);
-            wrote = !batch.is_empty();
-            batch.clear();
-            for done in flushed.drain(..) {
-                let _ = done.send(());
+        }
+
+        /// Gives the lock back and wakes whoever waits for room or for a flush: a wake-up
+        /// costs a system call, so only if someone waits.
+        fn progressed(&self, state: MutexGuard<'_, State>) {
+            let waiting = state.waiting > 0;
+            drop(state);
+            if waiting {
+                self.progress.notify_all();
             }
+        }
+
+        /// The lock, after [`GATHER`] without it unless a flush or the end is due.
+        fn linger(&self) -> MutexGuard<'_, State> {
+            let state = self.lock();
+            if state.flush || state.closed {
+                return state;
+            }
+            drop(state);
+            std::thread::sleep(GATHER);
+            self.lock()
         }
     }
 
@@ -448,12 +641,13 @@ mod sink {
 
         use super::*;
 
-        /// What the writer wrote, and how many writes it took.
+        /// What the writer wrote, and how many writes it took; each write takes `pause`.
         #[derive(Clone, Default)]
-        struct Out(Arc<Mutex<(Vec<u8>, usize)>>);
+        struct Out(Arc<Mutex<(Vec<u8>, usize)>>, Duration);
 
         impl std::io::Write for Out {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                std::thread::sleep(self.1);
                 let mut out = self.0.lock().unwrap();
                 out.0.extend_from_slice(buf);
                 out.1 += 1;
@@ -465,31 +659,26 @@ mod sink {
             }
         }
 
-        fn flush(tx: &SyncSender<Message>) {
-            let (done, written) = sync_channel(1);
-            tx.send(Message::Flush(done)).unwrap();
-            written.recv_timeout(Duration::from_secs(5)).unwrap();
+        impl Out {
+            fn text(&self) -> (String, usize) {
+                let out = self.0.lock().unwrap();
+                (String::from_utf8(out.0.clone()).unwrap(), out.1)
+            }
         }
 
-        #[test]
-        fn lines_come_out_whole_in_order_and_in_few_writes_through_bursts_and_pauses() {
-            let (tx, rx) = sync_channel(CAPACITY);
-            let out = Out::default();
-            let writer = std::thread::spawn({
-                let out = out.clone();
-                move || write_all(rx, out)
-            });
-            // two writers at once, in bursts, with pauses shorter and longer than the
-            // writer's wait, so it both lingers and blocks
+        /// Two writers at once, each sending `bursts` of 50 numbered 107-byte lines with pauses
+        /// shorter and longer than the writer thread's wait, so that it both lingers and
+        /// blocks; checks that each writer's lines came out whole and in order.
+        fn send_and_check(sink: &Arc<Sink>, out: &Out, bursts: usize) {
             let senders: Vec<_> = (0..2)
                 .map(|t| {
-                    let tx = tx.clone();
+                    let sink = sink.clone();
                     std::thread::spawn(move || {
-                        for burst in 0..20 {
+                        for burst in 0..bursts {
                             for i in 0..50 {
                                 let line =
                                     format!("{t} {:04} {}\n", burst * 50 + i, "x".repeat(100));
-                                tx.send(Message::Line(line.into_bytes())).unwrap();
+                                sink.send(line.as_bytes());
                             }
                             let pause = [0, 500, 3_000][burst % 3];
                             std::thread::sleep(Duration::from_micros(pause));
@@ -500,12 +689,9 @@ mod sink {
             for s in senders {
                 s.join().unwrap();
             }
-            flush(&tx);
-            let (text, writes) = {
-                let out = out.0.lock().unwrap();
-                (String::from_utf8(out.0.clone()).unwrap(), out.1)
-            };
+            sink.flush(Duration::from_secs(5));
             // everything sent before the flush is written when it returns
+            let (text, _) = out.text();
             for t in 0..2 {
                 let seen: Vec<usize> = text
                     .lines()
@@ -517,18 +703,48 @@ mod sink {
                     .collect();
                 assert_eq!(
                     seen,
-                    (0..1000).collect::<Vec<_>>(),
+                    (0..bursts * 50).collect::<Vec<_>>(),
                     "writer {t}'s lines in order"
                 );
             }
+        }
+
+        #[test]
+        fn lines_come_out_whole_in_order_and_in_few_writes_through_bursts_and_pauses() {
+            let sink = Arc::new(Sink::new(CAPACITY));
+            let out = Out::default();
+            let writer = std::thread::spawn({
+                let (sink, out) = (sink.clone(), out.clone());
+                move || sink.write_all(out)
+            });
+            send_and_check(&sink, &out, 20);
             // lines are written a batch at a time, not one by one
+            let (_, writes) = out.text();
             assert!(writes < 200, "{writes} writes for 2,000 lines");
-            // a line sent after a long pause (the writer blocked in the channel) still comes out
+            // a line sent after a long pause (the writer idle, waiting) still comes out
             std::thread::sleep(Duration::from_millis(20));
-            tx.send(Message::Line(b"late\n".to_vec())).unwrap();
-            flush(&tx);
-            assert!(out.0.lock().unwrap().0.ends_with(b"late\n"));
-            drop(tx);
+            sink.send(b"late\n");
+            sink.flush(Duration::from_secs(5));
+            assert!(out.text().0.ends_with("late\n"));
+            sink.close();
+            writer.join().unwrap();
+        }
+
+        #[test]
+        fn a_full_buffer_makes_writers_wait_and_loses_nothing() {
+            // room for about ten lines, and an output that takes 2 ms a write
+            let sink = Arc::new(Sink::new(1_000));
+            let out = Out(Arc::default(), Duration::from_millis(2));
+            let writer = std::thread::spawn({
+                let (sink, out) = (sink.clone(), out.clone());
+                move || sink.write_all(out)
+            });
+            send_and_check(&sink, &out, 6);
+            // the buffer never held much more than its capacity: a write took at most the
+            // capacity and the line that found room under it
+            let (_, writes) = out.text();
+            assert!(writes >= 600 * 107 / 1_107, "{writes} writes for 600 lines");
+            sink.close();
             writer.join().unwrap();
         }
     }
@@ -551,20 +767,55 @@ mod sink {
     impl Drop for Line {
         fn drop(&mut self) {
             if !self.0.is_empty() {
-                send(std::mem::take(&mut self.0));
+                send(&self.0);
             }
         }
     }
 }
 
-/// A UUIDv7 for a request without an `X-Request-Id`. Its random bits come from the thread's
-/// generator rather than the operating system, which costs a system call per request.
-fn new_request_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let random: [u8; 10] = rand::random();
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_read_as_chrono_writes_them_across_seconds_and_years() {
+        let seconds: [u64; 8] = [
+            0,
+            59,
+            60,
+            951_782_400,     // 2000-02-29
+            1_795_000_000,   // 2026
+            1_795_000_001,   // the next second, from the same thread's cache
+            253_402_300_799, // 9999-12-31T23:59:59
+            253_402_300_800, // year 10,000
+        ];
+        for secs in seconds {
+            for micros in [0, 7, 120_000, 999_999] {
+                let expected = chrono::DateTime::from_timestamp(secs as i64, micros * 1_000)
+                    .unwrap()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                assert_eq!(Timestamp::at(secs, micros).as_str(), expected);
+            }
+        }
+        let now = Timestamp::now();
+        let read = chrono::DateTime::parse_from_rfc3339(now.as_str()).unwrap();
+        assert!((chrono::Utc::now() - read.to_utc()).num_seconds().abs() < 2);
+    }
+
+    #[test]
+    fn a_callers_request_id_is_kept_only_if_sane() {
+        let longest = "a".repeat(64);
+        for sane in ["abc-DEF_123", "x", longest.as_str()] {
+            assert_eq!(RequestId::given(sane.as_bytes()).unwrap().as_str(), sane);
+        }
+        let too_long = "a".repeat(65);
+        for insane in ["", "a b", "a\"b", "é", too_long.as_str()] {
+            assert!(RequestId::given(insane.as_bytes()).is_none(), "{insane}");
+        }
+        let generated = RequestId::generate();
+        let uuid = uuid::Uuid::parse_str(generated.as_str()).unwrap();
+        assert_eq!(uuid.get_version_num(), 7);
+        assert_eq!(generated.as_str(), uuid.hyphenated().to_string());
+        assert_ne!(generated.as_str(), RequestId::generate().as_str());
+    }
 }

@@ -30,6 +30,20 @@ impl Drop for Browser {
             .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Chromium's processes write into the profile as they exit: removed before they are
+        // gone, it comes back
+        for _ in 0..100 {
+            let running = Command::new("pgrep")
+                .arg("-f")
+                .arg(self.profile.as_os_str())
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
