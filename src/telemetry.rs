@@ -432,8 +432,9 @@ pub fn flush() {
 
 /// Log lines reach stderr through one thread, which writes the lines of a millisecond in one
 /// system call. Writers append their line to one buffer under a lock held for the copy: no
-/// allocation per line, no channel, and no memory freed on another thread than the one that
-/// took it. While lines keep coming the thread sleeps on its own timer, so a line wakes
+/// channel, and no memory freed on another thread than the one that took it (the access line,
+/// written for every request, is formatted in a buffer its thread keeps, so it allocates
+/// nothing at all). While lines keep coming the thread sleeps on its own timer, so a line wakes
 /// nobody; only the first line after a quiet spell wakes it. Lines stay whole and in the
 /// order they were appended; a full buffer makes writers wait rather than lose lines. On a
 /// normal exit [`flush`] writes what is left; a process killed outright loses at most the
