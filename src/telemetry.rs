@@ -120,11 +120,14 @@ where
 /// inline, and its date and time of day formatted once a second per thread: every request
 /// writes one.
 struct Timestamp {
-    bytes: [u8; 40],
+    bytes: [u8; Timestamp::MAX],
     len: usize,
 }
 
 impl Timestamp {
+    /// `+262143-12-31T23:59:59.999999Z`, chrono's last, is 30 bytes.
+    const MAX: usize = 40;
+
     fn now() -> Self {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -139,7 +142,7 @@ impl Timestamp {
                 const { std::cell::RefCell::new((u64::MAX, String::new())) };
         }
         let mut stamp = Timestamp {
-            bytes: [0; 40],
+            bytes: [0; Self::MAX],
             len: 0,
         };
         SECOND.with_borrow_mut(|(second, prefix)| {
@@ -154,7 +157,7 @@ impl Timestamp {
             }
             let mut out = &mut stamp.bytes[..];
             let _ = write!(out, "{prefix}.{micros:06}Z");
-            stamp.len = 40 - out.len();
+            stamp.len = Self::MAX - out.len();
         });
         stamp
     }
