@@ -505,9 +505,8 @@ impl DatabaseArgs {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_max_connections.max(1))
             .acquire_timeout(Duration::from_millis(self.db_acquire_timeout_ms))
-            // no ping before every use, nor after (vendor/sqlx-core): each costs a round trip
-            // per request. A connection that died (PostgreSQL restarted) fails its query, the
-            // request gets 503 and is retried, and the pool replaces the connection.
+            // no ping before use: a connection that died (PostgreSQL restarted) fails its
+            // query, the request gets 503 and is retried, and the pool replaces it
             .test_before_acquire(false)
     }
 }
