@@ -216,11 +216,8 @@ impl AppState {
     /// The worker's NOTIFYs go out on a connection of its own for the same reason. Both end
     /// with the worker, after its last request was answered.
     fn for_worker(&self, max_connections: u32) -> AppState {
-        let connect = (*self.pool.connect_options()).clone();
-        let pool = self
-            .pool
-            .options()
-            .clone()
+        let connect = crate::store::connect_options((*self.pool.connect_options()).clone());
+        let pool = crate::store::discarding_condemned(self.pool.options().clone())
             .max_connections(max_connections.max(1))
             .min_connections(0)
             .connect_lazy_with(connect.clone());

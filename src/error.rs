@@ -273,10 +273,20 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => Self::DatabaseUnavailable(e),
             sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("57P") || c == "25006") =>
+            {
+                // shutting down, or read-only (a failover left the connection on a standby)
+                crate::store::discard_open_connections();
+                Self::DatabaseUnavailable(e)
+            }
+            sqlx::Error::Database(ref db)
                 if db.code().is_some_and(|c| {
-                    // connection exceptions, shutdown, too many connections, and a database
-                    // not accepting connections (55000: facepair's SQL raises it nowhere else)
-                    c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "55000"
+                    // connection exceptions, a statement canceled by an operator or a timeout,
+                    // too many connections, and a database not accepting connections (55000:
+                    // facepair's SQL raises it nowhere else)
+                    c.starts_with("08") || c == "57014" || c == "53300" || c == "55000"
                 }) =>
             {
                 Self::DatabaseUnavailable(e)

@@ -245,7 +245,7 @@ async fn connect(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
     database
         .pool_options()
-        .connect_with(options)
+        .connect_with(facepair::store::connect_options(options))
         .await
         .context("could not connect to PostgreSQL (DATABASE_URL)")
 }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::idenfy::IdenfyError;
+use crate::idenfy::circuit::Phase;
 use crate::service::webhook::Verdict;
 
 #[derive(Default)]
@@ -61,6 +62,7 @@ pub struct Metrics {
     pub sse_closed: Counter,
     pub notify_batches: Counter,
     pub notify_logins: Counter,
+    pub notify_failures: Counter,
     deliveries: [Counter; Verdict::ALL.len()],
     deliveries_by_key: Mutex<BTreeMap<usize, u64>>,
     idenfy_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
@@ -140,9 +142,22 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The Prometheus text; `connections` are the request pools' open and idle connections.
-    pub fn render(&self, connections: (u32, usize)) -> String {
+    /// The Prometheus text; `connections` are the request pools' open and idle connections,
+    /// `breaker` the iDenfy circuit breaker's phase.
+    pub fn render(&self, connections: (u32, usize), breaker: Phase) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP facepair_idenfy_breaker_state The iDenfy circuit breaker: 1 for the phase it is in (while open, creations and new codes fail at once with 503).\n# TYPE facepair_idenfy_breaker_state gauge"
+        );
+        for phase in [Phase::Closed, Phase::Open, Phase::HalfOpen] {
+            let _ = writeln!(
+                out,
+                "facepair_idenfy_breaker_state{{state=\"{}\"}} {}",
+                phase.as_str(),
+                u8::from(phase == breaker)
+            );
+        }
         counter(
             &mut out,
             "facepair_logins_created_total",
@@ -265,6 +280,12 @@ impl Metrics {
             "facepair_notify_logins_total",
             "Changed logins announced in those batches.",
             self.notify_logins.get(),
+        );
+        counter(
+            &mut out,
+            "facepair_notify_failures_total",
+            "NOTIFY batches that could not be sent on a fresh connection either; their logins go with the next batch.",
+            self.notify_failures.get(),
         );
         let open = self.sse_opened.get().saturating_sub(self.sse_closed.get());
         let _ = writeln!(

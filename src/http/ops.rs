@@ -15,14 +15,20 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready: the database answers.
+/// Ready: the database answers. `idenfy_breaker` is `open` while creations and new codes fail
+/// at once (503 `idenfy_unavailable`) after iDenfy kept failing, `half_open` while one trial
+/// call decides; the instance stays ready, since reads, redeems and webhooks still work.
 #[utoipa::path(get, path = "/health/ready", tag = "ops", responses(
-    (status = 200, description = "PostgreSQL answers"),
+    (status = 200, description = "PostgreSQL answers; `idenfy_breaker` is `closed`, `open` or `half_open`"),
     (status = 503, body = ErrorBody, description = "database_unavailable"),
 ))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     sqlx::query("select 1").execute(&state.pool).await?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ok", "database": "ok" })))
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "database": "ok",
+        "idenfy_breaker": state.idenfy.circuit_phase().as_str(),
+    })))
 }
 
 /// Prometheus text format.
@@ -30,7 +36,10 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(state.worker_pools.connections()))
+        .body(state.metrics.render(
+            state.worker_pools.connections(),
+            state.idenfy.circuit_phase(),
+        ))
 }
 
 /// This document.

@@ -150,8 +150,8 @@ impl IdenfyClient {
     }
 
     /// Whether calls are being refused because iDenfy kept failing.
-    pub fn circuit_open(&self) -> bool {
-        self.circuit.is_open()
+    pub fn circuit_phase(&self) -> super::circuit::Phase {
+        self.circuit.phase()
     }
 
     /// Asks whether the person behind `scan_ref` may authenticate by face. Safe to repeat, so
@@ -244,15 +244,13 @@ impl IdenfyClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, IdenfyError> {
-        if !self.circuit.allow() {
-            return Err(IdenfyError::CircuitOpen);
-        }
+        let permit = self.circuit.allow().ok_or(IdenfyError::CircuitOpen)?;
         let result = self.send_once(request).await;
         match &result {
             Err(
                 IdenfyError::Unreachable(_) | IdenfyError::Timeout | IdenfyError::Server { .. },
-            ) => self.circuit.failed(),
-            _ => self.circuit.succeeded(),
+            ) => permit.failed(),
+            _ => permit.succeeded(),
         }
         result
     }

@@ -144,6 +144,16 @@ impl Cache {
         self.usable.store(usable, Ordering::Release);
     }
 
+    /// The logins cached now.
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.entries.read().unwrap().keys().copied().collect()
+    }
+
+    /// The newest event number of the cached row, if one is cached.
+    pub fn event_seq(&self, id: &Uuid) -> Option<i32> {
+        Some(self.entries.read().unwrap().get(id)?.row.event_seq)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.read().unwrap().len()
     }

@@ -131,34 +131,41 @@ pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: C
     }
 }
 
-/// Wakes local subscribers of logins that changed recently, and drops their cached rows, in
-/// case a writer crashed between its commit and its NOTIFY. One cheap query per instance per
-/// period, whatever the number of subscribers. A change stays in the query's window for three
-/// periods but is announced once: the pass that first sees a login's newest event.
+/// Wakes local subscribers of logins that changed without this instance hearing of it (a
+/// NOTIFY lost to a crash or a failed batch), and drops their cached rows: each pass reads
+/// the newest event number of every login followed or cached here and compares it with the
+/// last pass's (or the cached row's). One query per instance per period.
 pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // the newest event of each login in the last pass's window
-    let mut announced: HashMap<Uuid, i32> = HashMap::new();
+    let mut seen: HashMap<Uuid, i32> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if hub.logins.lock().unwrap().is_empty() && hub.cache.is_empty() {
-            announced.clear();
+        let mut ids: Vec<Uuid> = hub.logins.lock().unwrap().keys().copied().collect();
+        ids.extend(hub.cache.ids());
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            seen.clear();
             continue;
         }
-        match crate::store::events::recently_changed(&pool, 3.0 * period.as_secs_f64()).await {
-            Ok(changes) => {
-                let mut window = HashMap::with_capacity(changes.len());
-                for (login_id, seq) in changes {
-                    if announced.get(&login_id) != Some(&seq) {
+        match crate::store::events::newest(&pool, &ids).await {
+            Ok(newest) => {
+                let mut now_seen = HashMap::with_capacity(newest.len());
+                for (login_id, seq) in newest {
+                    let known = seen
+                        .get(&login_id)
+                        .copied()
+                        .or_else(|| hub.cache.event_seq(&login_id));
+                    if known != Some(seq) {
                         hub.changed(login_id);
                     }
-                    window.insert(login_id, seq);
+                    now_seen.insert(login_id, seq);
                 }
-                announced = window;
+                seen = now_seen;
             }
             Err(e) => tracing::debug!(error = %e, "backstop query failed"),
         }

@@ -9,8 +9,8 @@
 //! sends at most one batch per [`GATHER`], and each listener on every instance is woken once
 //! per batch instead of once per change: every NOTIFY costs PostgreSQL a transaction on the
 //! notifying connection and a wake-up of every listening backend. A change someone waits for
-//! sends the batch at once. A batch that cannot be sent is logged and dropped; listeners then
-//! catch up from the events table (the backstop).
+//! sends the batch at once. A batch that cannot be sent is tried again on a fresh connection,
+//! then kept for the next batch, retried with backoff; the backstop covers a crash.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,6 +113,16 @@ impl Notifier {
         batch
     }
 
+    /// Puts the logins of a batch that could not be sent back into the next one.
+    fn requeue(&self, ids: &[Uuid]) {
+        let mut pending = self.pending.lock().unwrap();
+        for id in ids {
+            if !pending.ids.contains(id) {
+                pending.ids.push(*id);
+            }
+        }
+    }
+
     fn awaited(&self) -> bool {
         self.pending.lock().unwrap().awaited
     }
@@ -142,9 +152,13 @@ async fn sender(
     let mut conn: Option<PgConnection> = None;
     // when the last batch went out
     let mut last: Option<Instant> = None;
+    // after a batch could not be sent: when to try its logins again, and the wait after that
+    let mut retry: Option<Instant> = None;
+    let mut backoff = RETRY_FIRST;
     loop {
         let mut stopping = tokio::select! {
             _ = notifier.wake.notified() => false,
+            _ = sleep_until_some(retry) => false,
             _ = stop.cancelled() => true,
         };
         // let the requests whose answers arrived in the same turn of the runtime commit and
@@ -159,14 +173,26 @@ async fn sender(
         let (ids, batch) = notifier.take();
         if !ids.is_empty() {
             last = Some(Instant::now());
-            match send(&mut conn, &how.connect, &ids).await {
+            // a connection that failed is replaced at once, and the batch tried again on it
+            let mut result = send(&mut conn, &how.connect, &ids).await;
+            if result.is_err() {
+                conn = None;
+                result = send(&mut conn, &how.connect, &ids).await;
+            }
+            match result {
                 Ok(()) => {
                     how.metrics.notify_batches.inc();
                     how.metrics.notify_logins.add(ids.len() as u64);
+                    retry = None;
+                    backoff = RETRY_FIRST;
                 }
                 Err(e) => {
                     conn = None;
-                    tracing::warn!(error = %e, logins = ids.len(), "NOTIFY failed; listeners catch up from the events table");
+                    how.metrics.notify_failures.inc();
+                    tracing::warn!(error = %e, logins = ids.len(), retry_in_ms = backoff.as_millis() as u64, "NOTIFY failed; the batch goes again with the next one");
+                    notifier.requeue(&ids);
+                    retry = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
         }
@@ -174,6 +200,17 @@ async fn sender(
         if stopping {
             return;
         }
+    }
+}
+
+/// The first wait before a failed batch is tried again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -27,19 +27,17 @@ pub async fn after(
     .await
 }
 
-/// Logins with an event in the last `seconds`, each with its newest event's sequence number:
-/// the backstop for a NOTIFY lost to a crash between commit and notify.
-pub async fn recently_changed(
+/// Each of `ids` with the number of its newest event: the backstop compares them with what
+/// this instance last saw, so a change is found however late its transaction committed.
+pub async fn newest(
     conn: impl sqlx::PgExecutor<'_>,
-    seconds: f64,
+    ids: &[Uuid],
 ) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"select login_id, max(seq) as "seq!" from events
-           where created_at > now() - make_interval(secs => $1)
-           group by login_id"#,
-        seconds
+        "select id, event_seq from logins where id = any($1::uuid[])",
+        ids
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.login_id, r.seq)).collect())
+    Ok(rows.into_iter().map(|r| (r.id, r.event_seq)).collect())
 }

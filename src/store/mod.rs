@@ -8,8 +8,54 @@ pub mod events;
 pub mod limits;
 pub mod logins;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use sha2::{Digest, Sha256};
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
+
+/// How long PostgreSQL lets one of facepair's transactions sit idle before ending its session:
+/// a backstop, since no path leaves a transaction idle (none waits on iDenfy inside one).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "30s";
+
+/// facepair's settings on every connection it opens.
+pub fn connect_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([(
+        "idle_in_transaction_session_timeout",
+        IDLE_IN_TRANSACTION_TIMEOUT,
+    )])
+}
+
+/// Milliseconds since the Unix epoch before which opened connections are closed rather than
+/// used again; 0 while PostgreSQL never said it is read-only or shutting down.
+static DISCARD_OPENED_BEFORE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// PostgreSQL answered read-only or shutting down (a failover left connections on the old
+/// node): every connection open now is closed when next acquired or released.
+pub fn discard_open_connections() {
+    DISCARD_OPENED_BEFORE_MS.fetch_max(now_ms(), Ordering::Relaxed);
+}
+
+fn opened_after_discard(meta: &PoolConnectionMetadata) -> bool {
+    let mark = DISCARD_OPENED_BEFORE_MS.load(Ordering::Relaxed);
+    mark == 0 || now_ms().saturating_sub(meta.age.as_millis() as u64) > mark
+}
+
+/// A pool that closes the connections [`discard_open_connections`] condemned: a check of a
+/// clock, without a round trip.
+pub fn discarding_condemned(options: PgPoolOptions) -> PgPoolOptions {
+    options
+        .before_acquire(|_, meta| Box::pin(async move { Ok(opened_after_discard(&meta)) }))
+        .after_release(|_, meta| Box::pin(async move { Ok(opened_after_discard(&meta)) }))
+}
 
 /// An advisory lock key: the first 8 bytes of SHA-256 over `namespace` and `value`.
 pub fn lock_key(namespace: &str, value: &[u8]) -> i64 {
@@ -21,14 +67,17 @@ pub fn lock_key(namespace: &str, value: &[u8]) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// Begins a transaction holding the advisory lock `key` until it ends, in one round trip: the
-/// lock rides on the `BEGIN` (a number formatted here, nothing from outside).
+/// Begins a transaction holding the advisory lock `key` until it ends. The lock wait is a
+/// statement of its own inside a transaction sqlx knows it began, so a wait that is dropped
+/// or fails still ends in a `ROLLBACK` before the connection is used again.
 pub async fn begin_locked(
     pool: &PgPool,
     key: i64,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin_with(sqlx::AssertSqlSafe(format!(
-        "begin; select pg_advisory_xact_lock({key})"
-    )))
-    .await
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }

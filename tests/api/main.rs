@@ -4,6 +4,7 @@ mod abuse;
 mod browser;
 mod create;
 mod e2e;
+mod faults;
 mod helpers;
 mod lifecycle;
 mod live;

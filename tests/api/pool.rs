@@ -1,5 +1,5 @@
-//! The connection pool as facepair builds it (vendor/sqlx-core): a connection goes back to the
-//! pool without a ping, yet never with a transaction left open and never when it is broken.
+//! The connection pool as facepair builds it: a connection never goes back to the pool with a
+//! transaction left open, and never when it is broken.
 
 use std::time::Duration;
 
