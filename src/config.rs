@@ -134,7 +134,9 @@ pub struct ServeArgs {
     )]
     pub max_attempts_per_login: i32,
 
-    /// Codes one scan_ref may be issued in any hour, across its logins.
+    /// Codes one scan_ref may be issued in any hour from one address (the desktop's
+    /// `client_ip`, or the browser's for a code asked from the pairing page; IPv6 by /64),
+    /// across its logins. Strangers asking from other addresses do not spend it.
     #[arg(
         long,
         env = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
@@ -142,6 +144,26 @@ pub struct ServeArgs {
         default_value_t = 10
     )]
     pub max_attempts_per_scan_ref_hour: i64,
+
+    /// Codes one scan_ref may be issued in any hour from all addresses together: the cost
+    /// ceiling. Strangers who reach it from many addresses lock the person out until the hour
+    /// ends, so keep it well above the per-address budget.
+    #[arg(
+        long,
+        env = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR_TOTAL",
+        value_name = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR_TOTAL",
+        default_value_t = 60
+    )]
+    pub max_attempts_per_scan_ref_hour_total: i64,
+
+    /// How long an approval may be redeemed, in seconds; after that the login reads `expired`.
+    #[arg(
+        long,
+        env = "FACEPAIR_APPROVAL_TTL_SECONDS",
+        value_name = "FACEPAIR_APPROVAL_TTL_SECONDS",
+        default_value_t = 120
+    )]
+    pub approval_ttl_seconds: u64,
 
     /// How often browsers may poll a watch token, in seconds.
     #[arg(
@@ -247,6 +269,25 @@ pub struct ServeArgs {
     )]
     pub watch_misses_per_ip: i32,
 
+    /// New codes one browser address may ask for from the pairing page per hour, over all
+    /// watch tokens.
+    #[arg(
+        long,
+        env = "FACEPAIR_WATCH_CODES_PER_IP_PER_HOUR",
+        value_name = "FACEPAIR_WATCH_CODES_PER_IP_PER_HOUR",
+        default_value_t = 20
+    )]
+    pub watch_codes_per_ip_per_hour: i32,
+
+    /// Requests for a new code one watch token may make per hour, answered or refused.
+    #[arg(
+        long,
+        env = "FACEPAIR_WATCH_CODES_PER_TOKEN_PER_HOUR",
+        value_name = "FACEPAIR_WATCH_CODES_PER_TOKEN_PER_HOUR",
+        default_value_t = 10
+    )]
+    pub watch_codes_per_token_per_hour: i32,
+
     /// Header holding the browser's address when facepair runs behind a proxy
     /// (e.g. `x-forwarded-for`, whose first entry is used). Unset: the peer address.
     #[arg(
@@ -290,6 +331,8 @@ pub struct Settings {
     pub code_lifetime: Lifetime,
     pub max_attempts_per_login: i32,
     pub max_attempts_per_scan_ref_hour: i64,
+    pub max_attempts_per_scan_ref_hour_total: i64,
+    pub approval_ttl: Duration,
     pub poll_interval_seconds: u32,
     pub webhook_max_bytes: usize,
     pub expiry_interval: Duration,
@@ -310,6 +353,8 @@ pub struct Limits {
     pub logins_per_api_key_per_minute: i32,
     pub logins_per_client_ip_per_hour: i32,
     pub watch_misses_per_ip: i32,
+    pub watch_codes_per_ip_per_hour: i32,
+    pub watch_codes_per_token_per_hour: i32,
 }
 
 impl Default for Limits {
@@ -318,6 +363,8 @@ impl Default for Limits {
             logins_per_api_key_per_minute: 1200,
             logins_per_client_ip_per_hour: 30,
             watch_misses_per_ip: 20,
+            watch_codes_per_ip_per_hour: 20,
+            watch_codes_per_token_per_hour: 10,
         }
     }
 }
@@ -453,6 +500,15 @@ impl ServeArgs {
                 "must be at least 1",
             ));
         }
+        if self.max_attempts_per_scan_ref_hour_total < self.max_attempts_per_scan_ref_hour {
+            return Err(bad(
+                "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR_TOTAL",
+                "must be at least FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
+            ));
+        }
+        if !(10..=3600).contains(&self.approval_ttl_seconds) {
+            return Err(bad("FACEPAIR_APPROVAL_TTL_SECONDS", "must be 10 to 3600"));
+        }
         if !(1..=60).contains(&self.poll_interval_seconds) {
             return Err(bad("FACEPAIR_POLL_INTERVAL_SECONDS", "must be 1 to 60"));
         }
@@ -474,6 +530,8 @@ impl ServeArgs {
             code_lifetime,
             max_attempts_per_login: self.max_attempts_per_login,
             max_attempts_per_scan_ref_hour: self.max_attempts_per_scan_ref_hour,
+            max_attempts_per_scan_ref_hour_total: self.max_attempts_per_scan_ref_hour_total,
+            approval_ttl: Duration::from_secs(self.approval_ttl_seconds),
             poll_interval_seconds: self.poll_interval_seconds,
             webhook_max_bytes: self.webhook_max_bytes,
             expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(50)),
@@ -484,6 +542,8 @@ impl ServeArgs {
                 logins_per_api_key_per_minute: self.logins_per_api_key_per_minute.max(1),
                 logins_per_client_ip_per_hour: self.logins_per_client_ip_per_hour.max(1),
                 watch_misses_per_ip: self.watch_misses_per_ip.max(1),
+                watch_codes_per_ip_per_hour: self.watch_codes_per_ip_per_hour.max(1),
+                watch_codes_per_token_per_hour: self.watch_codes_per_token_per_hour.max(1),
             },
             client_ip_header: self
                 .client_ip_header

@@ -92,6 +92,8 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         code_lifetime: Lifetime::from_seconds(300).expect("static lifetime"),
         max_attempts_per_login: 3,
         max_attempts_per_scan_ref_hour: 30,
+        max_attempts_per_scan_ref_hour_total: 60,
+        approval_ttl: Duration::from_secs(120),
         poll_interval_seconds: 2,
         webhook_max_bytes: 64 * 1024,
         expiry_interval: Duration::from_secs(1),

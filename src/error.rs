@@ -46,6 +46,10 @@ pub enum ApiError {
     AlreadyApproved,
     #[error("the login was canceled")]
     LoginCanceled,
+    #[error("a new code is being issued for this login; wait for it")]
+    CodeBeingIssued,
+    #[error("the approval was not redeemed in time; ask the person to log in again")]
+    ApprovalExpired,
     #[error("the login has ended (status: {status})")]
     LoginFinished { status: &'static str },
     #[error("{message}")]
@@ -91,7 +95,8 @@ pub struct ErrorDetail {
     /// For `invalid_field`: which field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<&'static str>,
-    /// For `attempt_budget_exhausted`: `login` or `scan_ref_hourly`.
+    /// For `attempt_budget_exhausted`: `login`, `scan_ref_hourly` (codes asked from one
+    /// address) or `scan_ref_hourly_total` (from all addresses).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<&'static str>,
     /// For `rate_limited`: `logins_per_api_key`, `logins_per_client_ip` or `watch_misses_per_ip`.
@@ -164,9 +169,19 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ),
     ("login_finished", 409, "the login can no longer change"),
     (
+        "code_being_issued",
+        409,
+        "another request is issuing a code for this login; its answer carries the code",
+    ),
+    (
+        "approval_expired",
+        409,
+        "redeem after the approval expired (FACEPAIR_APPROVAL_TTL_SECONDS)",
+    ),
+    (
         "attempt_budget_exhausted",
         429,
-        "the per-login or per-scan_ref hourly attempt budget is spent",
+        "the login's codes, or the scan_ref's hourly codes from this address or from all, are spent; `budget` names which",
     ),
     (
         "rate_limited",
@@ -218,6 +233,8 @@ impl ApiError {
             Self::NotApproved { .. } => "not_approved",
             Self::AlreadyApproved => "already_approved",
             Self::LoginCanceled => "login_canceled",
+            Self::CodeBeingIssued => "code_being_issued",
+            Self::ApprovalExpired => "approval_expired",
             Self::LoginFinished { .. } => "login_finished",
             Self::BudgetExhausted { .. } => "attempt_budget_exhausted",
             Self::RateLimited { .. } => "rate_limited",
@@ -333,6 +350,8 @@ impl ResponseError for ApiError {
             | Self::NotApproved { .. }
             | Self::AlreadyApproved
             | Self::LoginCanceled
+            | Self::CodeBeingIssued
+            | Self::ApprovalExpired
             | Self::LoginFinished { .. } => StatusCode::CONFLICT,
             Self::RateLimited { .. }
             | Self::BudgetExhausted { .. }

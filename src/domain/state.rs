@@ -135,7 +135,8 @@ pub enum LoginStatus {
     Redeemed,
     /// The current attempt failed (or the person canceled it in the app); a new code may be asked for.
     Failed,
-    /// The current code expired unused; a new code may be asked for.
+    /// The current code expired unused, or the approval was not redeemed in time; a new code
+    /// may be asked for.
     Expired,
     /// The platform canceled the login.
     Canceled,
@@ -184,6 +185,8 @@ pub struct LoginFacts {
     pub max_attempts: i32,
     pub redeemed: bool,
     pub canceled: bool,
+    /// The approval was not redeemed in time.
+    pub approval_expired: bool,
 }
 
 pub fn login_status(f: LoginFacts) -> LoginStatus {
@@ -196,7 +199,9 @@ pub fn login_status(f: LoginFacts) -> LoginStatus {
     let budget_left = f.attempts_used < f.max_attempts;
     match f.current_attempt {
         AttemptStatus::Pending => LoginStatus::Pending,
-        AttemptStatus::Succeeded => LoginStatus::Approved,
+        AttemptStatus::Succeeded if !f.approval_expired => LoginStatus::Approved,
+        // an approval not redeemed in time reads expired, with or without budget left
+        AttemptStatus::Succeeded => LoginStatus::Expired,
         _ if !budget_left => LoginStatus::Exhausted,
         AttemptStatus::Expired => LoginStatus::Expired,
         // a superseded attempt is never current; treat it like a failure if it ever is
@@ -309,6 +314,11 @@ mod tests {
             max_attempts: 3,
             redeemed,
             canceled,
+            approval_expired: false,
+        };
+        let lapsed = |used| LoginFacts {
+            approval_expired: true,
+            ..f(AttemptStatus::Succeeded, used, false, false)
         };
         use AttemptStatus as A;
         use LoginStatus as L;
@@ -322,6 +332,13 @@ mod tests {
         assert_eq!(login_status(f(A::Failed, 3, false, false)), L::Exhausted);
         assert_eq!(login_status(f(A::Expired, 3, false, false)), L::Exhausted);
         assert_eq!(login_status(f(A::Canceled, 1, false, true)), L::Canceled);
+        assert_eq!(login_status(lapsed(1)), L::Expired);
+        assert_eq!(login_status(lapsed(3)), L::Expired);
+        let redeemed_in_time = LoginFacts {
+            redeemed: true,
+            ..lapsed(1)
+        };
+        assert_eq!(login_status(redeemed_in_time), L::Redeemed);
     }
 
     fn any_attempt_status() -> impl Strategy<Value = AttemptStatus> {

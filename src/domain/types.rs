@@ -146,6 +146,18 @@ pub fn parse_user_agent(s: &str) -> Result<String, Invalid> {
     Ok(s.to_owned())
 }
 
+/// The platform's opaque `state`: at most 256 characters, none of them control characters
+/// (it travels in a URL's query and a `postMessage`).
+pub fn parse_state(s: String) -> Result<String, Invalid> {
+    if s.chars().count() > 256 {
+        return Err(Invalid::new("state", "must be at most 256 characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Invalid::new("state", "must not contain control characters"));
+    }
+    Ok(s)
+}
+
 /// The code iDenfy generated for the person to type into its app. Its format is not
 /// documented for face authentication (8 digits for KYC), so any short run of digits is taken.
 #[derive(Clone, PartialEq, Eq)]

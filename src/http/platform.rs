@@ -41,6 +41,11 @@ pub struct CreateLogin {
     /// The desktop's user agent.
     #[schema(max_length = 1024, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub user_agent: Option<String>,
+    /// An opaque value of the platform's, handed back to the browser with the outcome (the
+    /// pairing page's `postMessage` and return URL): tie the outcome to the browser's session
+    /// with it. Never identity data: the browser reads it.
+    #[schema(max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
+    pub state: Option<String>,
 }
 
 fn ip_address() -> utoipa::openapi::schema::Schema {
@@ -97,6 +102,7 @@ impl CreateLogin {
                 .as_deref()
                 .map(types::parse_user_agent)
                 .transpose()?,
+            state: self.state.map(types::parse_state).transpose()?,
         })
     }
 }
@@ -159,7 +165,7 @@ fn login_id(raw: &str) -> Result<Uuid, ApiError> {
         (status = 413, body = ErrorBody, description = "payload_too_large"),
         (status = 415, body = ErrorBody, description = "unsupported_media_type"),
         (status = 422, body = ErrorBody, description = "invalid_field"),
-        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, idenfy_rate_limited (Retry-After)"),
+        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, rate_limited, idenfy_rate_limited (Retry-After)"),
         (status = 502, body = ErrorBody, description = "idenfy_rejected"),
         (status = 503, body = ErrorBody, description = "idenfy_unavailable, database_unavailable"),
         (status = 504, body = ErrorBody, description = "idenfy_timeout"),
@@ -222,7 +228,7 @@ pub async fn get_login(
         (status = 201, body = LoginState, description = "new code in `attempt.digit_string`"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 404, body = ErrorBody, description = "login_not_found"),
-        (status = 409, body = ErrorBody, description = "already_approved, already_redeemed, login_canceled"),
+        (status = 409, body = ErrorBody, description = "already_approved, already_redeemed, login_canceled, code_being_issued"),
         (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, idenfy_rate_limited"),
         (status = 502, body = ErrorBody, description = "idenfy_rejected"),
         (status = 503, body = ErrorBody, description = "idenfy_unavailable, database_unavailable"),
@@ -234,7 +240,7 @@ pub async fn new_attempt(
     _key: ApiKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = service::issue_code(&state, login_id(&path)?, Source::Platform).await?;
+    let row = service::issue_code(&state, login_id(&path)?, Source::Platform, None).await?;
     Ok(state_response(
         HttpResponse::Created(),
         &state,
@@ -279,7 +285,7 @@ pub async fn cancel(
         (status = 200, body = Redeemed),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 404, body = ErrorBody, description = "login_not_found"),
-        (status = 409, body = ErrorBody, description = "already_redeemed, not_approved"),
+        (status = 409, body = ErrorBody, description = "already_redeemed, not_approved, approval_expired"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),
     )
 )]
@@ -357,8 +363,8 @@ pub(crate) async fn respond_with_state(
         let row = service_find(state, id).await?;
         let read_at = Utc::now();
         // the document is built only when it is sent
-        let attempt_now = service::effective(&row, read_at).0;
-        let etag = service::view::etag(row.event_seq, attempt_now);
+        let login_now = service::effective(&row, read_at).1;
+        let etag = service::view::etag(row.event_seq, login_now);
         let unchanged = known.as_deref().is_some_and(|k| etag_matches(k, &etag));
         // a plain read (no wait) reads no clock but the document's
         let waiting = subscription
@@ -377,7 +383,7 @@ pub(crate) async fn respond_with_state(
             let doc = service::view::render(
                 &row,
                 read_at,
-                attempt_now,
+                login_now,
                 state.settings.poll_interval_seconds,
                 audience,
             );
@@ -387,11 +393,9 @@ pub(crate) async fn respond_with_state(
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .body(doc));
         };
-        // the code's expiry changes the document without any event
-        let until_expiry = (row.attempt.expires_at - Utc::now())
-            .to_std()
-            .ok()
-            .filter(|_| attempt_now == crate::domain::AttemptStatus::Pending);
+        // the code's or the approval's expiry changes the document without any event
+        let until_expiry = service::view::clock_changes_at(&row, read_at)
+            .and_then(|at| (at - Utc::now()).to_std().ok());
         let wake_at = until_expiry
             .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
             .unwrap_or(deadline);

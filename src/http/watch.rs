@@ -156,7 +156,9 @@ pub async fn get_watch(
     respond_with_state(&state, login_id, &req, query.wait, Audience::Browser).await
 }
 
-/// Ask for a new code from the browser, within the same budgets as the platform.
+/// Ask for a new code from the browser, within the same budgets as the platform, counted
+/// against the browser's address, and within limits of its own per watch token and per
+/// browser address.
 #[utoipa::path(
     post, path = "/v1/watch/{watch_token}/attempts", tag = "browser",
     params(WatchPath),
@@ -164,8 +166,8 @@ pub async fn get_watch(
         (status = 201, body = LoginState, description = "new code in `attempt.digit_string`"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
         (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
-        (status = 409, body = ErrorBody, description = "already_approved, already_redeemed, login_canceled"),
-        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, idenfy_rate_limited"),
+        (status = 409, body = ErrorBody, description = "already_approved, already_redeemed, login_canceled, code_being_issued"),
+        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, rate_limited (watch_codes_per_token, watch_codes_per_ip), idenfy_rate_limited"),
         (status = 502, body = ErrorBody, description = "idenfy_rejected"),
         (status = 503, body = ErrorBody, description = "idenfy_unavailable, database_unavailable"),
         (status = 504, body = ErrorBody, description = "idenfy_timeout"),
@@ -177,7 +179,27 @@ pub async fn new_attempt(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let login_id = resolve(&state, &req, &path, |token| by_hash(&state, token)).await?;
-    let row = service::issue_code(&state, login_id, Source::Watch).await?;
+    let ip = requester_ip(&req, state.settings.client_ip_header.as_deref());
+    let limits = state.settings.limits;
+    let mut checks = vec![limits::Limit {
+        bucket: format!("watch_codes_token:{login_id}"),
+        window_secs: 3600.0,
+        limit: limits.watch_codes_per_token_per_hour,
+    }];
+    if let Some(ip) = ip {
+        checks.push(limits::Limit {
+            bucket: format!("watch_codes_ip:{}", network::bucket(ip)),
+            window_secs: 3600.0,
+            limit: limits.watch_codes_per_ip_per_hour,
+        });
+    }
+    if let Some((i, retry_after)) = limits::hit(&state.pool, &checks).await? {
+        return Err(ApiError::RateLimited {
+            limit: ["watch_codes_per_token", "watch_codes_per_ip"][i],
+            retry_after,
+        });
+    }
+    let row = service::issue_code(&state, login_id, Source::Watch, ip).await?;
     Ok(state_response(
         HttpResponse::Created(),
         &state,

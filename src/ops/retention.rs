@@ -31,6 +31,7 @@ pub async fn purge(
         where l.purged_at is null
           and l.created_at < now() - make_interval(secs => $1)
           and l.status <> 'pending'
+          and not (l.status = 'approved' and coalesce(l.approval_expires_at > now(), true))
           and not exists (select 1 from attempts a where a.login_id = l.id and a.status = 'pending')
         returning l.id
         "#,
@@ -90,11 +91,13 @@ pub async fn run(
             Ok(p) => {
                 // windows of abuse counters that ended long ago go with the daily run
                 let windows = crate::store::limits::prune(&pool).await.unwrap_or(0);
+                let reservations = crate::store::reservations::prune(&pool).await.unwrap_or(0);
                 tracing::info!(
                     logins = p.logins,
                     attempts = p.attempts,
                     delivery_bodies = p.delivery_bodies,
                     rate_limit_windows = windows,
+                    code_reservations = reservations,
                     "retention purge"
                 );
             }

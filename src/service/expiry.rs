@@ -6,9 +6,10 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::domain::{AttemptEvent, Source};
+use crate::domain::{AttemptEvent, LoginStatus, Source};
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
+use crate::store::changes::{self, Change, NewEvent, StatusChange};
 use crate::store::logins;
 
 const BATCH: i64 = 200;
@@ -70,6 +71,7 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
             source,
             &report,
             None,
+            state.settings.approval_ttl,
         )
         .await?;
         let announcement = moved
@@ -84,7 +86,45 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
             announcement.send().await;
         }
     }
+    expire_approvals(state).await?;
     Ok(expired)
+}
+
+/// Records approvals that were not redeemed in time as expired (event `approval_expired`), so
+/// every live channel hears of it. Readers already see them as expired.
+async fn expire_approvals(state: &AppState) -> Result<(), sqlx::Error> {
+    for login_id in logins::approvals_due(&state.pool, BATCH).await? {
+        let mut tx = state.pool.begin().await?;
+        let Some(row) = logins::lock(&mut tx, login_id).await? else {
+            continue;
+        };
+        let status = view::effective(&row, Utc::now()).1;
+        if row.status != LoginStatus::Approved.as_str() || status == LoginStatus::Approved {
+            continue;
+        }
+        changes::apply(
+            &mut tx,
+            Change {
+                login_id,
+                status: status.as_str(),
+                flags: StatusChange::default(),
+                finish: None,
+                event: NewEvent {
+                    kind: "approval_expired",
+                    source: Source::Clock.as_str(),
+                    attempt_id: Some(row.attempt.id),
+                    delivery_id: None,
+                    detail: serde_json::json!({ "attempt_number": row.attempt.number }),
+                },
+            },
+        )
+        .await?;
+        let announcement = service::Announcement::new(state, login_id);
+        tx.commit().await?;
+        announcement.send().await;
+        tracing::info!(%login_id, "approval expired unredeemed");
+    }
+    Ok(())
 }
 
 /// What iDenfy says of a session whose webhook never came.

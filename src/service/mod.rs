@@ -3,6 +3,7 @@
 //!
 //! No database connection is held while iDenfy is being called.
 
+pub mod codes;
 pub mod expiry;
 pub mod view;
 pub mod webhook;
@@ -37,10 +38,13 @@ pub struct NewLoginRequest {
     pub lifetime: Lifetime,
     pub client_ip: Option<std::net::IpAddr>,
     pub user_agent: Option<String>,
+    /// The platform's opaque value, handed back to the browser.
+    pub state: Option<String>,
 }
 
 /// Checks eligibility at iDenfy, creates the session with a digit code, and stores the login
-/// with its first attempt in one transaction.
+/// with its first attempt in one transaction. The code is reserved, its budgets counted,
+/// before iDenfy is called.
 pub async fn create_login(
     state: &AppState,
     api_key_id: &str,
@@ -65,14 +69,12 @@ pub async fn create_login(
             "logins_per_client_ip",
         ));
     }
-    // neither depends on the other: both on their own connections, in one round trip's
-    // time; when both refuse, the rate limit is the answer, as when they ran in turn
-    let (limited, budget) = tokio::join!(
-        rate_limit(state, checks),
-        check_scan_ref_budget(state, &state.pool, &req.scan_ref)
-    );
-    limited?;
-    budget?;
+    rate_limit(state, checks).await?;
+
+    let login_id = Uuid::now_v7();
+    let requested_from = codes::requested_from(req.client_ip);
+    let reservation =
+        codes::Reservation::take(state, login_id, &req.scan_ref, &requested_from, false).await?;
 
     let started = std::time::Instant::now();
     let eligibility = state.idenfy.check_status(&req.scan_ref).await;
@@ -92,14 +94,9 @@ pub async fn create_login(
     )
     .await?;
 
-    let login_id = Uuid::now_v7();
     let watch_token = WatchToken::generate();
-    let lock = attempts::scan_ref_lock_key(req.scan_ref.as_str());
-    let mut tx = crate::store::begin_locked(&state.pool, lock).await?;
-    if let Err(e) = check_scan_ref_budget(state, &mut *tx, &req.scan_ref).await {
-        tracing::warn!(%login_id, "an iDenfy session was created but the scan_ref budget ran out meanwhile; the session is left unused");
-        return Err(e);
-    }
+    let mut tx = state.pool.begin().await?;
+    reservation.remove(&mut tx).await?;
     let attempt_id = Uuid::now_v7();
     let row = changes::create(
         &mut tx,
@@ -114,23 +111,35 @@ pub async fn create_login(
             user_agent: req.user_agent.as_deref(),
             api_key_id,
             watch_token_hash: &watch_token.hash(),
+            state: req.state.as_deref(),
         },
-        &new_attempt(attempt_id, login_id, 1, &session, req.lifetime),
+        &new_attempt(
+            attempt_id,
+            login_id,
+            1,
+            &session,
+            req.lifetime,
+            &requested_from,
+        ),
         json!({ "attempt_number": 1, "eligibility": format!("{eligibility:?}").to_uppercase() }),
     )
     .await?;
     tx.commit().await?;
+    reservation.settled();
     state.metrics.logins_created.inc();
     tracing::info!(%login_id, %attempt_id, "login created");
     Ok((row, watch_token))
 }
 
 /// Issues a fresh code: after a failed, expired or canceled attempt, or superseding a pending
-/// one, within the login's and the scan_ref's budgets.
+/// one, within the login's and the scan_ref's budgets. `requested_from` is the browser's
+/// address for a code asked from the browser; the platform's codes count against the
+/// desktop's address given at creation.
 pub async fn issue_code(
     state: &AppState,
     login_id: Uuid,
     source: Source,
+    requested_from: Option<std::net::IpAddr>,
 ) -> Result<LoginRow, ApiError> {
     let row = logins::find(&state.pool, login_id)
         .await?
@@ -144,7 +153,11 @@ pub async fn issue_code(
         .transpose()
         .map_err(|e| internal(&e.to_string()))?;
     let scan_ref = scan_ref.ok_or(ApiError::LoginFinished { status: "purged" })?;
-    check_scan_ref_budget(state, &state.pool, &scan_ref).await?;
+    let requested_from = codes::requested_from(
+        requested_from.or_else(|| row.client_ip.as_deref().and_then(|ip| ip.parse().ok())),
+    );
+    let reservation =
+        codes::Reservation::take(state, login_id, &scan_ref, &requested_from, true).await?;
     let lifetime = Lifetime::from_seconds(row.lifetime_seconds.into())
         .map_err(|e| internal(&e.to_string()))?;
     let locale = row.locale.as_deref().and_then(|l| Locale::parse(l).ok());
@@ -162,23 +175,25 @@ pub async fn issue_code(
         .await?
         .ok_or(ApiError::LoginNotFound)?;
     let now = Utc::now();
-    let recheck = async {
-        ensure_code_allowed(&row, now)?;
-        attempts::lock_scan_ref(&mut tx, scan_ref.as_str()).await?;
-        check_scan_ref_budget(state, &mut *tx, &scan_ref).await
-    }
-    .await;
-    if let Err(e) = recheck {
+    if let Err(e) = ensure_code_allowed(&row, now) {
         tracing::warn!(%login_id, "the login changed while iDenfy created a session; the session is left unused");
         return Err(e);
     }
+    reservation.remove(&mut tx).await?;
     // the code being replaced ends first: expired if its time is up, superseded if not
     let ended = end_current(&mut tx, &row, now, AttemptEvent::Superseded, source).await?;
     let number = row.attempt.number + 1;
     let attempt_id = Uuid::now_v7();
     attempts::insert(
         &mut tx,
-        &new_attempt(attempt_id, login_id, number, &session, lifetime),
+        &new_attempt(
+            attempt_id,
+            login_id,
+            number,
+            &session,
+            lifetime,
+            &requested_from,
+        ),
     )
     .await?;
     changes::apply(
@@ -203,6 +218,7 @@ pub async fn issue_code(
         .ok_or(ApiError::LoginNotFound)?;
     let announcement = Announcement::new(state, login_id);
     tx.commit().await?;
+    reservation.settled();
     if let Some(moved) = ended {
         moved.record(state);
     }
@@ -282,6 +298,9 @@ pub async fn redeem(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
     match view::effective(&row, Utc::now()).1 {
         LoginStatus::Approved => {}
         LoginStatus::Redeemed => return Err(ApiError::AlreadyRedeemed),
+        LoginStatus::Expired if row.attempt.status == AttemptStatus::Succeeded => {
+            return Err(ApiError::ApprovalExpired);
+        }
         other => {
             return Err(ApiError::NotApproved {
                 status: other.as_str(),
@@ -349,12 +368,24 @@ pub async fn end_current(
     } else {
         (event, source)
     };
-    move_attempt(conn, row, event, source, &IdenfyReport::default(), None).await
+    // none of these events approves
+    let no_approval = std::time::Duration::ZERO;
+    move_attempt(
+        conn,
+        row,
+        event,
+        source,
+        &IdenfyReport::default(),
+        None,
+        no_approval,
+    )
+    .await
 }
 
 /// Applies `event` to the login's current attempt (already locked) through the state machine:
 /// the attempt, the login's status and one event row, in the caller's transaction. `None` when
-/// the state machine says the event changes nothing.
+/// the state machine says the event changes nothing. A success may be redeemed for
+/// `approval_ttl`.
 pub async fn move_attempt(
     conn: &mut PgConnection,
     row: &LoginRow,
@@ -362,6 +393,7 @@ pub async fn move_attempt(
     source: Source,
     report: &IdenfyReport,
     delivery_id: Option<Uuid>,
+    approval_ttl: std::time::Duration,
 ) -> Result<Option<Moved>, sqlx::Error> {
     let Some(to) = state::next(row.attempt.status, event) else {
         return Ok(None);
@@ -376,6 +408,7 @@ pub async fn move_attempt(
         max_attempts: row.max_attempts,
         redeemed: row.redeemed_at.is_some(),
         canceled: canceled || row.canceled_at.is_some(),
+        approval_expired: false,
     });
     let mut detail = json!({ "attempt_number": row.attempt.number });
     if let Some(reason) = &report.fail_reason {
@@ -393,7 +426,7 @@ pub async fn move_attempt(
             login_id: row.id,
             status: login.as_str(),
             flags: StatusChange {
-                approved: to == AttemptStatus::Succeeded,
+                approved_for: (to == AttemptStatus::Succeeded).then_some(approval_ttl),
                 canceled,
                 redeemed: false,
                 forgive,
@@ -432,7 +465,7 @@ fn attempt_event_kind(to: AttemptStatus) -> &'static str {
     }
 }
 
-fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiError> {
+pub(crate) fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiError> {
     let (_, status) = view::effective(row, now);
     state::may_issue_code(status, row.budget_used(), row.max_attempts).map_err(|refusal| {
         match refusal {
@@ -459,24 +492,6 @@ async fn rate_limit(state: &AppState, checks: Vec<(Limit, &'static str)>) -> Res
             retry_after,
         }),
     }
-}
-
-async fn check_scan_ref_budget(
-    state: &AppState,
-    conn: impl sqlx::PgExecutor<'_>,
-    scan_ref: &ScanRef,
-) -> Result<(), ApiError> {
-    let budget = state.settings.max_attempts_per_scan_ref_hour;
-    let Some(frees_at) = attempts::scan_ref_hour_budget(conn, scan_ref.as_str(), budget).await?
-    else {
-        return Ok(());
-    };
-    let wait = (frees_at - Utc::now()).num_seconds().max(1) as u64;
-    Err(ApiError::BudgetExhausted {
-        message: "this scan_ref was issued too many codes in the last hour",
-        budget: "scan_ref_hourly",
-        retry_after: Some(wait),
-    })
 }
 
 async fn create_session(
@@ -510,6 +525,7 @@ fn new_attempt<'a>(
     number: i32,
     session: &'a CreatedSession,
     lifetime: Lifetime,
+    requested_from: &'a str,
 ) -> NewAttempt<'a> {
     NewAttempt {
         id,
@@ -519,6 +535,7 @@ fn new_attempt<'a>(
         digit_string: session.digit_string.as_str(),
         idenfy_max_attempt_count: session.max_attempt_count,
         expires_at: Utc::now() + chrono::Duration::seconds(lifetime.seconds().into()),
+        requested_from,
     }
 }
 

@@ -19,8 +19,17 @@ pub enum Audience {
 /// Where a login stands now. A pending code past its expiry reads as expired at once.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LoginState {
-    pub login_id: Uuid,
+    /// Platform only: the browser never learns the handle that redeems the login.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_id: Option<Uuid>,
     pub status: LoginStatus,
+    /// The platform's opaque `state` from the login's creation, if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// While approved: the approval must be redeemed before this time, or the login reads
+    /// `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_expires_at: Option<DateTime<Utc>>,
     /// Platform only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan_ref: Option<String>,
@@ -64,7 +73,8 @@ pub struct AttemptState {
     pub fail_reason: Option<String>,
 }
 
-/// The attempt and login status as of `now`, derived by the domain rules.
+/// The attempt and login status as of `now`, derived by the domain rules: a code or an
+/// approval past its time reads expired before the expiry task records it.
 pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginStatus) {
     let attempt = state::effective(row.attempt.status, row.attempt.expires_at, now);
     let login = state::login_status(LoginFacts {
@@ -73,8 +83,19 @@ pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginSta
         max_attempts: row.max_attempts,
         redeemed: row.redeemed_at.is_some(),
         canceled: row.canceled_at.is_some(),
+        approval_expired: row.approval_expires_at.is_some_and(|at| now >= at),
     });
     (attempt, login)
+}
+
+/// When the clock alone next changes the login's document (its code or its approval
+/// expires), if it will.
+pub fn clock_changes_at(row: &LoginRow, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match effective(row, now) {
+        (AttemptStatus::Pending, _) => Some(row.attempt.expires_at),
+        (_, LoginStatus::Approved) => row.approval_expires_at,
+        _ => None,
+    }
 }
 
 /// The row's code is pending as stored but its time is up: the clock expired it, and the
@@ -95,8 +116,12 @@ impl LoginState {
         let (attempt_status, status) = effective(row, now);
         let platform = audience == Audience::Platform;
         Self {
-            login_id: row.id,
+            login_id: platform.then_some(row.id),
             status,
+            state: row.state.clone(),
+            approval_expires_at: row
+                .approval_expires_at
+                .filter(|_| status == LoginStatus::Approved),
             scan_ref: if platform { row.scan_ref.clone() } else { None },
             user_ref: if platform { row.user_ref.clone() } else { None },
             attempt: AttemptState {
@@ -135,27 +160,27 @@ impl LoginState {
     }
 
     /// Changes whenever the document's meaning does: a new event, or the clock expiring the
-    /// code.
+    /// code or the approval.
     pub fn etag(&self) -> String {
-        etag(self.event_seq, self.attempt.status)
+        etag(self.event_seq, self.status)
     }
 }
 
 /// The document as JSON, the same bytes as serialising [`LoginState::build`]. The first
-/// reader of a row for an audience and code status serialises it whole and keeps it with the
-/// row in two parts; later readers write only `server_time` between them.
-/// `attempt_now` is the code's effective status at `now` ([`effective`]).
+/// reader of a row for an audience and clock overlay serialises it whole and keeps it with
+/// the row in two parts; later readers write only `server_time` between them.
+/// `login_now` is the login's effective status at `now` ([`effective`]).
 pub fn render(
     row: &LoginRow,
     now: DateTime<Utc>,
-    attempt_now: AttemptStatus,
+    login_now: LoginStatus,
     poll_interval_seconds: u32,
     audience: Audience,
 ) -> Vec<u8> {
-    // for one row, only the clock's overlay on a pending code changes the document's
-    // content; everything else in it comes from the row
-    let slot = 2 * (audience == Audience::Browser) as usize
-        + (attempt_now == AttemptStatus::Pending) as usize;
+    // for one row, only the clock's overlay (a code or an approval expired, which moves the
+    // login's status off the stored one) changes the document's content
+    let slot =
+        2 * (audience == Audience::Browser) as usize + (login_now.as_str() != row.status) as usize;
     let (head, tail) = row.rendered.0[slot].get_or_init(|| {
         let whole = serde_json::to_vec(&LoginState::build(
             row,
@@ -196,10 +221,10 @@ fn split_at_server_time(whole: &[u8]) -> Parts {
     (whole[..start].into(), whole[end..].into())
 }
 
-/// The ETag of a login's document, from the login's event sequence and its code's effective
-/// status (which the clock alone moves): a reader can compare it without building the document.
-pub fn etag(event_seq: i32, attempt: AttemptStatus) -> String {
-    format!("\"{}-{}\"", event_seq, attempt.as_str())
+/// The ETag of a login's document, from the login's event sequence and its effective status
+/// (which the clock alone moves): a reader can compare it without building the document.
+pub fn etag(event_seq: i32, login: LoginStatus) -> String {
+    format!("\"{}-{}\"", event_seq, login.as_str())
 }
 
 #[cfg(test)]
@@ -224,15 +249,41 @@ mod tests {
             let row = row(status, expires_in);
             for audience in [Audience::Platform, Audience::Browser] {
                 let doc = LoginState::build(&row, now, 2, audience);
-                let without_document = etag(row.event_seq, effective(&row, now).0);
+                let without_document = etag(row.event_seq, effective(&row, now).1);
                 assert_eq!(without_document, doc.etag(), "{status:?} {expires_in}");
             }
         }
         // the clock alone changes it: a pending code past its expiry reads as expired
         assert_ne!(
-            etag(1, effective(&row(AttemptStatus::Pending, 60), now).0),
-            etag(1, effective(&row(AttemptStatus::Pending, -1), now).0)
+            etag(1, effective(&row(AttemptStatus::Pending, 60), now).1),
+            etag(1, effective(&row(AttemptStatus::Pending, -1), now).1)
         );
+    }
+
+    #[test]
+    fn an_approval_past_its_time_reads_expired_and_the_browser_never_sees_the_login_id() {
+        let now = Utc::now();
+        let mut approved = row(AttemptStatus::Succeeded, -60);
+        approved.status = "approved".into();
+        approved.attempt.id = uuid::Uuid::now_v7();
+        approved.approval_expires_at = Some(now + chrono::Duration::seconds(30));
+        let doc = LoginState::build(&approved, now, 2, Audience::Platform);
+        assert_eq!(doc.status, LoginStatus::Approved);
+        assert_eq!(doc.approval_expires_at, approved.approval_expires_at);
+        assert_eq!(doc.login_id, Some(approved.id));
+        assert_eq!(
+            clock_changes_at(&approved, now),
+            approved.approval_expires_at
+        );
+        let later = now + chrono::Duration::seconds(31);
+        let doc = LoginState::build(&approved, later, 2, Audience::Platform);
+        assert_eq!(doc.status, LoginStatus::Expired);
+        assert_eq!(doc.approval_expires_at, None);
+        assert!(!doc.can_request_new_code || doc.attempts_used < doc.max_attempts);
+        let browser = LoginState::build(&approved, now, 2, Audience::Browser);
+        assert_eq!(browser.login_id, None);
+        let json = serde_json::to_string(&browser).unwrap();
+        assert!(!json.contains(&approved.id.to_string()), "{json}");
     }
 
     #[test]
@@ -260,6 +311,12 @@ mod tests {
             row.user_ref = Some(r#"a"server_time":"x" \ é"#.into());
             row.attempt.fail_reason =
                 (status == AttemptStatus::Failed).then(|| "FACE_MISMATCH".into());
+            if status == AttemptStatus::Succeeded {
+                // an approval that lapses within the reads
+                row.status = "approved".into();
+                row.approval_expires_at = Some(expires_at);
+                row.state = Some("opaque \"state\"".into());
+            }
             rows.push(row);
         }
         // before the code's expiry, across it, and long after: the memo holds both variants;
@@ -277,7 +334,7 @@ mod tests {
                     for &now in &reads {
                         let expected =
                             serde_json::to_vec(&LoginState::build(row, now, 2, audience)).unwrap();
-                        let rendered = render(row, now, effective(row, now).0, 2, audience);
+                        let rendered = render(row, now, effective(row, now).1, 2, audience);
                         assert_eq!(
                             String::from_utf8(rendered).unwrap(),
                             String::from_utf8(expected).unwrap(),

@@ -118,6 +118,7 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
                             claimed.login_id,
                             claimed.attempt_id,
                             delivery_id,
+                            state.settings.approval_ttl,
                         )
                         .await?;
                         change = moved;
@@ -176,6 +177,7 @@ async fn judge(
     login_id: Uuid,
     attempt_id: Uuid,
     delivery_id: Uuid,
+    approval_ttl: std::time::Duration,
 ) -> Result<(Verdict, Option<service::Moved>), ApiError> {
     // locked by `claim`; read after the lock, so no change made meanwhile is missed
     let row = logins::find(&mut *tx, login_id)
@@ -222,6 +224,7 @@ async fn judge(
         Source::Webhook,
         &report,
         Some(delivery_id),
+        approval_ttl,
     )
     .await?;
     match moved {

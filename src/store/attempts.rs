@@ -12,14 +12,16 @@ pub struct NewAttempt<'a> {
     pub digit_string: &'a str,
     pub idenfy_max_attempt_count: Option<i32>,
     pub expires_at: DateTime<Utc>,
+    /// The address bucket the code was asked from (`store::reservations`).
+    pub requested_from: &'a str,
 }
 
 pub async fn insert(conn: &mut PgConnection, a: &NewAttempt<'_>) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
         insert into attempts (id, login_id, number, idenfy_token, digit_string,
-                              idenfy_max_attempt_count, expires_at)
-        values ($1, $2, $3, $4, $5, $6, $7)
+                              idenfy_max_attempt_count, expires_at, requested_from)
+        values ($1, $2, $3, $4, $5, $6, $7, $8)
         "#,
         a.id,
         a.login_id,
@@ -27,7 +29,8 @@ pub async fn insert(conn: &mut PgConnection, a: &NewAttempt<'_>) -> Result<(), s
         a.idenfy_token,
         a.digit_string,
         a.idenfy_max_attempt_count,
-        a.expires_at
+        a.expires_at,
+        a.requested_from
     )
     .execute(conn)
     .await?;
@@ -58,55 +61,10 @@ pub async fn outcome_source(
     Ok(source.flatten())
 }
 
-/// Whether `scan_ref` was issued `budget` codes in the last hour, and if so when the budget
-/// frees (when the oldest of the newest `budget` leaves the window). Reads at most `budget`
-/// attempts, however many the scan_ref has.
-pub async fn scan_ref_hour_budget(
-    conn: impl PgExecutor<'_>,
-    scan_ref: &str,
-    budget: i64,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let row = sqlx::query!(
-        r#"
-        select count(*) as "count!", min(created_at) + interval '1 hour' as frees_at
-        from (
-            select a.created_at
-            from attempts a join logins l on l.id = a.login_id
-            where l.scan_ref = $1 and a.created_at > now() - interval '1 hour'
-            order by a.created_at desc
-            limit $2
-        ) newest
-        "#,
-        scan_ref,
-        budget
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(if row.count >= budget {
-        Some(
-            row.frees_at
-                .unwrap_or_else(|| Utc::now() + chrono::Duration::hours(1)),
-        )
-    } else {
-        None
-    })
-}
-
 /// The advisory lock that serialises code issuance per scan_ref across connections and
-/// instances, so the hourly budget cannot be overrun by concurrent requests.
+/// instances, so its hourly budgets cannot be overrun by concurrent requests.
 pub fn scan_ref_lock_key(scan_ref: &str) -> i64 {
     super::lock_key("facepair.scan_ref", scan_ref.as_bytes())
-}
-
-/// Takes [`scan_ref_lock_key`] inside a transaction.
-pub async fn lock_scan_ref(conn: &mut PgConnection, scan_ref: &str) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "select pg_advisory_xact_lock($1)",
-        scan_ref_lock_key(scan_ref)
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// An attempt whose code expired and is still recorded as pending.

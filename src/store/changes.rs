@@ -11,7 +11,8 @@ use crate::store::logins::{Joined, LoginRow, NewLogin};
 /// What changes on the login row with a new status; the event sequence advances by one.
 #[derive(Debug, Default)]
 pub struct StatusChange {
-    pub approved: bool,
+    /// An attempt succeeded: the approval may be redeemed for this long.
+    pub approved_for: Option<std::time::Duration>,
     pub redeemed: bool,
     pub canceled: bool,
     /// The attempt that just failed does not count toward the budget.
@@ -61,7 +62,10 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
             set status = $2,
                 event_seq = event_seq + 1,
                 updated_at = now(),
-                approved_at = case when $3 then now() else approved_at end,
+                approved_at = case when $3::float8 is not null then now() else approved_at end,
+                approval_expires_at = case when $3::float8 is not null
+                                           then now() + make_interval(secs => $3::float8)
+                                           else approval_expires_at end,
                 redeemed_at = case when $4 then now() else redeemed_at end,
                 canceled_at = case when $5 then now() else canceled_at end,
                 attempts_forgiven = attempts_forgiven + case when $6 then 1 else 0 end
@@ -74,7 +78,7 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
         "#,
         c.login_id,
         c.status,
-        c.flags.approved,
+        c.flags.approved_for.map(|d| d.as_secs_f64()),
         c.flags.redeemed,
         c.flags.canceled,
         c.flags.forgive,
@@ -113,13 +117,13 @@ pub async fn create(
         with login as (
             insert into logins (id, scan_ref, user_ref, locale, lifetime_seconds, max_attempts,
                                 client_ip, user_agent, api_key_id, watch_token_hash, status,
-                                event_seq)
-            values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, 'pending', 1)
+                                event_seq, state)
+            values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, 'pending', 1, $19)
             returning *
         ), attempt as (
             insert into attempts (id, login_id, number, idenfy_token, digit_string,
-                                  idenfy_max_attempt_count, expires_at)
-            values ($11, $1, $17, $12, $13, $14, $15)
+                                  idenfy_max_attempt_count, expires_at, requested_from)
+            values ($11, $1, $17, $12, $13, $14, $15, $18)
             returning *
         ), event as (
             insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
@@ -129,7 +133,7 @@ pub async fn create(
                l.lifetime_seconds as "lifetime_seconds!", l.max_attempts as "max_attempts!",
                l.attempts_forgiven as "attempts_forgiven!", host(l.client_ip) as client_ip,
                l.status as "status!", l.event_seq as "event_seq!", l.created_at as "created_at!",
-               l.approved_at, l.redeemed_at, l.canceled_at,
+               l.approved_at, l.approval_expires_at, l.redeemed_at, l.canceled_at, l.state,
                a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
                a.digit_string, a.idenfy_max_attempt_count,
                a.created_at as "attempt_created_at!", a.expires_at as "expires_at!",
@@ -153,7 +157,9 @@ pub async fn create(
         a.idenfy_max_attempt_count,
         a.expires_at,
         detail,
-        a.number
+        a.number,
+        a.requested_from,
+        l.state
     )
     .fetch_one(conn)
     .await?

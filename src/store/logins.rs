@@ -24,8 +24,12 @@ pub struct LoginRow {
     pub event_seq: i32,
     pub created_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
+    /// Until when an approval may be redeemed.
+    pub approval_expires_at: Option<DateTime<Utc>>,
     pub redeemed_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
+    /// The platform's opaque value, handed back to the browser.
+    pub state: Option<String>,
     pub attempt: AttemptRow,
     /// The documents made from this row, kept with it: a cached row is serialised once per
     /// reader and code status (`service::view::render`).
@@ -82,8 +86,10 @@ impl LoginRow {
             event_seq: 1,
             created_at: Utc::now(),
             approved_at: None,
+            approval_expires_at: None,
             redeemed_at: None,
             canceled_at: None,
+            state: None,
             attempt: AttemptRow {
                 id,
                 number: 1,
@@ -119,7 +125,7 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
         r#"
         select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
                host(l.client_ip) as client_ip, l.status, l.event_seq, l.created_at,
-               l.approved_at, l.redeemed_at, l.canceled_at,
+               l.approved_at, l.approval_expires_at, l.redeemed_at, l.canceled_at, l.state,
                a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
                a.digit_string, a.idenfy_max_attempt_count,
                a.created_at as "attempt_created_at!", a.expires_at as "expires_at!",
@@ -154,8 +160,10 @@ pub(crate) struct Joined {
     pub event_seq: i32,
     pub created_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
+    pub approval_expires_at: Option<DateTime<Utc>>,
     pub redeemed_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
+    pub state: Option<String>,
     pub attempt_id: Uuid,
     pub attempt_number: i32,
     pub attempt_status: String,
@@ -191,8 +199,10 @@ impl Joined {
             event_seq: self.event_seq,
             created_at: self.created_at,
             approved_at: self.approved_at,
+            approval_expires_at: self.approval_expires_at,
             redeemed_at: self.redeemed_at,
             canceled_at: self.canceled_at,
+            state: self.state,
             attempt: AttemptRow {
                 id: self.attempt_id,
                 number: self.attempt_number,
@@ -251,6 +261,25 @@ pub struct NewLogin<'a> {
     pub user_agent: Option<&'a str>,
     pub api_key_id: &'a str,
     pub watch_token_hash: &'a [u8],
+    pub state: Option<&'a str>,
+}
+
+/// Approved logins whose approval expired and is not recorded yet, oldest first.
+pub async fn approvals_due(
+    conn: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        select id from logins
+        where status = 'approved' and approval_expires_at <= now()
+        order by approval_expires_at
+        limit $1
+        "#,
+        limit
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// The outcome of a browser's poll against the slow_down rule.

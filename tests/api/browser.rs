@@ -343,7 +343,8 @@ async fn the_page_is_locked_down(pool: PgPool) {
     );
 }
 
-/// On approval the page goes to the configured return URL with the login id.
+/// On approval the page goes to the configured return URL with the platform's `state`, never
+/// the login id.
 #[sqlx::test]
 async fn approval_returns_to_the_platform(pool: PgPool) {
     let sb = Sandbox::start_with(
@@ -352,16 +353,16 @@ async fn approval_returns_to_the_platform(pool: PgPool) {
         |s| s.return_url = Some("http://127.0.0.1:9/platform/done".into()),
     )
     .await;
-    let login = sb.app.login().await;
+    let login = sb
+        .app
+        .login_with(json!({ "scan_ref": SCAN_REF, "state": "session 7/a&b" }))
+        .await;
     let code = login["attempt"]["digit_string"].as_str().unwrap();
     let browser = Browser::start().await;
     browser.open(login["watch_url"].as_str().unwrap()).await;
     browser.until(CODE, json!(code)).await;
     sb.phone(code, "SUCCESS", None).await;
-    let want = format!(
-        "http://127.0.0.1:9/platform/done?login_id={}",
-        login["login_id"].as_str().unwrap()
-    );
+    let want = "http://127.0.0.1:9/platform/done?state=session+7%2Fa%26b";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let url = browser
@@ -388,13 +389,16 @@ async fn an_embedding_page_hears_of_the_approval(pool: PgPool) {
     let origin = platform.uri();
     let allowed = origin.clone();
     let sb = Sandbox::start_with(pool, |_| {}, move |s| s.frame_ancestors = vec![allowed]).await;
-    let login = sb.app.login().await;
+    let login = sb
+        .app
+        .login_with(json!({ "scan_ref": SCAN_REF, "state": "csrf-7Hq2" }))
+        .await;
     let parent = format!(
         r#"<!doctype html><title>waiting</title>
         <iframe id="pairing" src="{}" width="480" height="640"></iframe>
         <script>
           addEventListener('message', (e) => {{
-            if (e.data && e.data.type === 'facepair:approved') document.title = 'approved ' + e.data.login_id + ' from ' + e.origin;
+            if (e.data && e.data.type === 'facepair:approved') document.title = 'approved ' + e.data.state + ' ' + JSON.stringify(Object.keys(e.data).sort()) + ' from ' + e.origin;
           }});
         </script>"#,
         login["watch_url"].as_str().unwrap()
@@ -429,8 +433,7 @@ async fn an_embedding_page_hears_of_the_approval(pool: PgPool) {
         .until(
             "return document.title",
             json!(format!(
-                "approved {} from {facepair_origin}",
-                login["login_id"].as_str().unwrap()
+                r#"approved csrf-7Hq2 ["state","type"] from {facepair_origin}"#
             )),
         )
         .await;

@@ -441,7 +441,7 @@ async fn scan_ref_hourly_budget(pool: PgPool) {
 
 /// With more codes in the hour than the budget allows (the budget was lowered), the budget
 /// has room again when the oldest of the newest `budget` codes leaves the hour, not the
-/// oldest of all; and the count stops at the budget.
+/// oldest of all.
 #[sqlx::test]
 async fn the_scan_ref_budget_frees_when_enough_codes_left_the_hour(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), |s| s.max_attempts_per_scan_ref_hour = 3).await;
@@ -461,9 +461,10 @@ async fn the_scan_ref_budget_frees_when_enough_codes_left_the_hour(pool: PgPool)
     let frees_in = |budget: i64| {
         let pool = pool.clone();
         async move {
-            facepair::store::attempts::scan_ref_hour_budget(&pool, SCAN_REF, budget)
+            facepair::store::reservations::used(&pool, SCAN_REF, "198.51.100.7", budget, 100)
                 .await
                 .unwrap()
+                .address_frees_at
                 .map(|at| (at - chrono::Utc::now()).num_seconds())
         }
     };

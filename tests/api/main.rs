@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API against real PostgreSQL (one database per test).
 
 mod abuse;
+mod binding;
 mod browser;
 mod create;
 mod e2e;

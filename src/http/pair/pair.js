@@ -110,13 +110,14 @@ function render(next) {
 function approved() {
   if (notified) return;
   notified = true;
-  const message = { type: 'facepair:approved', login_id: state.login_id };
+  // the platform's opaque state, never the login id: the backend redeems the login it keeps
+  const message = { type: 'facepair:approved', state: state.state ?? null };
   if (window.parent !== window) {
     for (const origin of config.parent_origins || []) window.parent.postMessage(message, origin);
   }
   if (config.return_url) {
     const url = new URL(config.return_url);
-    url.searchParams.set('login_id', state.login_id);
+    if (state.state != null) url.searchParams.set('state', state.state);
     setTimeout(() => { (window.parent !== window ? window.top : window).location.assign(url.toString()); }, 1200);
   }
 }

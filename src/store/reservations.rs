@@ -1,0 +1,117 @@
+//! code_reservations: codes being issued. A reservation counts in a scan_ref's hourly budgets
+//! from before iDenfy is called until the transaction that stores the code removes it.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+pub struct NewReservation<'a> {
+    pub id: Uuid,
+    pub login_id: Uuid,
+    pub scan_ref: &'a str,
+    /// The address bucket that asked (`domain::network::bucket`), or `unknown`.
+    pub requested_from: &'a str,
+    /// How long the reservation holds if it is never removed (its instance died).
+    pub lease_secs: f64,
+}
+
+/// Codes a scan_ref was issued in the last hour, reservations included: from one address and
+/// from all, each with when its budget next has room (the hour after the `budget`-th newest
+/// code; `None` while fewer were issued).
+pub struct Used {
+    pub from_address: i64,
+    pub total: i64,
+    pub address_frees_at: Option<DateTime<Utc>>,
+    pub total_frees_at: Option<DateTime<Utc>>,
+}
+
+/// Reserves a code for `r.login_id`, in the caller's transaction; `false` when another is
+/// being issued for the same login. The caller holds the scan_ref's lock, so the budgets it
+/// read ([`used`]) cannot change before it commits.
+pub async fn reserve(conn: &mut PgConnection, r: &NewReservation<'_>) -> Result<bool, sqlx::Error> {
+    sqlx::query!(
+        "delete from code_reservations where login_id = $1 and expires_at <= now()",
+        r.login_id
+    )
+    .execute(&mut *conn)
+    .await?;
+    let taken = sqlx::query_scalar!(
+        r#"
+        insert into code_reservations (id, login_id, scan_ref, requested_from, expires_at)
+        values ($1, $2, $3, $4, now() + make_interval(secs => $5))
+        on conflict (login_id) do nothing
+        returning id
+        "#,
+        r.id,
+        r.login_id,
+        r.scan_ref,
+        r.requested_from,
+        r.lease_secs
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(taken.is_some())
+}
+
+/// What `scan_ref` used of its hourly budgets, codes being issued included, against a
+/// budget of `per_address` codes from `requested_from` and `total` from everywhere.
+pub async fn used(
+    conn: impl PgExecutor<'_>,
+    scan_ref: &str,
+    requested_from: &str,
+    per_address: i64,
+    total: i64,
+) -> Result<Used, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        with recent as (
+            select a.created_at as at, a.requested_from = $2 as from_address
+            from attempts a join logins l on l.id = a.login_id
+            where l.scan_ref = $1 and a.created_at > now() - interval '1 hour'
+            union all
+            select created_at, requested_from = $2 from code_reservations
+            where scan_ref = $1 and expires_at > now()
+        ), ranked as (
+            select at, coalesce(from_address, false) as from_address,
+                   row_number() over (order by at desc) as newest,
+                   row_number() over (partition by coalesce(from_address, false) order by at desc) as newest_here
+            from recent
+        )
+        select count(*) filter (where from_address) as "from_address!",
+               count(*) as "total!",
+               max(at) filter (where from_address and newest_here = $3) + interval '1 hour' as address_frees_at,
+               max(at) filter (where newest = $4) + interval '1 hour' as total_frees_at
+        from ranked
+        "#,
+        scan_ref,
+        requested_from,
+        per_address,
+        total
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Used {
+        from_address: row.from_address,
+        total: row.total,
+        address_frees_at: row.address_frees_at,
+        total_frees_at: row.total_frees_at,
+    })
+}
+
+/// Removes a reservation: in the transaction that stores its code, or to release it.
+pub async fn remove(conn: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!("delete from code_reservations where id = $1", id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Forgets reservations whose instance died long ago.
+pub async fn prune(conn: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query!("delete from code_reservations where expires_at < now() - interval '1 hour'")
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}
