@@ -140,8 +140,9 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The Prometheus text; `connections` are the request pools' open and idle connections.
-    pub fn render(&self, connections: (u32, usize)) -> String {
+    /// The Prometheus text; `connections` are the request pools' open and idle connections,
+    /// `log_lines_dropped` the count kept by the log output.
+    pub fn render(&self, connections: (u32, usize), log_lines_dropped: u64) -> String {
         let mut out = String::new();
         counter(
             &mut out,
@@ -265,6 +266,12 @@ impl Metrics {
             "facepair_notify_logins_total",
             "Changed logins announced in those batches.",
             self.notify_logins.get(),
+        );
+        counter(
+            &mut out,
+            "facepair_log_lines_dropped_total",
+            "Log lines dropped because the log output stalled or failed.",
+            log_lines_dropped,
         );
         let open = self.sse_opened.get().saturating_sub(self.sse_closed.get());
         let _ = writeln!(

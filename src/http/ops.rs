@@ -30,7 +30,10 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(state.worker_pools.connections()))
+        .body(state.metrics.render(
+            state.worker_pools.connections(),
+            crate::telemetry::lines_dropped(),
+        ))
 }
 
 /// This document.
