@@ -7,6 +7,7 @@ mod e2e;
 mod helpers;
 mod lifecycle;
 mod live;
+mod migrations;
 mod ops;
 mod ops_tools;
 mod outage;
