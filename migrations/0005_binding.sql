@@ -1,4 +1,5 @@
 -- Binding a login to the platform that asked, and codes reserved before iDenfy is paid.
+-- Constraints are added NOT VALID here and validated in 0008.
 
 -- an approval is redeemable until this time; set when an attempt succeeds. Approvals made
 -- before approvals expired end now.
@@ -7,7 +8,6 @@ update logins set approval_expires_at = approved_at where status = 'approved';
 -- the platform's opaque value, handed back to the browser with the outcome
 alter table logins add column state text;
 alter table logins add constraint logins_state_length check (char_length(state) <= 256) not valid;
-alter table logins validate constraint logins_state_length;
 
 -- where a code was asked from (an address, an IPv6 /64 or "unknown"): a scan_ref's hourly
 -- budget is counted per address, so strangers cannot spend the person's own
@@ -17,7 +17,6 @@ alter table attempts add column requested_from text;
 alter table attempts drop constraint attempts_outcome_source_check;
 alter table attempts add constraint attempts_outcome_source_check check (outcome_source in
     ('webhook', 'clock', 'platform', 'reconciliation', 'watch')) not valid;
-alter table attempts validate constraint attempts_outcome_source_check;
 
 -- a code being issued: reserved, with the budgets counted, before iDenfy is called, and
 -- removed by the transaction that stores it, or released when iDenfy fails. `expires_at`

@@ -143,8 +143,14 @@ impl Metrics {
     }
 
     /// The Prometheus text; `connections` are the request pools' open and idle connections,
-    /// `breaker` the iDenfy circuit breaker's phase.
-    pub fn render(&self, connections: (u32, usize), breaker: Phase) -> String {
+    /// `breaker` the iDenfy circuit breaker's phase, `log_lines_dropped` the count kept by
+    /// the log output.
+    pub fn render(
+        &self,
+        connections: (u32, usize),
+        breaker: Phase,
+        log_lines_dropped: u64,
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -286,6 +292,12 @@ impl Metrics {
             "facepair_notify_failures_total",
             "NOTIFY batches that could not be sent on a fresh connection either; their logins go with the next batch.",
             self.notify_failures.get(),
+        );
+        counter(
+            &mut out,
+            "facepair_log_lines_dropped_total",
+            "Log lines dropped because the log output stalled or failed.",
+            log_lines_dropped,
         );
         let open = self.sse_opened.get().saturating_sub(self.sse_closed.get());
         let _ = writeln!(

@@ -433,25 +433,40 @@ pub fn flush() {
     sink::flush();
 }
 
+/// Log lines dropped since the start because the log output stalled or failed.
+pub fn lines_dropped() -> u64 {
+    sink::dropped()
+}
+
+/// Not `tracing-appender`: its non-blocking writer allocates a `Vec` per line, freed on its log
+/// thread, which is what this sink removed (BENCHMARKS.md, "The log lines").
+///
 /// Log lines reach stderr through one thread, which writes the lines of a millisecond in one
 /// system call. Writers append their line to one buffer under a lock held for the copy: no
 /// channel, and no memory freed on another thread than the one that took it (the access line,
 /// written for every request, is formatted in a buffer its thread keeps, so it allocates
 /// nothing at all). While lines keep coming the thread sleeps on its own timer, so a line wakes
 /// nobody; only the first line after a quiet spell wakes it. Lines stay whole and in the
-/// order they were appended; a full buffer makes writers wait rather than lose lines. On a
-/// normal exit [`flush`] writes what is left; a process killed outright loses at most the
-/// last millisecond.
+/// order they were appended. A line that finds the buffer full (the output stalled) or whose
+/// write fails is dropped and counted: nobody waits for the output. The count is on
+/// `/metrics`, and logged once a write succeeds again. On a normal exit [`flush`] writes what
+/// is left; a process killed outright loses at most the last millisecond.
 mod sink {
     use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
     use std::time::{Duration, Instant};
 
     static SINK: OnceLock<Sink> = OnceLock::new();
 
+    thread_local! {
+        /// The writer thread is logging how many lines were dropped.
+        static REPORTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
     /// How long the writer lets lines gather after the first of a batch.
     const GATHER: Duration = Duration::from_millis(1);
-    /// Bytes waiting before writers wait too.
+    /// Bytes waiting before lines are dropped.
     const CAPACITY: usize = 1 << 20;
     /// What each of the two buffers keeps of its memory between batches.
     const KEPT: usize = 64 << 10;
@@ -460,9 +475,11 @@ mod sink {
         state: Mutex<State>,
         /// The writer thread, idle, has lines to write (or a flush to make).
         ready: Condvar,
-        /// The buffer has room again, or a batch was written.
+        /// A batch was written.
         progress: Condvar,
         capacity: usize,
+        /// Lines dropped since the start.
+        dropped: AtomicU64,
     }
 
     #[derive(Default)]
@@ -475,7 +492,7 @@ mod sink {
         idle: bool,
         /// Someone waits for every line appended so far to be written.
         flush: bool,
-        /// Writers and flushes waiting for progress.
+        /// Flushes waiting for progress.
         waiting: usize,
         closed: bool,
     }
@@ -491,7 +508,11 @@ mod sink {
         }
         std::thread::Builder::new()
             .name("facepair-log".into())
-            .spawn(|| sink.write_all(std::io::stderr()))
+            .spawn(|| {
+                sink.write_all(std::io::stderr(), |n| {
+                    tracing::warn!(dropped = n, "{n} log lines were dropped");
+                });
+            })
             .expect("the log thread starts");
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -516,6 +537,11 @@ mod sink {
         }
     }
 
+    /// Lines dropped since the start.
+    pub fn dropped() -> u64 {
+        SINK.get().map_or(0, Sink::dropped)
+    }
+
     impl Sink {
         pub fn new(capacity: usize) -> Self {
             Sink {
@@ -523,6 +549,7 @@ mod sink {
                 ready: Condvar::new(),
                 progress: Condvar::new(),
                 capacity,
+                dropped: AtomicU64::new(0),
             }
         }
 
@@ -530,15 +557,14 @@ mod sink {
             self.state.lock().unwrap_or_else(PoisonError::into_inner)
         }
 
+        /// Appends a line, or drops it if the buffer has no room for it: never waits for the
+        /// output.
         pub fn send(&self, line: &[u8]) {
             let mut state = self.lock();
-            while state.lines.len() >= self.capacity && !state.closed {
-                state.waiting += 1;
-                state = self
-                    .progress
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                state.waiting -= 1;
+            if state.lines.len() + line.len() > self.capacity && !REPORTING.get() {
+                drop(state);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             state.lines.extend_from_slice(line);
             state.appended += 1;
@@ -548,6 +574,10 @@ mod sink {
             if wake {
                 self.ready.notify_one();
             }
+        }
+
+        pub fn dropped(&self) -> u64 {
+            self.dropped.load(Ordering::Relaxed)
         }
 
         /// Waits until every line appended before the call is written, for at most `limit`.
@@ -582,9 +612,11 @@ mod sink {
 
         /// The writer thread: waits for a line only when a millisecond brought none. While
         /// lines keep coming it is asleep in its own timer, never waiting on the lock's
-        /// condition, so no writer has to wake it.
-        pub fn write_all(&self, mut out: impl std::io::Write) {
+        /// condition, so no writer has to wake it. After a write that succeeded, `report` is
+        /// given the number of lines dropped since it was last called, if any.
+        pub fn write_all(&self, mut out: impl std::io::Write, mut report: impl FnMut(u64)) {
             let mut batch = Vec::with_capacity(KEPT);
+            let mut reported = 0;
             loop {
                 // the lines of a millisecond gather; a flush is written at once
                 let mut state = self.linger();
@@ -606,19 +638,31 @@ mod sink {
                 }
                 std::mem::swap(&mut state.lines, &mut batch);
                 state.flush = false;
-                let upto = state.appended;
+                let (from, upto) = (state.written, state.appended);
                 self.progressed(state);
-                let _ = out.write_all(&batch);
+                let wrote = out.write_all(&batch).is_ok();
                 batch.clear();
                 batch.shrink_to(KEPT);
+                if !wrote {
+                    // how much of the batch went out is unknown: it counts as dropped
+                    self.dropped.fetch_add(upto - from, Ordering::Relaxed);
+                }
                 let mut state = self.lock();
                 state.written = upto;
                 self.progressed(state);
+                let dropped = self.dropped();
+                if wrote && dropped > reported {
+                    // the report's own line is never dropped, though it may overfill the buffer
+                    REPORTING.set(true);
+                    report(dropped - reported);
+                    REPORTING.set(false);
+                    reported = dropped;
+                }
             }
         }
 
-        /// Gives the lock back and wakes whoever waits for room or for a flush: a wake-up
-        /// costs a system call, so only if someone waits.
+        /// Gives the lock back and wakes whoever waits for a flush: a wake-up costs a system
+        /// call, so only if someone waits.
         fn progressed(&self, state: MutexGuard<'_, State>) {
             let waiting = state.waiting > 0;
             drop(state);
@@ -719,9 +763,10 @@ mod sink {
             let out = Out::default();
             let writer = std::thread::spawn({
                 let (sink, out) = (sink.clone(), out.clone());
-                move || sink.write_all(out)
+                move || sink.write_all(out, |_| {})
             });
             send_and_check(&sink, &out, 20);
+            assert_eq!(sink.dropped(), 0, "a buffer with room drops nothing");
             // lines are written a batch at a time, not one by one
             let (_, writes) = out.text();
             assert!(writes < 200, "{writes} writes for 2,000 lines");
@@ -734,20 +779,127 @@ mod sink {
             writer.join().unwrap();
         }
 
+        /// An output that takes no write until it is opened: a log reader that stopped
+        /// reading.
+        #[derive(Clone, Default)]
+        struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>, Out);
+
+        impl std::io::Write for Gate {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let (open, opened) = &*self.0;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = opened.wait(open).unwrap();
+                }
+                drop(open);
+                self.1.write(buf)
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl Gate {
+            fn open(&self) {
+                *self.0.0.lock().unwrap() = true;
+                self.0.1.notify_all();
+            }
+        }
+
         #[test]
-        fn a_full_buffer_makes_writers_wait_and_loses_nothing() {
-            // room for about ten lines, and an output that takes 2 ms a write
+        fn a_stalled_output_holds_up_no_writer_and_what_it_drops_is_counted_then_logged() {
             let sink = Arc::new(Sink::new(1_000));
-            let out = Out(Arc::default(), Duration::from_millis(2));
+            let gate = Gate::default();
             let writer = std::thread::spawn({
-                let (sink, out) = (sink.clone(), out.clone());
-                move || sink.write_all(out)
+                let (sink, gate) = (sink.clone(), gate.clone());
+                let notices = sink.clone();
+                move || {
+                    sink.write_all(gate, move |n| {
+                        notices.send(format!("{n} log lines were dropped\n").as_bytes());
+                    });
+                }
             });
-            send_and_check(&sink, &out, 6);
-            // the buffer never held much more than its capacity: a write took at most the
-            // capacity and the line that found room under it
-            let (_, writes) = out.text();
-            assert!(writes >= 600 * 107 / 1_107, "{writes} writes for 600 lines");
+            // eight writers, 500 lines each, while nothing is written
+            let (done, finished) = std::sync::mpsc::channel();
+            for t in 0..8 {
+                let (sink, done) = (sink.clone(), done.clone());
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        sink.send(format!("{t} {i:04} {}\n", "x".repeat(100)).as_bytes());
+                    }
+                    done.send(()).unwrap();
+                });
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for _ in 0..8 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                finished
+                    .recv_timeout(left)
+                    .expect("every writer finished while the output was stalled");
+            }
+            // all but what the buffer and the stalled write hold, two times 1,000 bytes
+            let dropped = sink.dropped();
+            assert!(dropped >= 4_000 - 20, "{dropped} of 4,000 lines dropped");
+
+            // the reader reads again: the count is logged, and every line is accounted for
+            gate.open();
+            let logged = || -> u64 {
+                gate.1
+                    .text()
+                    .0
+                    .lines()
+                    .filter_map(|l| l.strip_suffix(" log lines were dropped"))
+                    .map(|n| n.parse::<u64>().unwrap())
+                    .sum()
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while logged() < dropped {
+                assert!(Instant::now() < deadline, "the count was not logged");
+                sink.flush(Duration::from_millis(100));
+            }
+            sink.flush(Duration::from_secs(5));
+            assert_eq!(
+                sink.dropped(),
+                dropped,
+                "the count's own line was not dropped"
+            );
+            assert_eq!(logged(), dropped);
+            let (text, _) = gate.1.text();
+            let written = text.lines().filter(|l| l.ends_with('x')).count() as u64;
+            assert_eq!(written + dropped, 4_000);
+            sink.close();
+            writer.join().unwrap();
+        }
+
+        #[test]
+        fn lines_whose_write_fails_are_counted() {
+            /// An output whose reader has gone.
+            struct Closed;
+
+            impl std::io::Write for Closed {
+                fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                    Err(std::io::ErrorKind::BrokenPipe.into())
+                }
+
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+
+            let sink = Arc::new(Sink::new(CAPACITY));
+            let reported = Arc::new(Mutex::new(0));
+            let writer = std::thread::spawn({
+                let (sink, reported) = (sink.clone(), reported.clone());
+                move || sink.write_all(Closed, |n| *reported.lock().unwrap() += n)
+            });
+            for i in 0..10 {
+                sink.send(format!("line {i}\n").as_bytes());
+            }
+            sink.flush(Duration::from_secs(5));
+            assert_eq!(sink.dropped(), 10);
+            // nothing was written, so nothing was logged about it either
+            assert_eq!(*reported.lock().unwrap(), 0);
             sink.close();
             writer.join().unwrap();
         }

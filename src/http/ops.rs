@@ -39,6 +39,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render(
             state.worker_pools.connections(),
             state.idenfy.circuit_phase(),
+            crate::telemetry::lines_dropped(),
         ))
 }
 

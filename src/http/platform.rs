@@ -143,7 +143,7 @@ pub struct Redeemed {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WaitQuery {
     /// Long-poll: answer as soon as the state differs from `If-None-Match`, or after this many
-    /// seconds (at most 60).
+    /// seconds (at most 60), or at once when the instance begins to stop.
     pub wait: Option<u32>,
 }
 
@@ -342,7 +342,8 @@ pub(crate) fn state_response(
 const MAX_WAIT_SECONDS: u32 = 60;
 
 /// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
-/// request until it differs (a webhook, a platform call, the code's expiry) or time is up.
+/// request until it differs (a webhook, a platform call, the code's expiry), time is up, or
+/// the instance begins to stop (its grace period would cut the wait short with no answer).
 pub(crate) async fn respond_with_state(
     state: &AppState,
     id: Uuid,
@@ -369,7 +370,7 @@ pub(crate) async fn respond_with_state(
         // a plain read (no wait) reads no clock but the document's
         let waiting = subscription
             .as_mut()
-            .filter(|_| unchanged)
+            .filter(|_| unchanged && !state.shutdown.is_cancelled())
             .and_then(|(sub, deadline)| {
                 let now = tokio::time::Instant::now();
                 (now < *deadline).then_some((sub, now, *deadline))
@@ -402,6 +403,7 @@ pub(crate) async fn respond_with_state(
         tokio::select! {
             _ = sub.changed() => {}
             _ = tokio::time::sleep_until(wake_at) => {}
+            _ = state.shutdown.cancelled() => {}
         }
     }
 }

@@ -7,7 +7,7 @@
 //! without closing their connection (it goes unacknowledged, see
 //! [`crate::app::UNACKNOWLEDGED_LIMIT`]); one that closes it ends its stream at once (the
 //! server serves no half-closed connections). The stream ends once the login can no longer change,
-//! and on shutdown with a reconnect hint.
+//! and with a reconnect hint on shutdown or after a failed read.
 //!
 //! Each stream is one future (no task, no channel): it sleeps on the hub until its login
 //! changes.
@@ -100,7 +100,7 @@ impl Stream {
                     match self.pending_events().await {
                         Ok(Some(events)) => out.push_str(&events),
                         Ok(None) => {}
-                        Err(()) => return Some(Bytes::from(out)),
+                        Err(()) => self.phase = Phase::Done,
                     }
                     return Some(Bytes::from(out));
                 }
@@ -110,7 +110,12 @@ impl Stream {
                             match self.pending_events().await {
                                 Ok(Some(events)) => return Some(Bytes::from(events)),
                                 Ok(None) => continue,
-                                Err(()) => return Some(Bytes::from_static(b"retry: 2000\n\n")),
+                                // what woke the stream is unsent: ending it makes the client
+                                // reconnect with Last-Event-ID and read it from the table
+                                Err(()) => {
+                                    self.phase = Phase::Done;
+                                    return Some(Bytes::from_static(b"retry: 2000\n\n"));
+                                }
                             }
                         }
                         _ = self.keep_alive.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),

@@ -424,3 +424,57 @@ async fn long_poll_answers_when_the_webhook_lands(pool: PgPool) {
         .unwrap();
     assert_eq!(response.status(), 304);
 }
+
+/// An instance that begins to stop answers its long polls at once (304: nothing changed),
+/// rather than hold them until its shutdown grace period cuts them.
+#[sqlx::test]
+async fn long_polls_answer_at_once_when_the_instance_stops(pool: PgPool) {
+    let mut app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    let token = login["watch_token"].as_str().unwrap();
+    let mut polls = Vec::new();
+    for (path, auth) in [
+        (format!("/v1/logins/{lid}"), true),
+        (format!("/v1/watch/{token}"), false),
+    ] {
+        let mut plain = app.http.get(app.url(&path));
+        if auth {
+            plain = plain.bearer_auth(API_KEY);
+        }
+        let first = plain.send().await.unwrap();
+        assert_eq!(first.status(), 200);
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        let mut long = app
+            .http
+            .get(app.url(&format!("{path}?wait=30")))
+            .header("if-none-match", etag);
+        if auth {
+            long = long.bearer_auth(API_KEY);
+        }
+        polls.push(tokio::spawn(long.send()));
+    }
+    let hub = app.state.hub.clone();
+    app.eventually(Duration::from_secs(5), || {
+        let waiting = hub.subscribers();
+        async move { waiting == 2 }
+    })
+    .await;
+
+    let answered = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut statuses = Vec::new();
+        for poll in polls {
+            let response = tokio::time::timeout_at(deadline, poll)
+                .await
+                .expect("answered when the instance began to stop")
+                .unwrap()
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        statuses
+    };
+    let ((), statuses) = tokio::join!(app.stop(), answered);
+    assert_eq!(statuses, [304, 304]);
+}

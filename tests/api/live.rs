@@ -242,6 +242,79 @@ async fn fan_out_across_instances_and_resume_after_one_dies(pool: PgPool) {
     assert_eq!(resumed, ["attempt_issued", "attempt_succeeded"]);
 }
 
+/// A stream whose read fails ends rather than stay open without the change that woke it; the
+/// client reconnects with Last-Event-ID and gets that change. The read fails because every
+/// connection of the stream's instance but its listener was terminated (as a failover or a
+/// proxy would), while the change lands on another instance.
+#[sqlx::test]
+async fn a_stream_whose_read_fails_ends_and_its_reconnect_misses_nothing(pool: PgPool) {
+    let other = TestApp::spawn(pool.clone()).await;
+    other.mock_eligible().await;
+    // the stream's instance with facepair's own pool (no ping before use), its connections
+    // named so that the test can find them
+    let database = facepair::config::DatabaseArgs {
+        database_url: secrecy::SecretString::from("unused"),
+        db_max_connections: 5,
+        db_acquire_timeout_ms: 5000,
+    };
+    let named = database
+        .pool_options()
+        .connect_with(
+            (*pool.connect_options())
+                .clone()
+                .application_name("facepair-stream"),
+        )
+        .await
+        .unwrap();
+    let app = TestApp::spawn_with(named, |s| s.workers = Some(1)).await;
+    let login = other.login().await;
+    let id = login["login_id"].as_str().unwrap().to_owned();
+    let mut sse = Sse::open(&app, &format!("/v1/logins/{id}/events"), None, true).await;
+    assert_eq!(sse.next(WAIT).await.unwrap().id, 1);
+
+    let terminated: Vec<i32> = sqlx::query_scalar(
+        "with doomed as materialized (
+             select pid from pg_stat_activity
+             where application_name = 'facepair-stream' and datname = current_database()
+               and query not like 'LISTEN %'
+         )
+         select pid from doomed where pg_terminate_backend(pid)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(!terminated.is_empty());
+    other
+        .eventually(WAIT, || async {
+            let alive: i64 =
+                sqlx::query_scalar("select count(*) from pg_stat_activity where pid = any($1)")
+                    .bind(&terminated)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            alive == 0
+        })
+        .await;
+
+    let (status, _) = other
+        .webhook(
+            login["attempt"]["id"].as_str().unwrap(),
+            "SUCCESS",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // woken by the change, the stream's read fails on its dead connection: it ends
+    assert!(sse.next(WAIT).await.is_none(), "the stream stayed open");
+    assert_eq!(sse.retry_hints.last(), Some(&2000));
+
+    // the load balancer may send the reconnect anywhere: here, where the change landed
+    let mut resumed = Sse::open(&other, &format!("/v1/logins/{id}/events"), Some(1), true).await;
+    let missed = resumed.next(WAIT).await.unwrap();
+    assert_eq!((missed.id, missed.kind.as_str()), (2, "attempt_succeeded"));
+    assert_eq!(missed.data["status"], "approved");
+}
+
 #[sqlx::test]
 async fn every_open_stream_of_a_login_is_woken(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

@@ -9,6 +9,7 @@ mod faults;
 mod helpers;
 mod lifecycle;
 mod live;
+mod migrations;
 mod ops;
 mod ops_tools;
 mod outage;

@@ -576,3 +576,127 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         );
     }
 }
+
+/// A log reader that stops reading holds up no request: once the pipe and the log buffer are
+/// full, lines are dropped and counted on /metrics, and the count is logged once the reader
+/// reads again.
+#[sqlx::test]
+async fn a_stalled_log_reader_holds_up_no_request(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"))
+        .arg("serve")
+        .env("DATABASE_URL", database_url(&pool))
+        .env("FACEPAIR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FACEPAIR_API_KEYS", API_KEY)
+        .env("FACEPAIR_IDENFY_BASE_URL", "http://127.0.0.1:9")
+        .env("FACEPAIR_IDENFY_API_KEY", "idenfy-key")
+        .env("FACEPAIR_IDENFY_API_SECRET", "idenfy-secret")
+        .env("FACEPAIR_IDENFY_SIGNING_KEYS", SIGNING_KEY)
+        // a pipe nobody reads until the end
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "facepair serve did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let dropped = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("facepair_log_lines_dropped_total "))
+            .expect("the count is on /metrics")
+            .parse()
+            .unwrap()
+    };
+
+    // requests, each with its access line, until the pipe and the log buffer are full
+    let load = tokio_util::sync::CancellationToken::new();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..8 {
+        let (http, base, load) = (http.clone(), base.clone(), load.clone());
+        clients.spawn(async move {
+            let id = format!("{client}-{}", "r".repeat(60));
+            let mut sent = 0;
+            while !load.is_cancelled() {
+                let response = http
+                    .get(format!("{base}/health/live"))
+                    .header("x-request-id", &id)
+                    .send()
+                    .await
+                    .expect("answered within 2 s");
+                assert_eq!(response.status(), 200);
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let seen = loop {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("/metrics answered within 2 s")
+            .text()
+            .await
+            .unwrap();
+        if dropped(&metrics) > 0 {
+            break dropped(&metrics);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line dropped in 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    load.cancel();
+    let mut requests = 0;
+    while let Some(sent) = clients.join_next().await {
+        requests += sent.unwrap();
+    }
+    assert!(requests > 0);
+
+    // the reader reads again: the count is logged
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let logged = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("facepair is running");
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let message = entry["message"].as_str().unwrap_or_default();
+            if message.ends_with(" log lines were dropped") {
+                assert_eq!(entry["level"], "WARN", "{line}");
+                break entry["dropped"].as_u64().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the count was logged once the reader read again");
+    assert!(logged >= seen, "{logged} logged, {seen} seen on /metrics");
+}

@@ -1,0 +1,4 @@
+-- constraints added NOT VALID by earlier migrations, checked against existing rows without
+-- holding the lock that adding them took
+alter table logins validate constraint logins_state_length;
+alter table attempts validate constraint attempts_outcome_source_check;
