@@ -1,5 +1,5 @@
 -- Binding a login to the platform that asked, and codes reserved before iDenfy is paid.
--- Constraints are added NOT VALID here and validated in 0008.
+-- Constraints are added NOT VALID here and validated in 0009.
 
 -- an approval is redeemable until this time; set when an attempt succeeds. Approvals made
 -- before approvals expired end now.
