@@ -355,30 +355,47 @@ fn bad(variable: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Keys shorter than this are refused: a platform key or a signing key must not be guessable.
+const MIN_KEY_LENGTH: usize = 16;
+
+/// A comma-separated key list, each entry trimmed (`k1, k2` lists `k2`, not ` k2`). An empty
+/// entry (a stray comma) or a short key stops start-up; the message never shows a key.
+fn key_list(
+    variable: &'static str,
+    entries: &[SecretString],
+) -> Result<Vec<SecretString>, ConfigError> {
+    use secrecy::ExposeSecret;
+    if entries.is_empty() {
+        return Err(bad(variable, "must list at least one key"));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let key = entry.expose_secret().trim();
+            if key.is_empty() {
+                Err(bad(variable, format!("entry {} is empty", i + 1)))
+            } else if key.chars().count() < MIN_KEY_LENGTH {
+                Err(bad(
+                    variable,
+                    format!(
+                        "entry {} is shorter than {MIN_KEY_LENGTH} characters",
+                        i + 1
+                    ),
+                ))
+            } else {
+                Ok(SecretString::from(key))
+            }
+        })
+        .collect()
+}
+
 impl ServeArgs {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         use secrecy::ExposeSecret;
-        let non_empty = |keys: &[SecretString]| {
-            !keys.is_empty() && keys.iter().all(|k| !k.expose_secret().trim().is_empty())
-        };
-        if !non_empty(&self.api_keys) {
-            return Err(bad(
-                "FACEPAIR_API_KEYS",
-                "must list at least one non-empty key",
-            ));
-        }
-        if self.api_keys.iter().any(|k| k.expose_secret().len() < 16) {
-            return Err(bad(
-                "FACEPAIR_API_KEYS",
-                "every key must be at least 16 characters",
-            ));
-        }
-        if !non_empty(&self.idenfy_signing_keys) {
-            return Err(bad(
-                "FACEPAIR_IDENFY_SIGNING_KEYS",
-                "must list at least one non-empty key",
-            ));
-        }
+        let api_keys = key_list("FACEPAIR_API_KEYS", &self.api_keys)?;
+        let idenfy_signing_keys =
+            key_list("FACEPAIR_IDENFY_SIGNING_KEYS", &self.idenfy_signing_keys)?;
         if self.idenfy_api_key.expose_secret().is_empty() {
             return Err(bad("FACEPAIR_IDENFY_API_KEY", "must not be empty"));
         }
@@ -465,11 +482,11 @@ impl ServeArgs {
         Ok(Settings {
             listen: self.listen,
             public_url: self.public_url.clone(),
-            api_keys: self.api_keys.clone(),
+            api_keys,
             idenfy_base_url: self.idenfy_base_url.clone(),
             idenfy_api_key: self.idenfy_api_key.clone(),
             idenfy_api_secret: self.idenfy_api_secret.clone(),
-            idenfy_signing_keys: self.idenfy_signing_keys.clone(),
+            idenfy_signing_keys,
             idenfy_timeout: Duration::from_secs(self.idenfy_timeout_seconds),
             code_lifetime,
             max_attempts_per_login: self.max_attempts_per_login,
@@ -508,5 +525,92 @@ impl DatabaseArgs {
             // no ping before use: a connection that died (PostgreSQL restarted) fails its
             // query, the request gets 503 and is retried, and the pool replaces it
             .test_before_acquire(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Settings from flags (flags win over any `FACEPAIR_*` variable in the environment); a
+    /// flag in `extra` replaces the default one of the same name.
+    fn settings(extra: &[&str]) -> Result<Settings, ConfigError> {
+        let defaults = [
+            "--database-url=postgres://localhost/x",
+            "--api-keys=platform-key-0000001",
+            "--idenfy-api-key=key",
+            "--idenfy-api-secret=secret",
+            "--idenfy-signing-keys=signing-key-0000001",
+        ];
+        let name = |flag: &str| flag.split('=').next().unwrap().to_owned();
+        let args = defaults
+            .iter()
+            .filter(|d| !extra.iter().any(|e| name(e) == name(d)))
+            .chain(extra);
+        Cli::try_parse_from(std::iter::once(&"facepair").chain(args))
+            .unwrap()
+            .serve
+            .settings()
+    }
+
+    fn exposed(keys: &[SecretString]) -> Vec<&str> {
+        keys.iter().map(|k| k.expose_secret()).collect()
+    }
+
+    #[test]
+    fn key_lists_are_trimmed() {
+        let s = settings(&[
+            "--api-keys= platform-key-0000001 , platform-key-0000002",
+            "--idenfy-signing-keys=signing-key-0000001,\tsigning-key-0000002 ",
+        ])
+        .unwrap();
+        assert_eq!(
+            exposed(&s.api_keys),
+            ["platform-key-0000001", "platform-key-0000002"]
+        );
+        assert_eq!(
+            exposed(&s.idenfy_signing_keys),
+            ["signing-key-0000001", "signing-key-0000002"]
+        );
+    }
+
+    #[test]
+    fn empty_key_entries_stop_start_up() {
+        for (flag, variable) in [
+            ("--api-keys", "FACEPAIR_API_KEYS"),
+            ("--idenfy-signing-keys", "FACEPAIR_IDENFY_SIGNING_KEYS"),
+        ] {
+            for list in [
+                "abcdefghijklmnop,,qrstuvwxyz012345",
+                "abcdefghijklmnop,",
+                " ",
+            ] {
+                let e = settings(&[&format!("{flag}={list}")]).unwrap_err();
+                assert_eq!(e.variable, variable, "{list:?}");
+                assert!(e.reason.contains("is empty"), "{list:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_keys_stop_start_up_without_showing_them() {
+        for (flag, variable) in [
+            ("--api-keys", "FACEPAIR_API_KEYS"),
+            ("--idenfy-signing-keys", "FACEPAIR_IDENFY_SIGNING_KEYS"),
+        ] {
+            // 15 characters once trimmed, though 17 as written
+            let e = settings(&[&format!("{flag}=abcdefghijklmnop, short-key-12345 ")]).unwrap_err();
+            assert_eq!(e.variable, variable);
+            assert_eq!(e.reason, "entry 2 is shorter than 16 characters");
+            assert!(!e.to_string().contains("short-key"), "{e}");
+        }
     }
 }
