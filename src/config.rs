@@ -8,6 +8,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::domain::Lifetime;
+use crate::domain::network::TrustedProxies;
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -247,12 +248,23 @@ pub struct ServeArgs {
     )]
     pub watch_misses_per_ip: i32,
 
-    /// Header holding the browser's address when facepair runs behind a proxy
-    /// (e.g. `x-forwarded-for`, whose first entry is used). Unset: the peer address.
+    /// Comma-separated address ranges (CIDR) of the proxies in front of facepair. From a peer
+    /// in one, the browser's address is the rightmost `X-Forwarded-For` entry outside them;
+    /// from any other peer, the peer's own address. Empty: the header is never read.
+    #[arg(
+        long,
+        env = "FACEPAIR_TRUSTED_PROXIES",
+        value_name = "FACEPAIR_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Replaced by FACEPAIR_TRUSTED_PROXIES; set, it stops start-up.
     #[arg(
         long,
         env = "FACEPAIR_CLIENT_IP_HEADER",
-        value_name = "FACEPAIR_CLIENT_IP_HEADER"
+        value_name = "FACEPAIR_CLIENT_IP_HEADER",
+        hide = true
     )]
     pub client_ip_header: Option<String>,
 
@@ -299,7 +311,7 @@ pub struct Settings {
     /// `None`: expiry is recorded at once from the clock, without asking iDenfy.
     pub reconcile_after: Option<Duration>,
     pub limits: Limits,
-    pub client_ip_header: Option<String>,
+    pub trusted_proxies: TrustedProxies,
     /// HTTP worker threads; `None`: one per CPU.
     pub workers: Option<usize>,
 }
@@ -355,6 +367,27 @@ fn bad(variable: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A comma-separated list's entries, trimmed; an empty entry (a stray comma) stops start-up.
+/// An empty variable is an empty list.
+fn list_entries<'a>(
+    variable: &'static str,
+    entries: &'a [String],
+) -> Result<Vec<&'a str>, ConfigError> {
+    if let [only] = entries
+        && only.trim().is_empty()
+    {
+        return Ok(Vec::new());
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e.trim() {
+            "" => Err(bad(variable, format!("entry {} is empty", i + 1))),
+            e => Ok(e),
+        })
+        .collect()
+}
+
 /// Keys shorter than this are refused: a platform key or a signing key must not be guessable.
 const MIN_KEY_LENGTH: usize = 16;
 
@@ -396,6 +429,23 @@ impl ServeArgs {
         let api_keys = key_list("FACEPAIR_API_KEYS", &self.api_keys)?;
         let idenfy_signing_keys =
             key_list("FACEPAIR_IDENFY_SIGNING_KEYS", &self.idenfy_signing_keys)?;
+        if self
+            .client_ip_header
+            .as_deref()
+            .is_some_and(|h| !h.trim().is_empty())
+        {
+            // its first entry was written by the client: anyone could pick an address
+            return Err(bad(
+                "FACEPAIR_CLIENT_IP_HEADER",
+                "is no longer read; list the proxies in front of facepair in \
+                 FACEPAIR_TRUSTED_PROXIES (e.g. 10.0.0.0/8) instead",
+            ));
+        }
+        let trusted_proxies = TrustedProxies::parse(list_entries(
+            "FACEPAIR_TRUSTED_PROXIES",
+            &self.trusted_proxies,
+        )?)
+        .map_err(|reason| bad("FACEPAIR_TRUSTED_PROXIES", reason))?;
         if self.idenfy_api_key.expose_secret().is_empty() {
             return Err(bad("FACEPAIR_IDENFY_API_KEY", "must not be empty"));
         }
@@ -502,10 +552,7 @@ impl ServeArgs {
                 logins_per_client_ip_per_hour: self.logins_per_client_ip_per_hour.max(1),
                 watch_misses_per_ip: self.watch_misses_per_ip.max(1),
             },
-            client_ip_header: self
-                .client_ip_header
-                .clone()
-                .filter(|h| !h.trim().is_empty()),
+            trusted_proxies,
             workers: self.workers.filter(|w| *w > 0),
             retention: Retention {
                 identity: chrono::Duration::days(self.retention_days),
@@ -598,6 +645,37 @@ mod tests {
                 assert!(e.reason.contains("is empty"), "{list:?}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn trusted_proxies_are_address_ranges() {
+        let s = settings(&["--trusted-proxies= 10.0.0.0/8 , fd00::/8,192.0.2.7"]).unwrap();
+        assert_eq!(
+            s.trusted_proxies,
+            TrustedProxies::parse(["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]).unwrap()
+        );
+        assert_eq!(
+            settings(&["--trusted-proxies="]).unwrap().trusted_proxies,
+            TrustedProxies::default()
+        );
+        for list in [
+            "10.0.0.0/8,,192.0.2.7",
+            "10.0.0.0/8,",
+            "lb.internal",
+            "10.0.0.0/40",
+        ] {
+            let e = settings(&[&format!("--trusted-proxies={list}")]).unwrap_err();
+            assert_eq!(e.variable, "FACEPAIR_TRUSTED_PROXIES", "{list}");
+        }
+    }
+
+    /// The old setting believed a header any client writes; it must not be silently ignored
+    /// either, or a deployment would lose its proxy's addresses without noticing.
+    #[test]
+    fn the_client_ip_header_setting_stops_start_up_naming_its_replacement() {
+        let e = settings(&["--client-ip-header=x-forwarded-for"]).unwrap_err();
+        assert_eq!(e.variable, "FACEPAIR_CLIENT_IP_HEADER");
+        assert!(e.reason.contains("FACEPAIR_TRUSTED_PROXIES"), "{e}");
     }
 
     #[test]

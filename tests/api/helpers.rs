@@ -59,7 +59,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
             logins_per_client_ip_per_hour: 100_000,
             watch_misses_per_ip: 100_000,
         },
-        client_ip_header: None,
+        trusted_proxies: Default::default(),
         workers: None,
         reconcile_after: None,
     }
