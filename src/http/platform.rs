@@ -210,7 +210,8 @@ pub async fn get_login(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = login_id(&path)?;
-    respond_with_state(&state, id, &req, query.wait, Audience::Platform).await
+    let no_gate = || std::future::ready(Ok(()));
+    respond_with_state(&state, id, &req, query.wait, Audience::Platform, no_gate).await
 }
 
 /// Issue a fresh code: after a failed, expired or canceled attempt, or superseding a pending one.
@@ -337,13 +338,20 @@ const MAX_WAIT_SECONDS: u32 = 60;
 
 /// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
 /// request until it differs (a webhook, a platform call, the code's expiry) or time is up.
-pub(crate) async fn respond_with_state(
+/// An answer given without waiting must first pass `at_once` (the browser's slow_down rule).
+pub(crate) async fn respond_with_state<Gate, Passed>(
     state: &AppState,
     id: Uuid,
     req: &HttpRequest,
     wait: Option<u32>,
     audience: Audience,
-) -> Result<HttpResponse, ApiError> {
+    at_once: Gate,
+) -> Result<HttpResponse, ApiError>
+where
+    Gate: FnOnce() -> Passed,
+    Passed: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let mut at_once = Some(at_once);
     let known = req
         .headers()
         .get(header::IF_NONE_MATCH)
@@ -369,6 +377,9 @@ pub(crate) async fn respond_with_state(
                 (now < *deadline).then_some((sub, now, *deadline))
             });
         let Some((sub, now, deadline)) = waiting else {
+            if let Some(gate) = at_once.take() {
+                gate().await?;
+            }
             if unchanged {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((ETAG, etag))
@@ -395,6 +406,8 @@ pub(crate) async fn respond_with_state(
         let wake_at = until_expiry
             .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
             .unwrap_or(deadline);
+        // whatever ends the wait, the answer did not come at once
+        at_once = None;
         tokio::select! {
             _ = sub.changed() => {}
             _ = tokio::time::sleep_until(wake_at) => {}

@@ -102,9 +102,11 @@ struct WatchPath {
     watch_token: String,
 }
 
-/// Read the login behind a watch token. Browsers are the untrusted pollers: a poll sooner than
-/// `poll_interval_seconds` after the last answered one is refused with 429 `slow_down` and
-/// `Retry-After`; a long poll (`wait` of at least the interval) is always answered.
+/// Read the login behind a watch token. Browsers are the untrusted pollers: an answer given
+/// at once sooner than `poll_interval_seconds` after the last one is refused with 429
+/// `slow_down` and `Retry-After`. A long poll (`wait` of at least the interval) that waits
+/// for a change is free; one answered at once (the login differs from `If-None-Match`, or
+/// there is none) counts like any poll.
 #[utoipa::path(
     get, path = "/v1/watch/{watch_token}", tag = "browser",
     params(WatchPath, WaitQuery),
@@ -126,21 +128,44 @@ pub async fn get_watch(
     let interval_ms = i64::from(state.settings.poll_interval_seconds) * 1000;
     let long_poll = query.wait.unwrap_or(0) >= state.settings.poll_interval_seconds;
     let pool = &state.pool;
+    // a plain poll is counted by the statement that finds its login; a long poll only once
+    // it is known to be answered at once, since one that waits is free
     let login_id = resolve(&state, &req, &path, |token| async move {
         if long_poll {
             return Ok(logins::id_for_watch_hash(pool, &token.hash()).await?);
         }
-        let mut conn = pool.acquire().await?;
-        match logins::record_watch_poll(&mut conn, &token.hash(), interval_ms).await? {
-            Poll::Answered(id) => Ok(Some(id)),
-            Poll::UnknownToken => Ok(None),
-            Poll::TooSoon { retry_after_ms } => Err(ApiError::SlowDown {
-                retry_after: (retry_after_ms as u64).div_ceil(1000),
-            }),
-        }
+        record_poll(pool, &token, interval_ms).await
     })
     .await?;
-    respond_with_state(&state, login_id, &req, query.wait, Audience::Browser).await
+    let gate = || async move {
+        if !long_poll {
+            return Ok(());
+        }
+        let token = WatchToken::parse(&path).ok_or(ApiError::WatchTokenNotFound)?;
+        match record_poll(pool, &token, interval_ms).await? {
+            Some(_) => Ok(()),
+            // its login was deleted since the lookup
+            None => Err(ApiError::WatchTokenNotFound),
+        }
+    };
+    respond_with_state(&state, login_id, &req, query.wait, Audience::Browser, gate).await
+}
+
+/// Counts a poll against the slow_down rule: the login's id, `None` for an unknown token, or
+/// 429 `slow_down` when it comes too soon after the last one counted.
+async fn record_poll(
+    pool: &sqlx::PgPool,
+    token: &WatchToken,
+    interval_ms: i64,
+) -> Result<Option<Uuid>, ApiError> {
+    let mut conn = pool.acquire().await?;
+    match logins::record_watch_poll(&mut conn, &token.hash(), interval_ms).await? {
+        Poll::Answered(id) => Ok(Some(id)),
+        Poll::UnknownToken => Ok(None),
+        Poll::TooSoon { retry_after_ms } => Err(ApiError::SlowDown {
+            retry_after: (retry_after_ms as u64).div_ceil(1000),
+        }),
+    }
 }
 
 /// Ask for a new code from the browser, within the same budgets as the platform.
