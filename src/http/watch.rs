@@ -85,7 +85,8 @@ where
         window_secs: 600.0,
         limit: state.settings.limits.watch_misses_per_ip,
     };
-    match limits::hit(&state.pool, &[limit]).await? {
+    let mut conn = state.pool.acquire().await?;
+    match limits::hit(&mut conn, &[limit]).await? {
         None => Err(ApiError::WatchTokenNotFound),
         Some((_, retry_after)) => {
             tracing::warn!(address = %bucket, "too many unknown watch tokens from one address");

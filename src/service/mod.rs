@@ -452,7 +452,8 @@ fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiErro
 /// that is exceeded.
 async fn rate_limit(state: &AppState, checks: Vec<(Limit, &'static str)>) -> Result<(), ApiError> {
     let (limits, names): (Vec<Limit>, Vec<&'static str>) = checks.into_iter().unzip();
-    match crate::store::limits::hit(&state.pool, &limits).await? {
+    let mut conn = state.pool.acquire().await?;
+    match crate::store::limits::hit(&mut conn, &limits).await? {
         None => Ok(()),
         Some((i, retry_after)) => Err(ApiError::RateLimited {
             limit: names[i],

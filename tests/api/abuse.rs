@@ -119,6 +119,68 @@ async fn creations_refused_by_one_limit_do_not_count_against_another(pool: PgPoo
     assert_eq!(app.count("select count(*) from logins").await, 4);
 }
 
+/// A window's cap holds from its very first hits: 50 creations from one desktop arriving
+/// together, on two instances, while the address has no window yet, and exactly the cap's
+/// worth get through. Refused ones count in no window: the key counted only those 5.
+#[sqlx::test]
+async fn concurrent_first_hits_never_pass_the_cap(pool: PgPool) {
+    let a = TestApp::spawn_with(pool, |s| s.limits.logins_per_client_ip_per_hour = 5).await;
+    a.mock_eligible().await;
+    let b = a.second_instance().await;
+    // a first hit in flight (uncommitted) holds the others at the window's row until more
+    // than the cap's worth wait there; it then gives up, and they find the window empty
+    let mut gate = a.pool.begin().await.unwrap();
+    let first = facepair::store::limits::Limit {
+        bucket: "client_ip:198.51.100.7".into(),
+        window_secs: 3600.0,
+        limit: 5,
+    };
+    let counted = facepair::store::limits::hit(&mut gate, &[first]).await;
+    assert!(counted.unwrap().is_none());
+    let creations = (0..50).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let response = app
+                .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
+                .await;
+            let (status, body) = code_of(response).await;
+            (status, body["error"]["code"].as_str().map(str::to_owned))
+        }
+    });
+    let release = async {
+        a.eventually(std::time::Duration::from_secs(10), || async {
+            a.count(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'
+                   and query like '%rate_limits%'",
+            )
+            .await
+                >= 8
+        })
+        .await;
+        gate.rollback().await.unwrap();
+    };
+    let (answers, ()) = tokio::join!(futures_util::future::join_all(creations), release);
+    let created = answers.iter().filter(|(s, _)| *s == 201).count();
+    let limited = answers
+        .iter()
+        .filter(|(s, c)| *s == 429 && c.as_deref() == Some("rate_limited"))
+        .count();
+    assert_eq!((created, limited), (5, 45), "{answers:?}");
+    assert_eq!(a.count("select count(*) from logins").await, 5);
+    assert_eq!(
+        a.count("select hits::int8 from rate_limits where bucket like 'client_ip:%'")
+            .await,
+        5
+    );
+    assert_eq!(
+        a.count("select hits::int8 from rate_limits where bucket like 'api_key:%'")
+            .await,
+        5,
+        "refused creations counted against the key"
+    );
+}
+
 /// Hits arriving together on two limits at once (in either order of naming them) queue on
 /// the windows' rows: exactly the limit's worth get through, and none deadlocks.
 #[sqlx::test]
@@ -135,7 +197,10 @@ async fn concurrent_hits_never_pass_a_full_window(pool: PgPool) {
         if i % 3 == 0 {
             limits.reverse();
         }
-        tokio::spawn(async move { hit(&pool, &limits).await.unwrap().is_none() })
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            hit(&mut conn, &limits).await.unwrap().is_none()
+        })
     });
     let mut passed = 0;
     for h in hits {
