@@ -145,7 +145,9 @@ fn login_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::LoginNotFound)
 }
 
-/// Create a login: check eligibility at iDenfy and issue the first digit code.
+/// Create a login: check eligibility at iDenfy and issue the first digit code. Only a
+/// check-status type of `AUTHENTICATION` proceeds; `IDENTIFICATION` is 409
+/// `identification_required`, any other type 409 `face_auth_not_available` naming it.
 #[utoipa::path(
     post, path = "/v1/logins", tag = "platform",
     request_body = CreateLogin,
@@ -155,7 +157,7 @@ fn login_id(raw: &str) -> Result<Uuid, ApiError> {
         (status = 400, body = ErrorBody, description = "malformed_json"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 404, body = ErrorBody, description = "unknown_scan_ref"),
-        (status = 409, body = ErrorBody, description = "identification_required"),
+        (status = 409, body = ErrorBody, description = "identification_required, face_auth_not_available"),
         (status = 413, body = ErrorBody, description = "payload_too_large"),
         (status = 415, body = ErrorBody, description = "unsupported_media_type"),
         (status = 422, body = ErrorBody, description = "invalid_field"),

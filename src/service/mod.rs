@@ -79,18 +79,12 @@ pub async fn create_login(
     state
         .metrics
         .idenfy_call("check_status", &eligibility, started.elapsed());
-    let eligibility = eligibility?;
-    if eligibility == Eligibility::Identification {
-        return Err(ApiError::IdentificationRequired);
+    match eligibility? {
+        Eligibility::Authentication => {}
+        Eligibility::Identification => return Err(ApiError::IdentificationRequired),
+        Eligibility::Other(kind) => return Err(ApiError::FaceAuthNotAvailable { kind }),
     }
-    let session = create_session(
-        state,
-        &req.scan_ref,
-        eligibility,
-        req.lifetime,
-        req.locale.as_ref(),
-    )
-    .await?;
+    let session = create_session(state, &req.scan_ref, req.lifetime, req.locale.as_ref()).await?;
 
     let login_id = Uuid::now_v7();
     let watch_token = WatchToken::generate();
@@ -116,7 +110,7 @@ pub async fn create_login(
             watch_token_hash: &watch_token.hash(),
         },
         &new_attempt(attempt_id, login_id, 1, &session, req.lifetime),
-        json!({ "attempt_number": 1, "eligibility": format!("{eligibility:?}").to_uppercase() }),
+        json!({ "attempt_number": 1, "eligibility": "AUTHENTICATION" }),
     )
     .await?;
     tx.commit().await?;
@@ -148,14 +142,7 @@ pub async fn issue_code(
     let lifetime = Lifetime::from_seconds(row.lifetime_seconds.into())
         .map_err(|e| internal(&e.to_string()))?;
     let locale = row.locale.as_deref().and_then(|l| Locale::parse(l).ok());
-    let session = create_session(
-        state,
-        &scan_ref,
-        Eligibility::Authentication,
-        lifetime,
-        locale.as_ref(),
-    )
-    .await?;
+    let session = create_session(state, &scan_ref, lifetime, locale.as_ref()).await?;
 
     let mut tx = state.pool.begin().await?;
     let row = logins::lock(&mut tx, login_id)
@@ -483,7 +470,6 @@ async fn check_scan_ref_budget(
 async fn create_session(
     state: &AppState,
     scan_ref: &ScanRef,
-    eligibility: Eligibility,
     lifetime: Lifetime,
     locale: Option<&Locale>,
 ) -> Result<CreatedSession, ApiError> {
@@ -492,7 +478,6 @@ async fn create_session(
         .idenfy
         .create_session(&SessionRequest {
             scan_ref,
-            eligibility,
             lifetime,
             locale,
         })
