@@ -8,6 +8,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::domain::Lifetime;
+use crate::domain::network::TrustedProxies;
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -288,12 +289,23 @@ pub struct ServeArgs {
     )]
     pub watch_codes_per_token_per_hour: i32,
 
-    /// Header holding the browser's address when facepair runs behind a proxy
-    /// (e.g. `x-forwarded-for`, whose first entry is used). Unset: the peer address.
+    /// Comma-separated address ranges (CIDR) of the proxies in front of facepair. From a peer
+    /// in one, the browser's address is the rightmost `X-Forwarded-For` entry outside them;
+    /// from any other peer, the peer's own address. Empty: the header is never read.
+    #[arg(
+        long,
+        env = "FACEPAIR_TRUSTED_PROXIES",
+        value_name = "FACEPAIR_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Replaced by FACEPAIR_TRUSTED_PROXIES; set, it stops start-up.
     #[arg(
         long,
         env = "FACEPAIR_CLIENT_IP_HEADER",
-        value_name = "FACEPAIR_CLIENT_IP_HEADER"
+        value_name = "FACEPAIR_CLIENT_IP_HEADER",
+        hide = true
     )]
     pub client_ip_header: Option<String>,
 
@@ -342,7 +354,7 @@ pub struct Settings {
     /// `None`: expiry is recorded at once from the clock, without asking iDenfy.
     pub reconcile_after: Option<Duration>,
     pub limits: Limits,
-    pub client_ip_header: Option<String>,
+    pub trusted_proxies: TrustedProxies,
     /// HTTP worker threads; `None`: one per CPU.
     pub workers: Option<usize>,
 }
@@ -402,30 +414,85 @@ fn bad(variable: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A comma-separated list's entries, trimmed; an empty entry (a stray comma) stops start-up.
+/// An empty variable is an empty list.
+fn list_entries<'a>(
+    variable: &'static str,
+    entries: &'a [String],
+) -> Result<Vec<&'a str>, ConfigError> {
+    if let [only] = entries
+        && only.trim().is_empty()
+    {
+        return Ok(Vec::new());
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e.trim() {
+            "" => Err(bad(variable, format!("entry {} is empty", i + 1))),
+            e => Ok(e),
+        })
+        .collect()
+}
+
+/// Keys shorter than this are refused: a platform key or a signing key must not be guessable.
+const MIN_KEY_LENGTH: usize = 16;
+
+/// A comma-separated key list, each entry trimmed (`k1, k2` lists `k2`, not ` k2`). An empty
+/// entry (a stray comma) or a short key stops start-up; the message never shows a key.
+fn key_list(
+    variable: &'static str,
+    entries: &[SecretString],
+) -> Result<Vec<SecretString>, ConfigError> {
+    use secrecy::ExposeSecret;
+    if entries.is_empty() {
+        return Err(bad(variable, "must list at least one key"));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let key = entry.expose_secret().trim();
+            if key.is_empty() {
+                Err(bad(variable, format!("entry {} is empty", i + 1)))
+            } else if key.chars().count() < MIN_KEY_LENGTH {
+                Err(bad(
+                    variable,
+                    format!(
+                        "entry {} is shorter than {MIN_KEY_LENGTH} characters",
+                        i + 1
+                    ),
+                ))
+            } else {
+                Ok(SecretString::from(key))
+            }
+        })
+        .collect()
+}
+
 impl ServeArgs {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         use secrecy::ExposeSecret;
-        let non_empty = |keys: &[SecretString]| {
-            !keys.is_empty() && keys.iter().all(|k| !k.expose_secret().trim().is_empty())
-        };
-        if !non_empty(&self.api_keys) {
+        let api_keys = key_list("FACEPAIR_API_KEYS", &self.api_keys)?;
+        let idenfy_signing_keys =
+            key_list("FACEPAIR_IDENFY_SIGNING_KEYS", &self.idenfy_signing_keys)?;
+        if self
+            .client_ip_header
+            .as_deref()
+            .is_some_and(|h| !h.trim().is_empty())
+        {
+            // its first entry was written by the client: anyone could pick an address
             return Err(bad(
-                "FACEPAIR_API_KEYS",
-                "must list at least one non-empty key",
+                "FACEPAIR_CLIENT_IP_HEADER",
+                "is no longer read; list the proxies in front of facepair in \
+                 FACEPAIR_TRUSTED_PROXIES (e.g. 10.0.0.0/8) instead",
             ));
         }
-        if self.api_keys.iter().any(|k| k.expose_secret().len() < 16) {
-            return Err(bad(
-                "FACEPAIR_API_KEYS",
-                "every key must be at least 16 characters",
-            ));
-        }
-        if !non_empty(&self.idenfy_signing_keys) {
-            return Err(bad(
-                "FACEPAIR_IDENFY_SIGNING_KEYS",
-                "must list at least one non-empty key",
-            ));
-        }
+        let trusted_proxies = TrustedProxies::parse(list_entries(
+            "FACEPAIR_TRUSTED_PROXIES",
+            &self.trusted_proxies,
+        )?)
+        .map_err(|reason| bad("FACEPAIR_TRUSTED_PROXIES", reason))?;
         if self.idenfy_api_key.expose_secret().is_empty() {
             return Err(bad("FACEPAIR_IDENFY_API_KEY", "must not be empty"));
         }
@@ -521,11 +588,11 @@ impl ServeArgs {
         Ok(Settings {
             listen: self.listen,
             public_url: self.public_url.clone(),
-            api_keys: self.api_keys.clone(),
+            api_keys,
             idenfy_base_url: self.idenfy_base_url.clone(),
             idenfy_api_key: self.idenfy_api_key.clone(),
             idenfy_api_secret: self.idenfy_api_secret.clone(),
-            idenfy_signing_keys: self.idenfy_signing_keys.clone(),
+            idenfy_signing_keys,
             idenfy_timeout: Duration::from_secs(self.idenfy_timeout_seconds),
             code_lifetime,
             max_attempts_per_login: self.max_attempts_per_login,
@@ -545,10 +612,7 @@ impl ServeArgs {
                 watch_codes_per_ip_per_hour: self.watch_codes_per_ip_per_hour.max(1),
                 watch_codes_per_token_per_hour: self.watch_codes_per_token_per_hour.max(1),
             },
-            client_ip_header: self
-                .client_ip_header
-                .clone()
-                .filter(|h| !h.trim().is_empty()),
+            trusted_proxies,
             workers: self.workers.filter(|w| *w > 0),
             retention: Retention {
                 identity: chrono::Duration::days(self.retention_days),
@@ -568,5 +632,123 @@ impl DatabaseArgs {
             // no ping before use: a connection that died (PostgreSQL restarted) fails its
             // query, the request gets 503 and is retried, and the pool replaces it
             .test_before_acquire(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Settings from flags (flags win over any `FACEPAIR_*` variable in the environment); a
+    /// flag in `extra` replaces the default one of the same name.
+    fn settings(extra: &[&str]) -> Result<Settings, ConfigError> {
+        let defaults = [
+            "--database-url=postgres://localhost/x",
+            "--api-keys=platform-key-0000001",
+            "--idenfy-api-key=key",
+            "--idenfy-api-secret=secret",
+            "--idenfy-signing-keys=signing-key-0000001",
+        ];
+        let name = |flag: &str| flag.split('=').next().unwrap().to_owned();
+        let args = defaults
+            .iter()
+            .filter(|d| !extra.iter().any(|e| name(e) == name(d)))
+            .chain(extra);
+        Cli::try_parse_from(std::iter::once(&"facepair").chain(args))
+            .unwrap()
+            .serve
+            .settings()
+    }
+
+    fn exposed(keys: &[SecretString]) -> Vec<&str> {
+        keys.iter().map(|k| k.expose_secret()).collect()
+    }
+
+    #[test]
+    fn key_lists_are_trimmed() {
+        let s = settings(&[
+            "--api-keys= platform-key-0000001 , platform-key-0000002",
+            "--idenfy-signing-keys=signing-key-0000001,\tsigning-key-0000002 ",
+        ])
+        .unwrap();
+        assert_eq!(
+            exposed(&s.api_keys),
+            ["platform-key-0000001", "platform-key-0000002"]
+        );
+        assert_eq!(
+            exposed(&s.idenfy_signing_keys),
+            ["signing-key-0000001", "signing-key-0000002"]
+        );
+    }
+
+    #[test]
+    fn empty_key_entries_stop_start_up() {
+        for (flag, variable) in [
+            ("--api-keys", "FACEPAIR_API_KEYS"),
+            ("--idenfy-signing-keys", "FACEPAIR_IDENFY_SIGNING_KEYS"),
+        ] {
+            for list in [
+                "abcdefghijklmnop,,qrstuvwxyz012345",
+                "abcdefghijklmnop,",
+                " ",
+            ] {
+                let e = settings(&[&format!("{flag}={list}")]).unwrap_err();
+                assert_eq!(e.variable, variable, "{list:?}");
+                assert!(e.reason.contains("is empty"), "{list:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_address_ranges() {
+        let s = settings(&["--trusted-proxies= 10.0.0.0/8 , fd00::/8,192.0.2.7"]).unwrap();
+        assert_eq!(
+            s.trusted_proxies,
+            TrustedProxies::parse(["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]).unwrap()
+        );
+        assert_eq!(
+            settings(&["--trusted-proxies="]).unwrap().trusted_proxies,
+            TrustedProxies::default()
+        );
+        for list in [
+            "10.0.0.0/8,,192.0.2.7",
+            "10.0.0.0/8,",
+            "lb.internal",
+            "10.0.0.0/40",
+        ] {
+            let e = settings(&[&format!("--trusted-proxies={list}")]).unwrap_err();
+            assert_eq!(e.variable, "FACEPAIR_TRUSTED_PROXIES", "{list}");
+        }
+    }
+
+    /// The old setting believed a header any client writes; it must not be silently ignored
+    /// either, or a deployment would lose its proxy's addresses without noticing.
+    #[test]
+    fn the_client_ip_header_setting_stops_start_up_naming_its_replacement() {
+        let e = settings(&["--client-ip-header=x-forwarded-for"]).unwrap_err();
+        assert_eq!(e.variable, "FACEPAIR_CLIENT_IP_HEADER");
+        assert!(e.reason.contains("FACEPAIR_TRUSTED_PROXIES"), "{e}");
+    }
+
+    #[test]
+    fn short_keys_stop_start_up_without_showing_them() {
+        for (flag, variable) in [
+            ("--api-keys", "FACEPAIR_API_KEYS"),
+            ("--idenfy-signing-keys", "FACEPAIR_IDENFY_SIGNING_KEYS"),
+        ] {
+            // 15 characters once trimmed, though 17 as written
+            let e = settings(&[&format!("{flag}=abcdefghijklmnop, short-key-12345 ")]).unwrap_err();
+            assert_eq!(e.variable, variable);
+            assert_eq!(e.reason, "entry 2 is shorter than 16 characters");
+            assert!(!e.to_string().contains("short-key"), "{e}");
+        }
     }
 }

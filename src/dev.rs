@@ -101,7 +101,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         return_url: None,
         retention: Default::default(),
         limits: Default::default(),
-        client_ip_header: None,
+        trusted_proxies: Default::default(),
         workers: None,
         reconcile_after: Some(Duration::from_secs(5)),
     };
@@ -206,7 +206,9 @@ async fn demo_create(
     body: web::Json<serde_json::Value>,
 ) -> HttpResponse {
     let mut body = body.into_inner();
-    body["client_ip"] = serde_json::json!(req.peer_addr().map(|a| a.ip().to_string()));
+    // the demo platform is reached directly, never through a proxy
+    let desktop = crate::http::client_ip(&req, &Default::default());
+    body["client_ip"] = serde_json::json!(desktop.map(|ip| ip.to_string()));
     body["user_agent"] = serde_json::json!(
         req.headers()
             .get("user-agent")

@@ -38,6 +38,10 @@ pub enum ApiError {
     UnknownScanRef,
     #[error("this person must complete a full identity verification before face authentication")]
     IdentificationRequired,
+    #[error(
+        "face authentication is not available for this person: iDenfy's check-status answered type {kind:?}"
+    )]
+    FaceAuthNotAvailable { kind: String },
     #[error("the login was already redeemed")]
     AlreadyRedeemed,
     #[error("the login is not approved (status: {status})")]
@@ -155,6 +159,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         409,
         "the person must complete a full identity verification first",
     ),
+    (
+        "face_auth_not_available",
+        409,
+        "iDenfy's check-status answered a type other than AUTHENTICATION (e.g. ENROLLMENT); the message names it",
+    ),
     ("already_redeemed", 409, "the login was redeemed before"),
     ("not_approved", 409, "redeem before an attempt succeeded"),
     (
@@ -229,6 +238,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UnknownScanRef => "unknown_scan_ref",
             Self::IdentificationRequired => "identification_required",
+            Self::FaceAuthNotAvailable { .. } => "face_auth_not_available",
             Self::AlreadyRedeemed => "already_redeemed",
             Self::NotApproved { .. } => "not_approved",
             Self::AlreadyApproved => "already_approved",
@@ -346,6 +356,7 @@ impl ResponseError for ApiError {
             | Self::UnknownScanRef => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdentificationRequired
+            | Self::FaceAuthNotAvailable { .. }
             | Self::AlreadyRedeemed
             | Self::NotApproved { .. }
             | Self::AlreadyApproved

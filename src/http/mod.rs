@@ -9,10 +9,24 @@ pub mod platform;
 pub mod watch;
 pub mod webhook;
 
+use std::net::IpAddr;
+
 use actix_web::error::JsonPayloadError;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::domain::network::TrustedProxies;
 use crate::error::ApiError;
+
+/// The client's address: the peer's, or through trusted proxies their `X-Forwarded-For`
+/// (`TrustedProxies::client_address`). Every reader of a request's address asks here.
+pub fn client_ip(req: &HttpRequest, trusted: &TrustedProxies) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let lines = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .map(|v| v.to_str().ok());
+    Some(trusted.client_address(peer, lines))
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let json = web::JsonConfig::default()

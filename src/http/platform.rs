@@ -151,7 +151,9 @@ fn login_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::LoginNotFound)
 }
 
-/// Create a login: check eligibility at iDenfy and issue the first digit code.
+/// Create a login: check eligibility at iDenfy and issue the first digit code. Only a
+/// check-status type of `AUTHENTICATION` proceeds; `IDENTIFICATION` is 409
+/// `identification_required`, any other type 409 `face_auth_not_available` naming it.
 #[utoipa::path(
     post, path = "/v1/logins", tag = "platform",
     request_body = CreateLogin,
@@ -161,7 +163,7 @@ fn login_id(raw: &str) -> Result<Uuid, ApiError> {
         (status = 400, body = ErrorBody, description = "malformed_json"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 404, body = ErrorBody, description = "unknown_scan_ref"),
-        (status = 409, body = ErrorBody, description = "identification_required"),
+        (status = 409, body = ErrorBody, description = "identification_required, face_auth_not_available"),
         (status = 413, body = ErrorBody, description = "payload_too_large"),
         (status = 415, body = ErrorBody, description = "unsupported_media_type"),
         (status = 422, body = ErrorBody, description = "invalid_field"),
@@ -216,7 +218,8 @@ pub async fn get_login(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = login_id(&path)?;
-    respond_with_state(&state, id, &req, query.wait, Audience::Platform).await
+    let no_gate = || std::future::ready(Ok(()));
+    respond_with_state(&state, id, &req, query.wait, Audience::Platform, no_gate).await
 }
 
 /// Issue a fresh code: after a failed, expired or canceled attempt, or superseding a pending one.
@@ -342,15 +345,23 @@ pub(crate) fn state_response(
 const MAX_WAIT_SECONDS: u32 = 60;
 
 /// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
-/// request until it differs (a webhook, a platform call, the code's expiry), time is up, or
-/// the instance begins to stop (its grace period would cut the wait short with no answer).
-pub(crate) async fn respond_with_state(
+/// request until it differs (a webhook, a platform call, the code's or the approval's
+/// expiry), time is up, or the instance begins to stop (its grace period would cut the wait
+/// short with no answer). An answer given without waiting must first pass `at_once` (the
+/// browser's slow_down rule).
+pub(crate) async fn respond_with_state<Gate, Passed>(
     state: &AppState,
     id: Uuid,
     req: &HttpRequest,
     wait: Option<u32>,
     audience: Audience,
-) -> Result<HttpResponse, ApiError> {
+    at_once: Gate,
+) -> Result<HttpResponse, ApiError>
+where
+    Gate: FnOnce() -> Passed,
+    Passed: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let mut at_once = Some(at_once);
     let known = req
         .headers()
         .get(header::IF_NONE_MATCH)
@@ -376,6 +387,9 @@ pub(crate) async fn respond_with_state(
                 (now < *deadline).then_some((sub, now, *deadline))
             });
         let Some((sub, now, deadline)) = waiting else {
+            if let Some(gate) = at_once.take() {
+                gate().await?;
+            }
             if unchanged {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((ETAG, etag))
@@ -400,6 +414,8 @@ pub(crate) async fn respond_with_state(
         let wake_at = until_expiry
             .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
             .unwrap_or(deadline);
+        // whatever ends the wait, the answer did not come at once
+        at_once = None;
         tokio::select! {
             _ = sub.changed() => {}
             _ = tokio::time::sleep_until(wake_at) => {}

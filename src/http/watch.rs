@@ -1,7 +1,6 @@
 //! The browser side, authorised by the watch token alone. Never shows identity data.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::domain::{Source, WatchToken, network};
 use crate::error::{ApiError, ErrorBody};
+use crate::http::client_ip;
 use crate::http::platform::{
     EventsQuery, WaitQuery, last_event_id, respond_with_state, state_response,
 };
@@ -19,27 +19,28 @@ use crate::service::{self, Audience, LoginState};
 use crate::store::limits;
 use crate::store::logins::{self, Poll};
 
-/// Browser addresses refused after too many unknown watch tokens, until their window ends.
-/// The count is kept in PostgreSQL; the refusal is remembered here so it costs no lookup.
+/// Browser addresses (by `network::bucket`, as they are counted) refused after too many
+/// unknown watch tokens, until their window ends. The count is kept in PostgreSQL; the
+/// refusal is remembered here so it costs no count.
 #[derive(Default)]
-pub struct Blocks(Mutex<HashMap<IpAddr, Instant>>);
+pub struct Blocks(Mutex<HashMap<String, Instant>>);
 
 impl Blocks {
-    fn remaining(&self, ip: IpAddr) -> Option<u64> {
+    fn remaining(&self, bucket: &str) -> Option<u64> {
         let mut blocks = self.0.lock().unwrap();
-        let until = *blocks.get(&ip)?;
+        let until = *blocks.get(bucket)?;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            blocks.remove(&ip);
+            blocks.remove(bucket);
             return None;
         }
         Some(left.as_secs().max(1))
     }
 
-    fn block(&self, ip: IpAddr, seconds: u64) {
+    fn block(&self, bucket: String, seconds: u64) {
         let mut blocks = self.0.lock().unwrap();
         blocks.retain(|_, until| *until > Instant::now());
-        blocks.insert(ip, Instant::now() + Duration::from_secs(seconds));
+        blocks.insert(bucket, Instant::now() + Duration::from_secs(seconds));
     }
 }
 
@@ -47,22 +48,10 @@ async fn by_hash(state: &AppState, token: WatchToken) -> Result<Option<Uuid>, Ap
     Ok(logins::id_for_watch_hash(&state.pool, &token.hash()).await?)
 }
 
-/// The browser's address: the configured proxy header's first entry, else the peer.
-fn requester_ip(req: &HttpRequest, header: Option<&str>) -> Option<IpAddr> {
-    match header {
-        Some(name) => req
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok()),
-        None => req.peer_addr().map(|a| a.ip()),
-    }
-}
-
-/// Resolves a watch token with `find`, counting unknown tokens per browser address: past the
-/// limit the address is refused with 429 for the rest of the window, before any lookup, so
-/// guessing cannot go on. Known and unknown tokens cost the same lookup.
+/// Resolves a watch token with `find`, counting unknown tokens per browser address (IPv6 by
+/// /64): past the limit, the address's unknown tokens are refused with 429 for the rest of
+/// the window, so guessing cannot go on. A known token is always served, so an address
+/// blocked by someone else's guesses (a shared NAT) still follows its own logins.
 async fn resolve<F, Fut>(
     state: &AppState,
     req: &HttpRequest,
@@ -73,13 +62,6 @@ where
     F: FnOnce(WatchToken) -> Fut,
     Fut: std::future::Future<Output = Result<Option<Uuid>, ApiError>>,
 {
-    let ip = requester_ip(req, state.settings.client_ip_header.as_deref());
-    if let Some(retry_after) = ip.and_then(|ip| state.watch_blocks.remaining(ip)) {
-        return Err(ApiError::RateLimited {
-            limit: "watch_misses_per_ip",
-            retry_after,
-        });
-    }
     let found = match WatchToken::parse(raw) {
         Some(token) => find(token).await?,
         None => None,
@@ -87,23 +69,29 @@ where
     if let Some(id) = found {
         return Ok(id);
     }
-    let Some(ip) = ip else {
+    let Some(ip) = client_ip(req, &state.settings.trusted_proxies) else {
         return Err(ApiError::WatchTokenNotFound);
     };
+    let bucket = network::bucket(ip);
+    let refused = |retry_after| ApiError::RateLimited {
+        limit: "watch_misses_per_ip",
+        retry_after,
+    };
+    if let Some(retry_after) = state.watch_blocks.remaining(&bucket) {
+        return Err(refused(retry_after));
+    }
     let limit = limits::Limit {
-        bucket: format!("watch_miss:{}", network::bucket(ip)),
+        bucket: format!("watch_miss:{bucket}"),
         window_secs: 600.0,
         limit: state.settings.limits.watch_misses_per_ip,
     };
-    match limits::hit(&state.pool, &[limit]).await? {
+    let mut conn = state.pool.acquire().await?;
+    match limits::hit(&mut conn, &[limit]).await? {
         None => Err(ApiError::WatchTokenNotFound),
         Some((_, retry_after)) => {
-            state.watch_blocks.block(ip, retry_after);
-            tracing::warn!(%ip, "too many unknown watch tokens from one address");
-            Err(ApiError::RateLimited {
-                limit: "watch_misses_per_ip",
-                retry_after,
-            })
+            tracing::warn!(address = %bucket, "too many unknown watch tokens from one address");
+            state.watch_blocks.block(bucket, retry_after);
+            Err(refused(retry_after))
         }
     }
 }
@@ -115,9 +103,11 @@ struct WatchPath {
     watch_token: String,
 }
 
-/// Read the login behind a watch token. Browsers are the untrusted pollers: a poll sooner than
-/// `poll_interval_seconds` after the last answered one is refused with 429 `slow_down` and
-/// `Retry-After`; a long poll (`wait` of at least the interval) is always answered.
+/// Read the login behind a watch token. Browsers are the untrusted pollers: an answer given
+/// at once sooner than `poll_interval_seconds` after the last one is refused with 429
+/// `slow_down` and `Retry-After`. A long poll (`wait` of at least the interval) that waits
+/// for a change is free; one answered at once (the login differs from `If-None-Match`, or
+/// there is none) counts like any poll.
 #[utoipa::path(
     get, path = "/v1/watch/{watch_token}", tag = "browser",
     params(WatchPath, WaitQuery),
@@ -139,21 +129,44 @@ pub async fn get_watch(
     let interval_ms = i64::from(state.settings.poll_interval_seconds) * 1000;
     let long_poll = query.wait.unwrap_or(0) >= state.settings.poll_interval_seconds;
     let pool = &state.pool;
+    // a plain poll is counted by the statement that finds its login; a long poll only once
+    // it is known to be answered at once, since one that waits is free
     let login_id = resolve(&state, &req, &path, |token| async move {
         if long_poll {
             return Ok(logins::id_for_watch_hash(pool, &token.hash()).await?);
         }
-        let mut conn = pool.acquire().await?;
-        match logins::record_watch_poll(&mut conn, &token.hash(), interval_ms).await? {
-            Poll::Answered(id) => Ok(Some(id)),
-            Poll::UnknownToken => Ok(None),
-            Poll::TooSoon { retry_after_ms } => Err(ApiError::SlowDown {
-                retry_after: (retry_after_ms as u64).div_ceil(1000),
-            }),
-        }
+        record_poll(pool, &token, interval_ms).await
     })
     .await?;
-    respond_with_state(&state, login_id, &req, query.wait, Audience::Browser).await
+    let gate = || async move {
+        if !long_poll {
+            return Ok(());
+        }
+        let token = WatchToken::parse(&path).ok_or(ApiError::WatchTokenNotFound)?;
+        match record_poll(pool, &token, interval_ms).await? {
+            Some(_) => Ok(()),
+            // its login was deleted since the lookup
+            None => Err(ApiError::WatchTokenNotFound),
+        }
+    };
+    respond_with_state(&state, login_id, &req, query.wait, Audience::Browser, gate).await
+}
+
+/// Counts a poll against the slow_down rule: the login's id, `None` for an unknown token, or
+/// 429 `slow_down` when it comes too soon after the last one counted.
+async fn record_poll(
+    pool: &sqlx::PgPool,
+    token: &WatchToken,
+    interval_ms: i64,
+) -> Result<Option<Uuid>, ApiError> {
+    let mut conn = pool.acquire().await?;
+    match logins::record_watch_poll(&mut conn, &token.hash(), interval_ms).await? {
+        Poll::Answered(id) => Ok(Some(id)),
+        Poll::UnknownToken => Ok(None),
+        Poll::TooSoon { retry_after_ms } => Err(ApiError::SlowDown {
+            retry_after: (retry_after_ms as u64).div_ceil(1000),
+        }),
+    }
 }
 
 /// Ask for a new code from the browser, within the same budgets as the platform, counted
@@ -179,7 +192,7 @@ pub async fn new_attempt(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let login_id = resolve(&state, &req, &path, |token| by_hash(&state, token)).await?;
-    let ip = requester_ip(&req, state.settings.client_ip_header.as_deref());
+    let ip = client_ip(&req, &state.settings.trusted_proxies);
     let limits = state.settings.limits;
     let mut checks = vec![limits::Limit {
         bucket: format!("watch_codes_token:{login_id}"),
@@ -193,7 +206,10 @@ pub async fn new_attempt(
             limit: limits.watch_codes_per_ip_per_hour,
         });
     }
-    if let Some((i, retry_after)) = limits::hit(&state.pool, &checks).await? {
+    let mut conn = state.pool.acquire().await?;
+    let limited = limits::hit(&mut conn, &checks).await?;
+    drop(conn);
+    if let Some((i, retry_after)) = limited {
         return Err(ApiError::RateLimited {
             limit: ["watch_codes_per_token", "watch_codes_per_ip"][i],
             retry_after,

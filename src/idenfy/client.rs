@@ -37,28 +37,24 @@ pub enum IdenfyError {
     CircuitOpen,
 }
 
-/// check-status's answer (idenfy-api.md §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// check-status's answer (idenfy-api.md §3). Only `AUTHENTICATION` lets facepair create a
+/// session: it asks about FACE_MATCHING, and sessions are created with that type alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Eligibility {
     Authentication,
-    Enrollment,
+    /// A full identity verification must come first.
     Identification,
+    /// Any other type, as iDenfy named it (at most 64 characters): `ENROLLMENT`, documented
+    /// only for the ACTIVE_LIVENESS method, or one not documented at all.
+    Other(String),
 }
 
-impl Eligibility {
-    fn session_type(self) -> &'static str {
-        match self {
-            Self::Authentication => "AUTHENTICATION",
-            Self::Enrollment => "ENROLLMENT",
-            Self::Identification => "IDENTIFICATION",
-        }
-    }
-}
+/// The session type facepair creates: the one check-status must answer.
+const SESSION_TYPE: &str = "AUTHENTICATION";
 
 #[derive(Debug)]
 pub struct SessionRequest<'a> {
     pub scan_ref: &'a ScanRef,
-    pub eligibility: Eligibility,
     pub lifetime: Lifetime,
     pub locale: Option<&'a Locale>,
 }
@@ -177,14 +173,11 @@ impl IdenfyClient {
     async fn check_status_once(&self, url: &str) -> Result<Eligibility, IdenfyError> {
         let response = self.send(self.http.get(url)).await?;
         let reply: CheckStatusReply = read_json(response).await?;
-        match reply.kind.as_str() {
-            "AUTHENTICATION" => Ok(Eligibility::Authentication),
-            "ENROLLMENT" => Ok(Eligibility::Enrollment),
-            "IDENTIFICATION" => Ok(Eligibility::Identification),
-            other => Err(IdenfyError::BadResponse(format!(
-                "unknown check-status type {other:?}"
-            ))),
-        }
+        Ok(match reply.kind.as_str() {
+            SESSION_TYPE => Eligibility::Authentication,
+            "IDENTIFICATION" => Eligibility::Identification,
+            other => Eligibility::Other(other.chars().take(64).collect()),
+        })
     }
 
     /// Creates the face-auth session with a digit code. Not idempotent at iDenfy (each call
@@ -198,7 +191,7 @@ impl IdenfyClient {
         let url = format!("{}/partner/authentication-info", self.base_url);
         let body = CreateBody {
             scan_ref: req.scan_ref.as_str(),
-            kind: req.eligibility.session_type(),
+            kind: SESSION_TYPE,
             method: METHOD,
             generate_digit_string: true,
             lifetime: req.lifetime.seconds(),

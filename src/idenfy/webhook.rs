@@ -55,6 +55,18 @@ impl WebhookBody {
     pub fn parse(raw: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(raw)
     }
+
+    /// Whether the body reports the kind of session facepair creates. `type` and `method`
+    /// are optional in iDenfy's schema (a body without them is judged as it always was);
+    /// given, they must say so, in any casing as `status` may come in.
+    pub fn is_face_matching_authentication(&self) -> bool {
+        let is = |field: &Option<String>, want: &str| {
+            field
+                .as_deref()
+                .is_none_or(|v| v.trim().eq_ignore_ascii_case(want))
+        };
+        is(&self.kind, "AUTHENTICATION") && is(&self.method, "FACE_MATCHING")
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +113,32 @@ mod tests {
             WebhookStatus::parse("Pending"),
             WebhookStatus::Unknown("Pending".into())
         );
+    }
+
+    #[test]
+    fn only_face_matching_authentication_is_expected() {
+        let body = |extra: &str| {
+            WebhookBody::parse(format!(r#"{{"status":"SUCCESS"{extra}}}"#).as_bytes()).unwrap()
+        };
+        for ok in [
+            "",
+            r#","type":"AUTHENTICATION","method":"FACE_MATCHING""#,
+            r#","type":"Authentication""#,
+            r#","method":"face_matching","type":null"#,
+        ] {
+            assert!(body(ok).is_face_matching_authentication(), "{ok}");
+        }
+        for unexpected in [
+            r#","type":"ENROLLMENT","method":"FACE_MATCHING""#,
+            r#","type":"AUTHENTICATION","method":"ACTIVE_LIVENESS""#,
+            r#","type":"""#,
+            r#","method":"FACE_MATCHING_V2""#,
+        ] {
+            assert!(
+                !body(unexpected).is_face_matching_authentication(),
+                "{unexpected}"
+            );
+        }
     }
 
     #[test]

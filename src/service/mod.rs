@@ -81,18 +81,12 @@ pub async fn create_login(
     state
         .metrics
         .idenfy_call("check_status", &eligibility, started.elapsed());
-    let eligibility = eligibility?;
-    if eligibility == Eligibility::Identification {
-        return Err(ApiError::IdentificationRequired);
+    match eligibility? {
+        Eligibility::Authentication => {}
+        Eligibility::Identification => return Err(ApiError::IdentificationRequired),
+        Eligibility::Other(kind) => return Err(ApiError::FaceAuthNotAvailable { kind }),
     }
-    let session = create_session(
-        state,
-        &req.scan_ref,
-        eligibility,
-        req.lifetime,
-        req.locale.as_ref(),
-    )
-    .await?;
+    let session = create_session(state, &req.scan_ref, req.lifetime, req.locale.as_ref()).await?;
 
     let watch_token = WatchToken::generate();
     let mut tx = state.pool.begin().await?;
@@ -121,7 +115,7 @@ pub async fn create_login(
             req.lifetime,
             &requested_from,
         ),
-        json!({ "attempt_number": 1, "eligibility": format!("{eligibility:?}").to_uppercase() }),
+        json!({ "attempt_number": 1, "eligibility": "AUTHENTICATION" }),
     )
     .await?;
     tx.commit().await?;
@@ -161,14 +155,7 @@ pub async fn issue_code(
     let lifetime = Lifetime::from_seconds(row.lifetime_seconds.into())
         .map_err(|e| internal(&e.to_string()))?;
     let locale = row.locale.as_deref().and_then(|l| Locale::parse(l).ok());
-    let session = create_session(
-        state,
-        &scan_ref,
-        Eligibility::Authentication,
-        lifetime,
-        locale.as_ref(),
-    )
-    .await?;
+    let session = create_session(state, &scan_ref, lifetime, locale.as_ref()).await?;
 
     let mut tx = state.pool.begin().await?;
     let row = logins::lock(&mut tx, login_id)
@@ -485,7 +472,8 @@ pub(crate) fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<
 /// that is exceeded.
 async fn rate_limit(state: &AppState, checks: Vec<(Limit, &'static str)>) -> Result<(), ApiError> {
     let (limits, names): (Vec<Limit>, Vec<&'static str>) = checks.into_iter().unzip();
-    match crate::store::limits::hit(&state.pool, &limits).await? {
+    let mut conn = state.pool.acquire().await?;
+    match crate::store::limits::hit(&mut conn, &limits).await? {
         None => Ok(()),
         Some((i, retry_after)) => Err(ApiError::RateLimited {
             limit: names[i],
@@ -497,7 +485,6 @@ async fn rate_limit(state: &AppState, checks: Vec<(Limit, &'static str)>) -> Res
 async fn create_session(
     state: &AppState,
     scan_ref: &ScanRef,
-    eligibility: Eligibility,
     lifetime: Lifetime,
     locale: Option<&Locale>,
 ) -> Result<CreatedSession, ApiError> {
@@ -506,7 +493,6 @@ async fn create_session(
         .idenfy
         .create_session(&SessionRequest {
             scan_ref,
-            eligibility,
             lifetime,
             locale,
         })

@@ -34,12 +34,15 @@ pub enum Verdict {
     Late,
     /// `status` is not one facepair knows; kept as received.
     UnknownStatus,
+    /// `type` is not AUTHENTICATION or `method` not FACE_MATCHING: not a session of the
+    /// kind facepair creates.
+    UnexpectedType,
     /// Not JSON, or not the webhook's shape.
     Unparseable,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 8] = [
+    pub const ALL: [Verdict; 9] = [
         Self::Applied,
         Self::Duplicate,
         Self::UnknownToken,
@@ -47,6 +50,7 @@ impl Verdict {
         Self::AttemptTerminal,
         Self::Late,
         Self::UnknownStatus,
+        Self::UnexpectedType,
         Self::Unparseable,
     ];
 
@@ -59,6 +63,7 @@ impl Verdict {
             Self::AttemptTerminal => "attempt_terminal",
             Self::Late => "late",
             Self::UnknownStatus => "unknown_status",
+            Self::UnexpectedType => "unexpected_type",
             Self::Unparseable => "unparseable",
         }
     }
@@ -122,6 +127,13 @@ pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded
                         )
                         .await?;
                         change = moved;
+                        if verdict == Verdict::UnexpectedType {
+                            detail = Some(format!(
+                                "type {:?}, method {:?}",
+                                body.kind.as_deref().unwrap_or_default(),
+                                body.method.as_deref().unwrap_or_default()
+                            ));
+                        }
                         verdict
                     }
                 }
@@ -179,6 +191,9 @@ async fn judge(
     delivery_id: Uuid,
     approval_ttl: std::time::Duration,
 ) -> Result<(Verdict, Option<service::Moved>), ApiError> {
+    if !body.is_face_matching_authentication() {
+        return Ok((Verdict::UnexpectedType, None));
+    }
     // locked by `claim`; read after the lock, so no change made meanwhile is missed
     let row = logins::find(&mut *tx, login_id)
         .await?

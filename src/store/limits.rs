@@ -1,13 +1,16 @@
 //! rate_limits: fixed-window counters shared by every instance.
 
-use sqlx::PgExecutor;
+use sqlx::PgConnection;
 
-/// A fixed-window limit: at most `limit` hits per `window_secs` in `bucket`.
+/// A fixed-window limit: at most `limit` (at least 1) hits per `window_secs` in `bucket`.
 pub struct Limit {
     pub bucket: String,
     pub window_secs: f64,
     pub limit: i32,
 }
+
+/// The constraint that keeps a window's hits within its cap (migration 0007).
+const WITHIN_CAP: &str = "rate_limits_hits_within_cap";
 
 /// Counts one hit in each limit's current window if every limit has room for it, in one
 /// statement. Returns the index of the first limit that is full and the seconds until its
@@ -15,12 +18,36 @@ pub struct Limit {
 /// desktop address over its own) never use up another (the platform's key).
 ///
 /// The windows' rows are locked in bucket order before they are read, so concurrent hits
-/// queue on them and none slips past a full window; a bucket's first hit inserts its row.
+/// queue on them and none slips past a full window. Hits that race a window's first insert
+/// have no row to lock: past the cap, their count breaks `rate_limits_hits_within_cap`, the
+/// statement counts nothing, and it runs again, now finding the row. Outside a transaction
+/// only, for that reason.
 ///
 /// The counts commit without waiting for the disk: a count lost in a crash only lets a few
 /// more requests through, and not waiting keeps a second fsync off every login creation.
 pub async fn hit(
-    conn: impl PgExecutor<'_>,
+    conn: &mut PgConnection,
+    limits: &[Limit],
+) -> Result<Option<(usize, u64)>, sqlx::Error> {
+    // a try can lose a race only on a bucket with no row when it began, and the next try
+    // finds that row: one try per bucket, and one more, always suffice
+    let tries_allowed = limits.len() + 1;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match hit_once(&mut *conn, limits).await {
+            Err(sqlx::Error::Database(e))
+                if e.constraint() == Some(WITHIN_CAP) && tries < tries_allowed =>
+            {
+                continue;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn hit_once(
+    conn: &mut PgConnection,
     limits: &[Limit],
 ) -> Result<Option<(usize, u64)>, sqlx::Error> {
     let buckets: Vec<&str> = limits.iter().map(|l| l.bucket.as_str()).collect();
@@ -47,15 +74,16 @@ pub async fn hit(
             where h.window_start > now() - i.width and h.hits >= i.cap
         ),
         counted as (
-            insert into rate_limits as r (bucket, window_start, hits)
-            select bucket, now(), 1 from input, async_commit
+            insert into rate_limits as r (bucket, window_start, hits, cap)
+            select bucket, now(), 1, cap from input, async_commit
             where not exists (select from full_windows)
             order by bucket
             on conflict (bucket) do update set
                 hits = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
                             then 1 else r.hits + 1 end,
                 window_start = case when r.window_start <= now() - (select width from input where bucket = r.bucket)
-                                    then now() else r.window_start end
+                                    then now() else r.window_start end,
+                cap = excluded.cap
         )
         select bucket as "bucket!", remaining as "remaining!" from full_windows
         "#,
@@ -72,7 +100,7 @@ pub async fn hit(
 }
 
 /// Forgets windows that ended long ago.
-pub async fn prune(conn: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+pub async fn prune(conn: impl sqlx::PgExecutor<'_>) -> Result<u64, sqlx::Error> {
     Ok(
         sqlx::query!("delete from rate_limits where window_start < now() - interval '1 day'")
             .execute(conn)

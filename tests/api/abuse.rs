@@ -119,6 +119,68 @@ async fn creations_refused_by_one_limit_do_not_count_against_another(pool: PgPoo
     assert_eq!(app.count("select count(*) from logins").await, 4);
 }
 
+/// A window's cap holds from its very first hits: 50 creations from one desktop arriving
+/// together, on two instances, while the address has no window yet, and exactly the cap's
+/// worth get through. Refused ones count in no window: the key counted only those 5.
+#[sqlx::test]
+async fn concurrent_first_hits_never_pass_the_cap(pool: PgPool) {
+    let a = TestApp::spawn_with(pool, |s| s.limits.logins_per_client_ip_per_hour = 5).await;
+    a.mock_eligible().await;
+    let b = a.second_instance().await;
+    // a first hit in flight (uncommitted) holds the others at the window's row until more
+    // than the cap's worth wait there; it then gives up, and they find the window empty
+    let mut gate = a.pool.begin().await.unwrap();
+    let first = facepair::store::limits::Limit {
+        bucket: "client_ip:198.51.100.7".into(),
+        window_secs: 3600.0,
+        limit: 5,
+    };
+    let counted = facepair::store::limits::hit(&mut gate, &[first]).await;
+    assert!(counted.unwrap().is_none());
+    let creations = (0..50).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let response = app
+                .create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
+                .await;
+            let (status, body) = code_of(response).await;
+            (status, body["error"]["code"].as_str().map(str::to_owned))
+        }
+    });
+    let release = async {
+        a.eventually(std::time::Duration::from_secs(10), || async {
+            a.count(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'
+                   and query like '%rate_limits%'",
+            )
+            .await
+                >= 8
+        })
+        .await;
+        gate.rollback().await.unwrap();
+    };
+    let (answers, ()) = tokio::join!(futures_util::future::join_all(creations), release);
+    let created = answers.iter().filter(|(s, _)| *s == 201).count();
+    let limited = answers
+        .iter()
+        .filter(|(s, c)| *s == 429 && c.as_deref() == Some("rate_limited"))
+        .count();
+    assert_eq!((created, limited), (5, 45), "{answers:?}");
+    assert_eq!(a.count("select count(*) from logins").await, 5);
+    assert_eq!(
+        a.count("select hits::int8 from rate_limits where bucket like 'client_ip:%'")
+            .await,
+        5
+    );
+    assert_eq!(
+        a.count("select hits::int8 from rate_limits where bucket like 'api_key:%'")
+            .await,
+        5,
+        "refused creations counted against the key"
+    );
+}
+
 /// Hits arriving together on two limits at once (in either order of naming them) queue on
 /// the windows' rows: exactly the limit's worth get through, and none deadlocks.
 #[sqlx::test]
@@ -135,7 +197,10 @@ async fn concurrent_hits_never_pass_a_full_window(pool: PgPool) {
         if i % 3 == 0 {
             limits.reverse();
         }
-        tokio::spawn(async move { hit(&pool, &limits).await.unwrap().is_none() })
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            hit(&mut conn, &limits).await.unwrap().is_none()
+        })
     });
     let mut passed = 0;
     for h in hits {
@@ -159,8 +224,8 @@ async fn concurrent_hits_never_pass_a_full_window(pool: PgPool) {
     assert!(counted.contains(&("key".into(), 7)), "{counted:?}");
 }
 
-/// Guessing watch tokens: 404s until the limit, then 429 for every token from that address,
-/// valid ones included, so guessing cannot go on; the count is shared by instances.
+/// Guessing watch tokens: 404s until the limit, then 429 for every unknown token from that
+/// address, so guessing cannot go on; the count is shared by instances.
 #[sqlx::test]
 async fn watch_token_guessing_is_refused(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.limits.watch_misses_per_ip = 5).await;
@@ -183,13 +248,14 @@ async fn watch_token_guessing_is_refused(pool: PgPool) {
     assert!(refused.headers().get("retry-after").is_some());
     let (_, body) = code_of(refused).await;
     assert_eq!(body["error"]["limit"], "watch_misses_per_ip");
+    // a block refuses unknown tokens only: the address's own logins are still served
     let valid_now = app
         .http
         .get(app.url(&format!("/v1/watch/{valid}")))
         .send()
         .await
         .unwrap();
-    assert_eq!(valid_now.status(), 429, "no more lookups for this address");
+    assert_eq!(valid_now.status(), 200);
     // malformed tokens count too
     let malformed = b
         .http
@@ -353,4 +419,141 @@ async fn a_creation_both_limits_refuse_is_answered_by_the_rate_limit(pool: PgPoo
         );
     }
     assert_eq!(app.count("select count(*) from attempts").await, 2);
+}
+
+/// An unknown watch token from a browser, through the proxy `X-Forwarded-For` lines given.
+async fn guess(app: &TestApp, forwarded_for: &[&str]) -> (u16, Value) {
+    let token = format!("fpw_{}", uuid::Uuid::new_v4().simple()) + "AAAAAAAAAAA";
+    let mut request = app.http.get(app.url(&format!("/v1/watch/{token}")));
+    for line in forwarded_for {
+        request = request.header("x-forwarded-for", *line);
+    }
+    code_of(request.send().await.unwrap()).await
+}
+
+async fn misses_counted(app: &TestApp, bucket: &str) -> i64 {
+    sqlx::query_scalar::<_, i32>("select hits from rate_limits where bucket = $1")
+        .bind(format!("watch_miss:{bucket}"))
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+        .map_or(0, i64::from)
+}
+
+/// Header spoofing: behind a trusted proxy (here the test's own 127.0.0.1), only the entry the
+/// proxy appended counts. Whatever the client writes before it (another address each time, a
+/// victim's address, something unparsable) neither escapes the limit nor blocks anyone else.
+#[sqlx::test]
+async fn a_forged_forwarded_for_neither_escapes_nor_redirects_the_watch_limit(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| {
+        s.limits.watch_misses_per_ip = 3;
+        s.trusted_proxies =
+            facepair::domain::network::TrustedProxies::parse(["127.0.0.1/32"]).unwrap();
+    })
+    .await;
+    let attacker = "198.51.100.9";
+    let victim = "198.51.100.10";
+    // the proxy appends the address it saw; the client wrote the rest
+    let forged = [
+        format!("1.2.3.4, {attacker}"),
+        format!("{victim}, {attacker}"),
+        format!("not-an-address, {attacker}"),
+    ];
+    for line in &forged {
+        assert_eq!(guess(&app, &[line]).await.0, 404, "{line}");
+    }
+    for line in [
+        format!("1.2.3.5, {attacker}"),
+        format!("garbage, {attacker}"),
+    ] {
+        let (status, body) = guess(&app, &[&line]).await;
+        assert_eq!(
+            (
+                status,
+                body["error"]["code"].as_str(),
+                body["error"]["limit"].as_str()
+            ),
+            (429, Some("rate_limited"), Some("watch_misses_per_ip")),
+            "{line}"
+        );
+    }
+    // the refusals counted nowhere; only the attacker's real address was ever counted
+    assert_eq!(misses_counted(&app, attacker).await, 3);
+    assert_eq!(
+        app.count("select count(*) from rate_limits").await,
+        1,
+        "a client-written entry was counted"
+    );
+    // the victim, whose address the attacker wrote, is not blocked
+    assert_eq!(guess(&app, &[victim]).await.0, 404);
+    // on its own line, as some proxies add it, the forged entry is still the client's
+    assert_eq!(guess(&app, &["203.0.113.1", attacker]).await.0, 429);
+}
+
+/// Only a trusted peer's header is read: from any other peer the header is ignored, and the
+/// peer's own address is counted however the header changes.
+#[sqlx::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| {
+        s.limits.watch_misses_per_ip = 3;
+        s.trusted_proxies =
+            facepair::domain::network::TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+    })
+    .await;
+    for i in 0..3 {
+        assert_eq!(guess(&app, &[&format!("203.0.113.{i}")]).await.0, 404);
+    }
+    assert_eq!(guess(&app, &["203.0.113.99"]).await.0, 429);
+    assert_eq!(misses_counted(&app, "127.0.0.1").await, 3);
+    assert_eq!(app.count("select count(*) from rate_limits").await, 1);
+}
+
+/// Lockout by unknown-token blocks: an address blocked for guessing (perhaps a NAT shared with
+/// the guesser) still follows its own logins on every instance, while its unknown tokens stay
+/// refused. IPv6 addresses are counted and blocked by /64, on both instances alike.
+#[sqlx::test]
+async fn a_blocked_address_still_follows_its_own_logins(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| {
+        s.limits.watch_misses_per_ip = 3;
+        s.trusted_proxies =
+            facepair::domain::network::TrustedProxies::parse(["127.0.0.1/32"]).unwrap();
+    })
+    .await;
+    app.mock_eligible().await;
+    let other = app.second_instance().await;
+    let subnet = "2001:db8:1:2::/64";
+    assert_eq!(guess(&app, &["2001:db8:1:2::1"]).await.0, 404);
+    assert_eq!(guess(&other, &["2001:db8:1:2::2"]).await.0, 404);
+    assert_eq!(guess(&app, &["2001:db8:1:2:ffff::3"]).await.0, 404);
+    // another address of the /64, on each instance: the same block
+    assert_eq!(guess(&other, &["2001:db8:1:2::4"]).await.0, 429);
+    assert_eq!(guess(&app, &["2001:db8:1:2:aaaa::5"]).await.0, 429);
+    assert_eq!(misses_counted(&app, subnet).await, 3);
+    // another /64 is not blocked
+    assert_eq!(guess(&app, &["2001:db8:1:3::1"]).await.0, 404);
+
+    for instance in [&app, &other] {
+        let token = instance.login().await["watch_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let from_blocked = |path: String| {
+            instance
+                .http
+                .get(instance.url(&path))
+                .header("x-forwarded-for", "2001:db8:1:2::1")
+                .send()
+        };
+        let watch = from_blocked(format!("/v1/watch/{token}")).await.unwrap();
+        assert_eq!(watch.status(), 200);
+        let events = from_blocked(format!("/v1/watch/{token}/events"))
+            .await
+            .unwrap();
+        assert_eq!(events.status(), 200);
+        assert_eq!(
+            events.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+    }
+    assert_eq!(misses_counted(&app, subnet).await, 3);
 }

@@ -163,6 +163,31 @@ async fn identification_required_creates_no_session(pool: PgPool) {
     nothing_stored(&app).await;
 }
 
+/// Only `AUTHENTICATION` may proceed. ENROLLMENT (which iDenfy documents only for the legacy
+/// ACTIVE_LIVENESS method, never the FACE_MATCHING facepair asks about) or a type iDenfy has
+/// not documented: 409 `face_auth_not_available` naming the type, and no session is created.
+#[sqlx::test]
+async fn any_other_eligibility_creates_no_session(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for kind in ["ENROLLMENT", "REENROLLMENT"] {
+        app.idenfy.reset().await;
+        mock_check_status(&app.idenfy, kind).await;
+        Mock::given(method("POST"))
+            .and(path("/partner/authentication-info"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&app.idenfy)
+            .await;
+        let (status, code, body) =
+            error_code(app.create_login(json!({ "scan_ref": SCAN_REF })).await).await;
+        assert_eq!((status, code.as_str()), (409, "face_auth_not_available"));
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("\"{kind}\"")), "{message}");
+        nothing_stored(&app).await;
+        app.idenfy.verify().await;
+    }
+}
+
 #[sqlx::test]
 async fn unknown_scan_ref_is_404(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

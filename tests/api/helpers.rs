@@ -63,7 +63,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
             watch_codes_per_ip_per_hour: 100_000,
             watch_codes_per_token_per_hour: 100_000,
         },
-        client_ip_header: None,
+        trusted_proxies: Default::default(),
         workers: None,
         reconcile_after: None,
     }

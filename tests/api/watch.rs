@@ -93,14 +93,82 @@ async fn polling_too_fast_is_told_to_slow_down(pool: PgPool) {
     let third = app.http.get(app.url(&path)).send().await.unwrap();
     assert_eq!(third.status(), 200, "waiting as told is not punished");
 
-    // a long poll is not a fast poll
+    // a long poll that waits is not a fast poll (one answered at once is: see below)
     let long = app
         .http
         .get(app.url(&format!("{path}?wait=2")))
+        .header("if-none-match", third.headers()["etag"].to_str().unwrap())
         .send()
         .await
         .unwrap();
-    assert_eq!(long.status(), 200);
+    assert_eq!(long.status(), 304);
+}
+
+async fn polled_at(app: &TestApp) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("select watch_polled_at from logins")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// A long poll answered at once (no `If-None-Match`, or one the login no longer matches) is
+/// a poll like any other: a tight loop of them is told to slow down, on every instance. One
+/// that waits is free; of two answered at once together, one is refused.
+#[sqlx::test]
+async fn a_long_poll_answered_at_once_counts_against_the_interval(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let other = app.second_instance().await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let path = format!(
+        "/v1/watch/{}?wait=60",
+        login["watch_token"].as_str().unwrap()
+    );
+    let poll = |instance: &TestApp, etag: Option<&str>| {
+        let mut request = instance.http.get(instance.url(&path));
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        request.send()
+    };
+
+    let first = poll(&app, None).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let counted = polled_at(&app).await;
+    assert!(counted.is_some());
+    for (instance, known) in [(&other, None), (&app, Some("\"stale\"")), (&app, None)] {
+        let again = poll(instance, known).await.unwrap();
+        assert_eq!(again.status(), 429, "{known:?}");
+        let retry_after: u64 = again.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+        assert_eq!(
+            again.json::<Value>().await.unwrap()["error"]["code"],
+            "slow_down"
+        );
+    }
+    assert_eq!(polled_at(&app).await, counted, "a refused poll was counted");
+
+    // one that waits (here until its `wait` is up) is answered, and not counted
+    let waited = app
+        .http
+        .get(app.url(&path.replace("wait=60", "wait=2")))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waited.status(), 304);
+    assert_eq!(polled_at(&app).await, counted);
+
+    // the interval has passed: of two answered at once together, on two instances, one is
+    let (a, b) = tokio::join!(poll(&app, None), poll(&other, Some("\"stale\"")));
+    let mut statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 429]);
 }
 
 #[sqlx::test]

@@ -362,9 +362,15 @@ async fn the_webhook_corpus(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     app.mock_eligible().await;
     let expected = [
+        (
+            "active-liveness-method.json",
+            "unexpected_type",
+            Some("pending"),
+        ),
         ("bom-prefixed.json", "unparseable", None),
         ("deeply-nested.json", "unparseable", None),
         ("empty.json", "unparseable", None),
+        ("enrollment-type.json", "unexpected_type", Some("pending")),
         ("expired-documented.json", "applied", Some("expired")),
         ("failed-title-case.json", "applied", Some("failed")),
         ("minimal-status-only.json", "applied", Some("approved")),
@@ -411,5 +417,78 @@ async fn the_webhook_corpus(pool: PgPool) {
             );
         }
     }
-    assert_eq!(app.count("select count(*) from deliveries").await, 12);
+    assert_eq!(app.count("select count(*) from deliveries").await, 14);
+}
+
+/// A signed webhook of another kind of session (an enrollment, the legacy liveness method) is
+/// kept with the verdict `unexpected_type`, answered 2xx so iDenfy stops, and changes nothing:
+/// the code stays pending and a proper outcome still applies. Casing is iDenfy's to choose.
+#[sqlx::test]
+async fn a_webhook_of_another_kind_of_session_changes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let attempt = attempt_id(&login);
+    let events = || app.count("select count(*) from events");
+    let before = events().await;
+    for (kind, method) in [
+        ("ENROLLMENT", "FACE_MATCHING"),
+        ("AUTHENTICATION", "ACTIVE_LIVENESS"),
+        ("IDENTIFICATION", "FACE_MATCHING"),
+    ] {
+        assert_eq!(
+            app.webhook(
+                &attempt,
+                "SUCCESS",
+                json!({ "type": kind, "method": method })
+            )
+            .await,
+            (200, "unexpected_type".into()),
+            "{kind} {method}"
+        );
+    }
+    assert_eq!(events().await, before, "an event was written");
+    let state = app.state(&login_id(&login)).await;
+    assert_eq!(
+        (
+            state["status"].as_str(),
+            state["attempt"]["status"].as_str()
+        ),
+        (Some("pending"), Some("pending"))
+    );
+    assert_eq!(
+        state["attempt"]["digit_string"],
+        login["attempt"]["digit_string"]
+    );
+    let stored: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select verdict, attempt_id::text, detail from deliveries order by received_at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 3);
+    for (verdict, attempt_id, detail) in &stored {
+        assert_eq!(verdict, "unexpected_type");
+        assert_eq!(attempt_id.as_deref(), Some(attempt.as_str()));
+        assert!(
+            detail.as_deref().is_some_and(|d| d.contains("type")),
+            "{detail:?}"
+        );
+    }
+    assert_eq!(
+        app.metric("facepair_webhook_deliveries_total{verdict=\"unexpected_type\"}")
+            .await,
+        3.0
+    );
+    // the expected kind, in any case, still applies
+    assert_eq!(
+        app.webhook(
+            &attempt,
+            "SUCCESS",
+            json!({ "type": "authentication", "method": "Face_Matching" })
+        )
+        .await,
+        (200, "applied".into())
+    );
+    assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
 }
