@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::domain::Verdict;
 use crate::idenfy::IdenfyError;
 use crate::idenfy::circuit::Phase;
-use crate::service::webhook::Verdict;
 
 #[derive(Default)]
 pub struct Counter(AtomicU64);

@@ -3,6 +3,8 @@
 pub mod network;
 pub mod state;
 pub mod types;
+pub mod verdict;
 
 pub use state::{AttemptEvent, AttemptStatus, IdenfyOutcome, LoginStatus, Source};
 pub use types::{DigitString, Invalid, Lifetime, Locale, ScanRef, UserRef, WatchToken};
+pub use verdict::Verdict;
