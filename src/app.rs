@@ -18,29 +18,7 @@ use crate::idenfy::IdenfyClient;
 use crate::live::notify::{GATHER, Notifier};
 use crate::live::{self, Hub};
 use crate::metrics::Metrics;
-use crate::service;
-use crate::telemetry;
-
-/// The one shared state value every handler and task receives.
-#[derive(Clone)]
-pub struct AppState {
-    /// In a request, the pool of the HTTP worker serving it; in background tasks, the
-    /// instance's own. The same holds for `notifier`.
-    pub pool: PgPool,
-    pub worker_pools: WorkerPools,
-    pub idenfy: IdenfyClient,
-    pub settings: Arc<Settings>,
-    pub api_keys: Arc<ApiKeys>,
-    pub metrics: Arc<Metrics>,
-    pub hub: Hub,
-    pub notifier: Arc<Notifier>,
-    /// Base URL browsers use, without a trailing slash.
-    pub public_url: Arc<str>,
-    /// Cancelled when the instance begins to stop: streams close with a reconnect hint,
-    /// background tasks end.
-    pub shutdown: CancellationToken,
-    pub watch_blocks: Arc<http::watch::Blocks>,
-}
+use crate::service::{self, Context};
 
 pub struct Application {
     port: u16,
@@ -49,7 +27,7 @@ pub struct Application {
     tasks: Vec<JoinHandle<()>>,
     notifier_stop: CancellationToken,
     notifier_task: JoinHandle<()>,
-    state: AppState,
+    state: Context,
 }
 
 impl Application {
@@ -57,12 +35,12 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)?;
         drop_vanished_clients(&listener)?;
         let address = listener.local_addr()?;
-        let public_url: Arc<str> = settings
+        let public_url = settings
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{address}"))
             .trim_end_matches('/')
-            .into();
+            .to_owned();
         // the notifier outlives the requests still finishing after `stop`: it stops last
         let notifier_stop = CancellationToken::new();
         let shutdown = CancellationToken::new();
@@ -74,23 +52,25 @@ impl Application {
             metrics.clone(),
             notifier_stop.clone(),
         );
-        let state = AppState {
+        let shared = web::Data::new(http::Web {
+            api_keys: ApiKeys::new(&settings.api_keys),
+            watch_blocks: Default::default(),
+            public_url,
+            worker_pools: Default::default(),
+        });
+        let state = Context {
             idenfy: IdenfyClient::new(
                 &settings.idenfy_base_url,
                 settings.idenfy_api_key.clone(),
                 settings.idenfy_api_secret.clone(),
                 settings.idenfy_timeout,
             ),
-            api_keys: Arc::new(ApiKeys::new(&settings.api_keys)),
             metrics,
             hub: Hub::default(),
             notifier,
             settings: Arc::new(settings),
-            public_url,
             pool,
-            worker_pools: WorkerPools::default(),
             shutdown,
-            watch_blocks: Arc::default(),
         };
 
         let stop = state.shutdown.clone();
@@ -137,8 +117,13 @@ impl Application {
             .div_ceil(workers as u32);
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(web::Data::new(app_state.for_worker(per_worker)))
-                .wrap(from_fn(telemetry::request_context))
+                .app_data(web::Data::new(for_worker(
+                    &app_state,
+                    &shared.worker_pools,
+                    per_worker,
+                )))
+                .app_data(shared.clone())
+                .wrap(from_fn(http::request::request_context))
                 .configure(http::configure)
         })
         .workers(workers)
@@ -166,7 +151,7 @@ impl Application {
         self.port
     }
 
-    pub fn state(&self) -> &AppState {
+    pub fn state(&self) -> &Context {
         &self.state
     }
 
@@ -206,55 +191,32 @@ impl Application {
     }
 }
 
-impl AppState {
-    /// The state one HTTP worker's requests see: the same, but with a pool of the worker's
-    /// own. This runs on the worker's thread, and its pool opens connections there when a
-    /// request first needs them. A socket is driven by the runtime that opened it; a
-    /// connection opened on another thread would cost two thread wake-ups on every round
-    /// trip.
-    ///
-    /// The worker's NOTIFYs go out on a connection of its own for the same reason. Both end
-    /// with the worker, after its last request was answered.
-    fn for_worker(&self, max_connections: u32) -> AppState {
-        let connect = crate::store::connect_options((*self.pool.connect_options()).clone());
-        let pool = crate::store::discarding_condemned(self.pool.options().clone())
-            .max_connections(max_connections.max(1))
-            .min_connections(0)
-            .connect_lazy_with(connect.clone());
-        self.worker_pools.add(pool.clone());
-        let (notifier, sender) = Notifier::start(
-            connect,
-            GATHER,
-            self.shutdown.clone(),
-            self.metrics.clone(),
-            CancellationToken::new(),
-        );
-        actix_web::rt::spawn(sender);
-        AppState {
-            pool,
-            notifier,
-            ..self.clone()
-        }
-    }
-}
-
-/// The pools of this instance's HTTP workers, counted together in the metrics. Their
-/// connections belong to the workers' runtimes: they close when the last state holding the
-/// pools is dropped, after the workers have stopped.
-#[derive(Clone, Default)]
-pub struct WorkerPools(Arc<std::sync::Mutex<Vec<PgPool>>>);
-
-impl WorkerPools {
-    fn add(&self, pool: PgPool) {
-        self.0.lock().expect("worker pools").push(pool);
-    }
-
-    /// Open and idle connections over all workers.
-    pub fn connections(&self) -> (u32, usize) {
-        let pools = self.0.lock().expect("worker pools");
-        pools.iter().fold((0, 0), |(open, idle), p| {
-            (open + p.size(), idle + p.num_idle())
-        })
+/// The context one HTTP worker's requests see: the same, but with a pool of the worker's own.
+/// This runs on the worker's thread, and its pool opens connections there when a request
+/// first needs them: a socket is driven by the runtime that opened it, and a connection opened
+/// on another thread would cost two thread wake-ups on every round trip.
+///
+/// The worker's NOTIFYs go out on a connection of its own for the same reason. Both end with
+/// the worker, after its last request was answered.
+fn for_worker(state: &Context, pools: &http::WorkerPools, max_connections: u32) -> Context {
+    let connect = (*state.pool.connect_options()).clone();
+    let pool = crate::store::hooks(state.pool.options().clone())
+        .max_connections(max_connections.max(1))
+        .min_connections(0)
+        .connect_lazy_with(connect.clone());
+    pools.add(pool.clone());
+    let (notifier, sender) = Notifier::start(
+        connect,
+        GATHER,
+        state.shutdown.clone(),
+        state.metrics.clone(),
+        CancellationToken::new(),
+    );
+    actix_web::rt::spawn(sender);
+    Context {
+        pool,
+        notifier,
+        ..state.clone()
     }
 }
 

@@ -624,17 +624,6 @@ impl ServeArgs {
     }
 }
 
-impl DatabaseArgs {
-    pub fn pool_options(&self) -> sqlx::postgres::PgPoolOptions {
-        crate::store::discarding_condemned(sqlx::postgres::PgPoolOptions::new())
-            .max_connections(self.db_max_connections.max(1))
-            .acquire_timeout(Duration::from_millis(self.db_acquire_timeout_ms))
-            // no ping before use: a connection that died (PostgreSQL restarted) fails its
-            // query, the request gets 503 and is retried, and the pool replaces it
-            .test_before_acquire(false)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

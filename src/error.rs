@@ -1,9 +1,6 @@
 //! The one API error type. Every failure a client can see maps to a status, a stable
 //! snake_case code and a message; 5xx bodies say nothing internal, the log has the cause.
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -108,157 +105,246 @@ pub struct ErrorDetail {
     pub limit: Option<&'static str>,
 }
 
-/// Every code a client may see, with its status, for the docs and the OpenAPI document.
-pub const ERROR_CODES: &[(&str, u16, &str)] = &[
-    (
-        "malformed_json",
-        400,
-        "the body is not valid JSON or has wrongly typed fields",
-    ),
-    (
-        "malformed_query",
-        400,
-        "the query string has wrongly typed parameters",
-    ),
-    (
-        "invalid_field",
-        422,
-        "a field failed validation; `field` names it",
-    ),
-    (
-        "unsupported_media_type",
-        415,
-        "the body must be application/json",
-    ),
-    ("payload_too_large", 413, "the body exceeds the size limit"),
-    (
-        "unauthorized",
-        401,
-        "missing or invalid `Authorization: Bearer` API key",
-    ),
-    (
-        "invalid_signature",
-        401,
-        "webhook signature missing, malformed or matching no signing key",
-    ),
-    ("login_not_found", 404, "no login with this id"),
-    (
-        "watch_token_not_found",
-        404,
-        "no login for this watch token",
-    ),
-    ("route_not_found", 404, "no such route"),
-    (
-        "method_not_allowed",
-        405,
-        "the route exists but not with this method",
-    ),
-    ("unknown_scan_ref", 404, "iDenfy does not know the scan_ref"),
-    (
-        "identification_required",
-        409,
-        "the person must complete a full identity verification first",
-    ),
-    (
-        "face_auth_not_available",
-        409,
-        "iDenfy's check-status answered a type other than AUTHENTICATION (e.g. ENROLLMENT); the message names it",
-    ),
-    ("already_redeemed", 409, "the login was redeemed before"),
-    ("not_approved", 409, "redeem before an attempt succeeded"),
-    (
-        "already_approved",
-        409,
-        "a new code was asked for an approved login",
-    ),
-    (
-        "login_canceled",
-        409,
-        "the login was canceled by the platform",
-    ),
-    ("login_finished", 409, "the login can no longer change"),
-    (
-        "code_being_issued",
-        409,
-        "another request is issuing a code for this login; its answer carries the code",
-    ),
-    (
-        "approval_expired",
-        409,
-        "redeem after the approval expired (FACEPAIR_APPROVAL_TTL_SECONDS)",
-    ),
-    (
-        "attempt_budget_exhausted",
-        429,
-        "the login's codes, or the scan_ref's hourly codes from this address or from all, are spent; `budget` names which",
-    ),
-    (
-        "rate_limited",
-        429,
-        "an abuse limit was hit; `limit` names it; Retry-After",
-    ),
-    ("slow_down", 429, "polled faster than poll_interval_seconds"),
-    (
-        "idenfy_rate_limited",
-        429,
-        "iDenfy is rate-limiting facepair",
-    ),
-    (
-        "idenfy_unavailable",
-        503,
-        "iDenfy could not be reached or failed",
-    ),
-    ("idenfy_timeout", 504, "iDenfy did not answer in time"),
-    (
-        "idenfy_rejected",
-        502,
-        "iDenfy refused facepair's request (credentials, funds, account or request)",
-    ),
-    (
-        "database_unavailable",
-        503,
-        "PostgreSQL is unreachable or overloaded",
-    ),
-    ("internal_error", 500, "a bug; the log has the cause"),
-];
+/// Every code a client may see. [`Code::facts`] is the one place its string, its HTTP status
+/// and its meaning are written; the OpenAPI document and the README's table come from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    MalformedJson,
+    MalformedQuery,
+    InvalidField,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthorized,
+    InvalidSignature,
+    LoginNotFound,
+    WatchTokenNotFound,
+    RouteNotFound,
+    MethodNotAllowed,
+    UnknownScanRef,
+    IdentificationRequired,
+    FaceAuthNotAvailable,
+    AlreadyRedeemed,
+    NotApproved,
+    AlreadyApproved,
+    LoginCanceled,
+    LoginFinished,
+    CodeBeingIssued,
+    ApprovalExpired,
+    AttemptBudgetExhausted,
+    RateLimited,
+    SlowDown,
+    IdenfyRateLimited,
+    IdenfyUnavailable,
+    IdenfyTimeout,
+    IdenfyRejected,
+    DatabaseUnavailable,
+    InternalError,
+}
 
-impl ApiError {
-    pub fn code(&self) -> &'static str {
+impl Code {
+    pub const ALL: [Code; 30] = [
+        Code::MalformedJson,
+        Code::MalformedQuery,
+        Code::InvalidField,
+        Code::UnsupportedMediaType,
+        Code::PayloadTooLarge,
+        Code::Unauthorized,
+        Code::InvalidSignature,
+        Code::LoginNotFound,
+        Code::WatchTokenNotFound,
+        Code::RouteNotFound,
+        Code::MethodNotAllowed,
+        Code::UnknownScanRef,
+        Code::IdentificationRequired,
+        Code::FaceAuthNotAvailable,
+        Code::AlreadyRedeemed,
+        Code::NotApproved,
+        Code::AlreadyApproved,
+        Code::LoginCanceled,
+        Code::LoginFinished,
+        Code::CodeBeingIssued,
+        Code::ApprovalExpired,
+        Code::AttemptBudgetExhausted,
+        Code::RateLimited,
+        Code::SlowDown,
+        Code::IdenfyRateLimited,
+        Code::IdenfyUnavailable,
+        Code::IdenfyTimeout,
+        Code::IdenfyRejected,
+        Code::DatabaseUnavailable,
+        Code::InternalError,
+    ];
+
+    /// The code's string, HTTP status and meaning.
+    pub fn facts(self) -> (&'static str, u16, &'static str) {
         match self {
-            Self::MalformedJson(_) => "malformed_json",
-            Self::MalformedQuery(_) => "malformed_query",
-            Self::InvalidField(_) => "invalid_field",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::Unauthorized => "unauthorized",
-            Self::InvalidSignature(_) => "invalid_signature",
-            Self::LoginNotFound => "login_not_found",
-            Self::WatchTokenNotFound => "watch_token_not_found",
-            Self::RouteNotFound => "route_not_found",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::UnknownScanRef => "unknown_scan_ref",
-            Self::IdentificationRequired => "identification_required",
-            Self::FaceAuthNotAvailable { .. } => "face_auth_not_available",
-            Self::AlreadyRedeemed => "already_redeemed",
-            Self::NotApproved { .. } => "not_approved",
-            Self::AlreadyApproved => "already_approved",
-            Self::LoginCanceled => "login_canceled",
-            Self::CodeBeingIssued => "code_being_issued",
-            Self::ApprovalExpired => "approval_expired",
-            Self::LoginFinished { .. } => "login_finished",
-            Self::BudgetExhausted { .. } => "attempt_budget_exhausted",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::SlowDown { .. } => "slow_down",
-            Self::IdenfyRateLimited { .. } => "idenfy_rate_limited",
-            Self::IdenfyUnavailable(_) => "idenfy_unavailable",
-            Self::IdenfyTimeout(_) => "idenfy_timeout",
-            Self::IdenfyRejected(_) => "idenfy_rejected",
-            Self::DatabaseUnavailable(_) => "database_unavailable",
-            Self::Internal(_) => "internal_error",
+            Code::MalformedJson => (
+                "malformed_json",
+                400,
+                "the body is not valid JSON or has wrongly typed fields",
+            ),
+            Code::MalformedQuery => (
+                "malformed_query",
+                400,
+                "the query string has wrongly typed parameters",
+            ),
+            Code::InvalidField => (
+                "invalid_field",
+                422,
+                "a field failed validation; `field` names it",
+            ),
+            Code::UnsupportedMediaType => (
+                "unsupported_media_type",
+                415,
+                "the body must be application/json",
+            ),
+            Code::PayloadTooLarge => ("payload_too_large", 413, "the body exceeds the size limit"),
+            Code::Unauthorized => (
+                "unauthorized",
+                401,
+                "missing or invalid `Authorization: Bearer` API key",
+            ),
+            Code::InvalidSignature => (
+                "invalid_signature",
+                401,
+                "webhook signature missing, malformed or matching no signing key",
+            ),
+            Code::LoginNotFound => ("login_not_found", 404, "no login with this id"),
+            Code::WatchTokenNotFound => (
+                "watch_token_not_found",
+                404,
+                "no login for this watch token",
+            ),
+            Code::RouteNotFound => ("route_not_found", 404, "no such route"),
+            Code::MethodNotAllowed => (
+                "method_not_allowed",
+                405,
+                "the route exists but not with this method",
+            ),
+            Code::UnknownScanRef => ("unknown_scan_ref", 404, "iDenfy does not know the scan_ref"),
+            Code::IdentificationRequired => (
+                "identification_required",
+                409,
+                "the person must complete a full identity verification first",
+            ),
+            Code::FaceAuthNotAvailable => (
+                "face_auth_not_available",
+                409,
+                "iDenfy's check-status answered a type other than AUTHENTICATION (e.g. ENROLLMENT); the message names it",
+            ),
+            Code::AlreadyRedeemed => ("already_redeemed", 409, "the login was redeemed before"),
+            Code::NotApproved => ("not_approved", 409, "redeem before an attempt succeeded"),
+            Code::AlreadyApproved => (
+                "already_approved",
+                409,
+                "a new code was asked for an approved login",
+            ),
+            Code::LoginCanceled => (
+                "login_canceled",
+                409,
+                "the login was canceled by the platform",
+            ),
+            Code::LoginFinished => ("login_finished", 409, "the login can no longer change"),
+            Code::CodeBeingIssued => (
+                "code_being_issued",
+                409,
+                "another request is issuing a code for this login; its answer carries the code",
+            ),
+            Code::ApprovalExpired => (
+                "approval_expired",
+                409,
+                "redeem after the approval expired (FACEPAIR_APPROVAL_TTL_SECONDS)",
+            ),
+            Code::AttemptBudgetExhausted => (
+                "attempt_budget_exhausted",
+                429,
+                "the login's codes, or the scan_ref's hourly codes from this address or from all, are spent; `budget` names which",
+            ),
+            Code::RateLimited => (
+                "rate_limited",
+                429,
+                "an abuse limit was hit; `limit` names it; Retry-After",
+            ),
+            Code::SlowDown => ("slow_down", 429, "polled faster than poll_interval_seconds"),
+            Code::IdenfyRateLimited => (
+                "idenfy_rate_limited",
+                429,
+                "iDenfy is rate-limiting facepair",
+            ),
+            Code::IdenfyUnavailable => (
+                "idenfy_unavailable",
+                503,
+                "iDenfy could not be reached or failed",
+            ),
+            Code::IdenfyTimeout => ("idenfy_timeout", 504, "iDenfy did not answer in time"),
+            Code::IdenfyRejected => (
+                "idenfy_rejected",
+                502,
+                "iDenfy refused facepair's request (credentials, funds, account or request)",
+            ),
+            Code::DatabaseUnavailable => (
+                "database_unavailable",
+                503,
+                "PostgreSQL is unreachable or overloaded",
+            ),
+            Code::InternalError => ("internal_error", 500, "a bug; the log has the cause"),
         }
     }
 
-    fn retry_after(&self) -> Option<u64> {
+    pub fn as_str(self) -> &'static str {
+        self.facts().0
+    }
+
+    pub fn status(self) -> u16 {
+        self.facts().1
+    }
+}
+
+impl ApiError {
+    pub fn kind(&self) -> Code {
+        match self {
+            Self::MalformedJson(_) => Code::MalformedJson,
+            Self::MalformedQuery(_) => Code::MalformedQuery,
+            Self::InvalidField(_) => Code::InvalidField,
+            Self::UnsupportedMediaType => Code::UnsupportedMediaType,
+            Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            Self::Unauthorized => Code::Unauthorized,
+            Self::InvalidSignature(_) => Code::InvalidSignature,
+            Self::LoginNotFound => Code::LoginNotFound,
+            Self::WatchTokenNotFound => Code::WatchTokenNotFound,
+            Self::RouteNotFound => Code::RouteNotFound,
+            Self::MethodNotAllowed { .. } => Code::MethodNotAllowed,
+            Self::UnknownScanRef => Code::UnknownScanRef,
+            Self::IdentificationRequired => Code::IdentificationRequired,
+            Self::FaceAuthNotAvailable { .. } => Code::FaceAuthNotAvailable,
+            Self::AlreadyRedeemed => Code::AlreadyRedeemed,
+            Self::NotApproved { .. } => Code::NotApproved,
+            Self::AlreadyApproved => Code::AlreadyApproved,
+            Self::LoginCanceled => Code::LoginCanceled,
+            Self::CodeBeingIssued => Code::CodeBeingIssued,
+            Self::ApprovalExpired => Code::ApprovalExpired,
+            Self::LoginFinished { .. } => Code::LoginFinished,
+            Self::BudgetExhausted { .. } => Code::AttemptBudgetExhausted,
+            Self::RateLimited { .. } => Code::RateLimited,
+            Self::SlowDown { .. } => Code::SlowDown,
+            Self::IdenfyRateLimited { .. } => Code::IdenfyRateLimited,
+            Self::IdenfyUnavailable(_) => Code::IdenfyUnavailable,
+            Self::IdenfyTimeout(_) => Code::IdenfyTimeout,
+            Self::IdenfyRejected(_) => Code::IdenfyRejected,
+            Self::DatabaseUnavailable(_) => Code::DatabaseUnavailable,
+            Self::Internal(_) => Code::InternalError,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind().status()
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::SlowDown { retry_after } | Self::IdenfyRateLimited { retry_after } => {
                 Some(*retry_after)
@@ -271,7 +357,7 @@ impl ApiError {
     }
 
     /// What the client may read: the message for 4xx, a fixed sentence for 5xx.
-    fn public_message(&self) -> String {
+    pub fn public_message(&self) -> String {
         match self {
             Self::Internal(_) => "internal error; quote the request_id when reporting it".into(),
             Self::DatabaseUnavailable(_) => "the database is unavailable; retry shortly".into(),
@@ -339,76 +425,6 @@ impl From<IdenfyError> for ApiError {
             | IdenfyError::Rejected { .. }
             | IdenfyError::BadResponse(_) => Self::IdenfyRejected(e),
         }
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Self::MalformedJson(_) | Self::MalformedQuery(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized | Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
-            Self::LoginNotFound
-            | Self::WatchTokenNotFound
-            | Self::RouteNotFound
-            | Self::UnknownScanRef => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::IdentificationRequired
-            | Self::FaceAuthNotAvailable { .. }
-            | Self::AlreadyRedeemed
-            | Self::NotApproved { .. }
-            | Self::AlreadyApproved
-            | Self::LoginCanceled
-            | Self::CodeBeingIssued
-            | Self::ApprovalExpired
-            | Self::LoginFinished { .. } => StatusCode::CONFLICT,
-            Self::RateLimited { .. }
-            | Self::BudgetExhausted { .. }
-            | Self::SlowDown { .. }
-            | Self::IdenfyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::IdenfyRejected(_) => StatusCode::BAD_GATEWAY,
-            Self::IdenfyUnavailable(_) | Self::DatabaseUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::IdenfyTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        if status.is_server_error() || matches!(self, Self::IdenfyRateLimited { .. }) {
-            tracing::error!(code = self.code(), error = %error_chain(self), "request failed");
-        }
-        let mut response = HttpResponse::build(status);
-        if let Some(seconds) = self.retry_after() {
-            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
-        }
-        response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        if let Self::MethodNotAllowed { allow } = self {
-            response.insert_header((header::ALLOW, *allow));
-        }
-        response.json(ErrorBody {
-            error: ErrorDetail {
-                code: self.code(),
-                message: self.public_message(),
-                request_id: crate::telemetry::current_request_id(),
-                field: match self {
-                    Self::InvalidField(i) => Some(i.field),
-                    _ => None,
-                },
-                budget: match self {
-                    Self::BudgetExhausted { budget, .. } => Some(budget),
-                    _ => None,
-                },
-                limit: match self {
-                    Self::RateLimited { limit, .. } => Some(limit),
-                    _ => None,
-                },
-            },
-        })
     }
 }
 

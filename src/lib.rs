@@ -17,7 +17,7 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 
-pub use app::{AppState, Application};
+pub use app::Application;
 pub use config::Settings;
 
 /// The schema migrations, applied by `facepair migrate` and at the start of `facepair dev`.

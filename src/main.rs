@@ -243,9 +243,8 @@ async fn connect(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
             .expose_secret()
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
-    database
-        .pool_options()
-        .connect_with(facepair::store::connect_options(options))
+    facepair::store::pool_options(database)
+        .connect_with(options)
         .await
         .context("could not connect to PostgreSQL (DATABASE_URL)")
 }

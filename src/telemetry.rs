@@ -11,12 +11,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::OnceLock;
-use std::time::Instant;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::Next;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -226,7 +221,7 @@ tokio::task_local! {
 /// A request's id: the caller's `x-request-id` if it is sane, else a new UUIDv7. Kept inline,
 /// so that giving it to the request's task and to its log lines allocates nothing.
 #[derive(Clone, Copy)]
-struct RequestId {
+pub struct RequestId {
     bytes: [u8; RequestId::MAX],
     len: u8,
 }
@@ -235,7 +230,7 @@ impl RequestId {
     const MAX: usize = 64;
 
     /// The caller's id, if it is 1 to 64 letters, digits, `-` and `_`.
-    fn given(id: &[u8]) -> Option<Self> {
+    pub fn given(id: &[u8]) -> Option<Self> {
         let sane = !id.is_empty()
             && id.len() <= Self::MAX
             && id
@@ -253,7 +248,7 @@ impl RequestId {
 
     /// A UUIDv7. Its random bits come from the thread's generator rather than the operating
     /// system, which costs a system call per request.
-    fn generate() -> Self {
+    pub fn generate() -> Self {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -267,7 +262,7 @@ impl RequestId {
         }
     }
 
-    fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         // only ASCII goes in
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
@@ -280,89 +275,9 @@ pub fn current_request_id() -> String {
         .unwrap_or_default()
 }
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Gives every request an id (the caller's `x-request-id` if it is sane), which every line
-/// logged while it is served carries, an `x-request-id` response header and one access log
-/// line.
-pub async fn request_context(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
-    let started = Instant::now();
-    let id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| RequestId::given(v.as_bytes()))
-        .unwrap_or_else(RequestId::generate);
-    let method = req.method().clone();
-    ROUTES.with(|routes| {
-        routes.get_or_init(|| req.resource_map().clone());
-    });
-    let mut abandoned = Abandoned {
-        uri: Some(req.uri().clone()),
-        id: id.as_str(),
-        method: method.as_str(),
-        started,
-    };
-    let result = REQUEST_ID.scope(id, next.call(req)).await;
-    abandoned.uri = None;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // read after routing, which recorded the resource it chose: before, it would walk the
-    // routes a second time
-    let (status, route) = match &result {
-        Ok(res) => (res.status().as_u16(), res.request().match_pattern()),
-        Err(e) => (e.as_response_error().status_code().as_u16(), None),
-    };
-    let route = route.as_deref().unwrap_or("unmatched");
-    write_access(
-        id.as_str(),
-        method.as_str(),
-        route,
-        status,
-        latency_ms,
-        "request",
-    );
-    let mut res = result?;
-    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
-    Ok(res)
-}
-
-/// The access line of a request dropped before it was answered, because its client closed the
-/// connection (the server serves no half-closed connections): status 499, as nginx logs it.
-/// The request's own work stops at the await it was in; what it committed stays committed.
-struct Abandoned<'a> {
-    /// Until the request is answered. (The request itself cannot be kept: routing needs it
-    /// unshared.)
-    uri: Option<actix_web::http::Uri>,
-    id: &'a str,
-    method: &'a str,
-    started: Instant,
-}
-
-thread_local! {
-    /// The worker's routes, to name an abandoned request's route as the access line does.
-    static ROUTES: std::cell::OnceCell<actix_web::dev::ResourceMap> = const { std::cell::OnceCell::new() };
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        if let Some(uri) = self.uri.take() {
-            let route = ROUTES.with(|routes| routes.get()?.match_pattern(uri.path()));
-            let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-            let route = route.as_deref().unwrap_or("unmatched");
-            write_access(
-                self.id,
-                self.method,
-                route,
-                499,
-                latency_ms,
-                "client closed the connection",
-            );
-        }
-    }
+/// Runs `f` as the request `id`: every line it logs carries the id.
+pub async fn in_request<F: std::future::Future>(id: RequestId, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
 }
 
 /// The access line, laid out as [`Lines`] lays out every other line: its fields after
@@ -380,7 +295,7 @@ struct Access<'a> {
     request_id: &'a str,
 }
 
-fn write_access(
+pub fn write_access(
     request_id: &str,
     method: &str,
     route: &str,

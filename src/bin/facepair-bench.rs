@@ -1378,7 +1378,7 @@ async fn waiting_clients(
         }
         // a client's close is read at once (0.0-0.3 s for 10,000 streams); a keep-alive
         // interval means facepair waited for a write to fail instead
-        if closed_at.elapsed() > facepair::live::sse::KEEP_ALIVE {
+        if closed_at.elapsed() > facepair::http::sse::KEEP_ALIVE {
             bail!(
                 "{open} streams still open {:?} after every client left",
                 closed_at.elapsed()

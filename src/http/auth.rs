@@ -9,8 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::http::Web;
 
 /// The configured keys, each with its public id: a prefix of its SHA-256 digest, computed once.
 pub struct ApiKeys(Vec<(SecretString, Arc<str>)>);
@@ -49,9 +49,9 @@ impl FromRequest for ApiKey {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req
-            .app_data::<web::Data<AppState>>()
-            .expect("AppState is registered");
+        let shared = req
+            .app_data::<web::Data<Web>>()
+            .expect("http::Web is registered");
         let presented = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -63,7 +63,7 @@ impl FromRequest for ApiKey {
             .map(str::trim);
         ready(
             presented
-                .and_then(|k| state.api_keys.check(k))
+                .and_then(|k| shared.api_keys.check(k))
                 .map(ApiKey)
                 .ok_or(ApiError::Unauthorized),
         )

@@ -3,9 +3,13 @@
 //! error body as everything else.
 
 pub mod auth;
+pub mod error;
 pub mod ops;
 pub mod pair;
 pub mod platform;
+pub mod poll;
+pub mod request;
+pub mod sse;
 pub mod watch;
 pub mod webhook;
 
@@ -13,6 +17,10 @@ use std::net::IpAddr;
 
 use actix_web::error::JsonPayloadError;
 use actix_web::{HttpRequest, HttpResponse, web};
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
 
 use crate::domain::network::TrustedProxies;
 use crate::error::ApiError;
@@ -26,6 +34,36 @@ pub fn client_ip(req: &HttpRequest, trusted: &TrustedProxies) -> Option<IpAddr> 
         .get_all("x-forwarded-for")
         .map(|v| v.to_str().ok());
     Some(trusted.client_address(peer, lines))
+}
+
+/// What only the HTTP side needs, beside the service's `Context`: one per instance, shared by
+/// its workers.
+pub struct Web {
+    pub api_keys: auth::ApiKeys,
+    pub watch_blocks: watch::Blocks,
+    /// Base URL browsers use, without a trailing slash.
+    pub public_url: String,
+    pub worker_pools: WorkerPools,
+}
+
+/// The pools of this instance's HTTP workers, counted together in the metrics. Their
+/// connections belong to the workers' runtimes: they close when the last state holding the
+/// pools is dropped, after the workers have stopped.
+#[derive(Clone, Default)]
+pub struct WorkerPools(Arc<std::sync::Mutex<Vec<PgPool>>>);
+
+impl WorkerPools {
+    pub fn add(&self, pool: PgPool) {
+        self.0.lock().expect("worker pools").push(pool);
+    }
+
+    /// Open and idle connections over all workers.
+    pub fn connections(&self) -> (u32, usize) {
+        let pools = self.0.lock().expect("worker pools");
+        pools.iter().fold((0, 0), |(open, idle), p| {
+            (open + p.size(), idle + p.num_idle())
+        })
+    }
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -5,9 +5,10 @@ use serde_json::json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::app::AppState;
-use crate::error::{ApiError, ERROR_CODES, ErrorBody, ErrorDetail};
+use crate::error::{ApiError, Code, ErrorBody, ErrorDetail};
+use crate::http::Web;
 use crate::http::{pair, platform, watch, webhook};
+use crate::service::Context;
 
 /// Alive: answers without touching any dependency.
 #[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200, description = "the process serves HTTP")))]
@@ -22,7 +23,7 @@ pub async fn live() -> HttpResponse {
     (status = 200, description = "PostgreSQL answers; `idenfy_breaker` is `closed`, `open` or `half_open`"),
     (status = 503, body = ErrorBody, description = "database_unavailable"),
 ))]
-pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn ready(state: web::Data<Context>) -> Result<HttpResponse, ApiError> {
     sqlx::query("select 1").execute(&state.pool).await?;
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
@@ -33,11 +34,11 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(state: web::Data<Context>, shared: web::Data<Web>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(
-            state.worker_pools.connections(),
+            shared.worker_pools.connections(),
             state.idenfy.circuit_phase(),
             crate::telemetry::lines_dropped(),
         ))
@@ -95,7 +96,7 @@ impl Modify for ErrorCodes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let mut table =
             String::from("\n\n## Error codes\n\n| code | status | meaning |\n|---|---|---|\n");
-        for (code, status, meaning) in ERROR_CODES {
+        for (code, status, meaning) in Code::ALL.map(Code::facts) {
             table.push_str(&format!("| `{code}` | {status} | {meaning} |\n"));
         }
         let description = openapi.info.description.get_or_insert_with(String::new);
@@ -106,7 +107,7 @@ impl Modify for ErrorCodes {
             && let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(code))) =
                 detail.properties.get_mut("code")
         {
-            code.enum_values = Some(ERROR_CODES.iter().map(|(c, _, _)| json!(c)).collect());
+            code.enum_values = Some(Code::ALL.iter().map(|c| json!(c.as_str())).collect());
         }
     }
 }

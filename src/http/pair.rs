@@ -3,7 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 
-use crate::app::AppState;
+use crate::service::Context;
 
 const HTML: &str = include_str!("pair/pair.html");
 const CSS: &str = include_str!("pair/pair.css");
@@ -16,7 +16,7 @@ const JS: &str = include_str!("pair/pair.js");
     params(("watch_token" = String, Path)),
     responses((status = 200, content_type = "text/html", body = String, description = "the pairing page"))
 )]
-pub async fn page(state: web::Data<AppState>) -> HttpResponse {
+pub async fn page(state: web::Data<Context>) -> HttpResponse {
     let config = serde_json::json!({
         "parent_origins": state.settings.frame_ancestors,
         "return_url": state.settings.return_url,

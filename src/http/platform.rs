@@ -1,19 +1,20 @@
 //! The platform API, authorised by an API key.
 
-use actix_web::http::header::{self, ETAG};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::domain::network::NetworkMatch;
 use crate::domain::{Lifetime, Locale, ScanRef, Source, UserRef, types};
 use crate::error::{ApiError, ErrorBody};
+use crate::http::Web;
 use crate::http::auth::ApiKey;
-use crate::service::{self, Audience, LoginState, NewLoginRequest};
-use crate::store::logins::LoginRow;
+use crate::http::poll::{WaitQuery, respond_with_state, state_response};
+use crate::http::sse::{self, EventsQuery, last_event_id};
+use crate::service::{self, Audience, Context, LoginState, NewLoginRequest};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -140,13 +141,6 @@ pub struct Redeemed {
     pub network_match: NetworkMatch,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct WaitQuery {
-    /// Long-poll: answer as soon as the state differs from `If-None-Match`, or after this many
-    /// seconds (at most 60), or at once when the instance begins to stop.
-    pub wait: Option<u32>,
-}
-
 fn login_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::LoginNotFound)
 }
@@ -174,7 +168,8 @@ fn login_id(raw: &str) -> Result<Uuid, ApiError> {
     )
 )]
 pub async fn create_login(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
+    shared: web::Data<Web>,
     key: ApiKey,
     body: web::Json<CreateLogin>,
 ) -> Result<HttpResponse, ApiError> {
@@ -187,7 +182,7 @@ pub async fn create_login(
         Audience::Platform,
     );
     let created = LoginCreated {
-        watch_url: format!("{}/pair/{}", state.public_url, watch_token.expose()),
+        watch_url: format!("{}/pair/{}", shared.public_url, watch_token.expose()),
         watch_token: watch_token.expose().to_owned(),
         login,
     };
@@ -211,7 +206,7 @@ pub async fn create_login(
     )
 )]
 pub async fn get_login(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     _key: ApiKey,
     path: web::Path<String>,
     query: web::Query<WaitQuery>,
@@ -239,7 +234,7 @@ pub async fn get_login(
     )
 )]
 pub async fn new_attempt(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     _key: ApiKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -266,7 +261,7 @@ pub async fn new_attempt(
     )
 )]
 pub async fn cancel(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     _key: ApiKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -293,7 +288,7 @@ pub async fn cancel(
     )
 )]
 pub async fn redeem(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     _key: ApiKey,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -324,135 +319,6 @@ pub async fn redeem(
         .json(redeemed))
 }
 
-pub(crate) fn state_response(
-    mut builder: actix_web::HttpResponseBuilder,
-    state: &AppState,
-    row: &LoginRow,
-    audience: Audience,
-) -> HttpResponse {
-    let doc = LoginState::build(
-        row,
-        Utc::now(),
-        state.settings.poll_interval_seconds,
-        audience,
-    );
-    builder
-        .insert_header((ETAG, doc.etag()))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(doc)
-}
-
-const MAX_WAIT_SECONDS: u32 = 60;
-
-/// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
-/// request until it differs (a webhook, a platform call, the code's or the approval's
-/// expiry), time is up, or the instance begins to stop (its grace period would cut the wait
-/// short with no answer). An answer given without waiting must first pass `at_once` (the
-/// browser's slow_down rule).
-pub(crate) async fn respond_with_state<Gate, Passed>(
-    state: &AppState,
-    id: Uuid,
-    req: &HttpRequest,
-    wait: Option<u32>,
-    audience: Audience,
-    at_once: Gate,
-) -> Result<HttpResponse, ApiError>
-where
-    Gate: FnOnce() -> Passed,
-    Passed: std::future::Future<Output = Result<(), ApiError>>,
-{
-    let mut at_once = Some(at_once);
-    let known = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let wait = std::time::Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS).into());
-    // subscribe before reading, so a change between the read and the wait is not missed
-    let mut subscription =
-        (!wait.is_zero()).then(|| (state.hub.subscribe(id), tokio::time::Instant::now() + wait));
-    loop {
-        let row = service_find(state, id).await?;
-        let read_at = Utc::now();
-        // the document is built only when it is sent
-        let login_now = service::effective(&row, read_at).1;
-        let etag = service::view::etag(row.event_seq, login_now);
-        let unchanged = known.as_deref().is_some_and(|k| etag_matches(k, &etag));
-        // a plain read (no wait) reads no clock but the document's
-        let waiting = subscription
-            .as_mut()
-            .filter(|_| unchanged && !state.shutdown.is_cancelled())
-            .and_then(|(sub, deadline)| {
-                let now = tokio::time::Instant::now();
-                (now < *deadline).then_some((sub, now, *deadline))
-            });
-        let Some((sub, now, deadline)) = waiting else {
-            if let Some(gate) = at_once.take() {
-                gate().await?;
-            }
-            if unchanged {
-                return Ok(HttpResponse::NotModified()
-                    .insert_header((ETAG, etag))
-                    .finish());
-            }
-            let doc = service::view::render(
-                &row,
-                read_at,
-                login_now,
-                state.settings.poll_interval_seconds,
-                audience,
-            );
-            return Ok(HttpResponse::Ok()
-                .insert_header(header::ContentType::json())
-                .insert_header((ETAG, etag))
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .body(doc));
-        };
-        // the code's or the approval's expiry changes the document without any event
-        let until_expiry = service::view::clock_changes_at(&row, read_at)
-            .and_then(|at| (at - Utc::now()).to_std().ok());
-        let wake_at = until_expiry
-            .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
-            .unwrap_or(deadline);
-        // whatever ends the wait, the answer did not come at once
-        at_once = None;
-        tokio::select! {
-            _ = sub.changed() => {}
-            _ = tokio::time::sleep_until(wake_at) => {}
-            _ = state.shutdown.cancelled() => {}
-        }
-    }
-}
-
-async fn service_find(state: &AppState, id: Uuid) -> Result<std::sync::Arc<LoginRow>, ApiError> {
-    service::read_login(state, id)
-        .await?
-        .ok_or(ApiError::LoginNotFound)
-}
-
-fn etag_matches(header_value: &str, etag: &str) -> bool {
-    header_value.trim() == "*"
-        || header_value
-            .split(',')
-            .any(|t| t.trim().trim_start_matches("W/") == etag)
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct EventsQuery {
-    /// Resume after this event (the same as the `Last-Event-ID` header, for clients that cannot
-    /// set headers).
-    pub last_event_id: Option<i32>,
-}
-
-/// The resume point: the `Last-Event-ID` header, else the query parameter.
-pub(crate) fn last_event_id(req: &HttpRequest, query: &EventsQuery) -> Option<i32> {
-    req.headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .or(query.last_event_id)
-}
-
 /// Follow a login live: Server-Sent Events, resumable with `Last-Event-ID`.
 #[utoipa::path(
     get, path = "/v1/logins/{login_id}/events", tag = "platform",
@@ -467,12 +333,12 @@ pub(crate) fn last_event_id(req: &HttpRequest, query: &EventsQuery) -> Option<i3
     )
 )]
 pub async fn events(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     _key: ApiKey,
     path: web::Path<String>,
     query: web::Query<EventsQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = login_id(&path)?;
-    crate::live::sse::open(&state, id, Audience::Platform, last_event_id(&req, &query)).await
+    sse::open(&state, id, Audience::Platform, last_event_id(&req, &query)).await
 }

@@ -8,14 +8,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::domain::{Source, WatchToken, network};
 use crate::error::{ApiError, ErrorBody};
+use crate::http::Web;
 use crate::http::client_ip;
-use crate::http::platform::{
-    EventsQuery, WaitQuery, last_event_id, respond_with_state, state_response,
-};
-use crate::service::{self, Audience, LoginState};
+use crate::http::poll::{WaitQuery, respond_with_state, state_response};
+use crate::http::sse::{self, EventsQuery, last_event_id};
+use crate::service::{self, Audience, Context, LoginState};
 use crate::store::limits;
 use crate::store::logins::{self, Poll};
 
@@ -44,7 +43,7 @@ impl Blocks {
     }
 }
 
-async fn by_hash(state: &AppState, token: WatchToken) -> Result<Option<Uuid>, ApiError> {
+async fn by_hash(state: &Context, token: WatchToken) -> Result<Option<Uuid>, ApiError> {
     Ok(logins::id_for_watch_hash(&state.pool, &token.hash()).await?)
 }
 
@@ -53,7 +52,8 @@ async fn by_hash(state: &AppState, token: WatchToken) -> Result<Option<Uuid>, Ap
 /// the window, so guessing cannot go on. A known token is always served, so an address
 /// blocked by someone else's guesses (a shared NAT) still follows its own logins.
 async fn resolve<F, Fut>(
-    state: &AppState,
+    state: &Context,
+    shared: &Web,
     req: &HttpRequest,
     raw: &str,
     find: F,
@@ -77,7 +77,7 @@ where
         limit: "watch_misses_per_ip",
         retry_after,
     };
-    if let Some(retry_after) = state.watch_blocks.remaining(&bucket) {
+    if let Some(retry_after) = shared.watch_blocks.remaining(&bucket) {
         return Err(refused(retry_after));
     }
     let limit = limits::Limit {
@@ -90,7 +90,7 @@ where
         None => Err(ApiError::WatchTokenNotFound),
         Some((_, retry_after)) => {
             tracing::warn!(address = %bucket, "too many unknown watch tokens from one address");
-            state.watch_blocks.block(bucket, retry_after);
+            shared.watch_blocks.block(bucket, retry_after);
             Err(refused(retry_after))
         }
     }
@@ -121,7 +121,8 @@ struct WatchPath {
     )
 )]
 pub async fn get_watch(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
+    shared: web::Data<Web>,
     path: web::Path<String>,
     query: web::Query<WaitQuery>,
     req: HttpRequest,
@@ -131,7 +132,7 @@ pub async fn get_watch(
     let pool = &state.pool;
     // a plain poll is counted by the statement that finds its login; a long poll only once
     // it is known to be answered at once, since one that waits is free
-    let login_id = resolve(&state, &req, &path, |token| async move {
+    let login_id = resolve(&state, &shared, &req, &path, |token| async move {
         if long_poll {
             return Ok(logins::id_for_watch_hash(pool, &token.hash()).await?);
         }
@@ -187,11 +188,12 @@ async fn record_poll(
     )
 )]
 pub async fn new_attempt(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
+    shared: web::Data<Web>,
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let login_id = resolve(&state, &req, &path, |token| by_hash(&state, token)).await?;
+    let login_id = resolve(&state, &shared, &req, &path, |token| by_hash(&state, token)).await?;
     let ip = client_ip(&req, &state.settings.trusted_proxies);
     let limits = state.settings.limits;
     let mut checks = vec![limits::Limit {
@@ -237,13 +239,14 @@ pub async fn new_attempt(
     )
 )]
 pub async fn events(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
+    shared: web::Data<Web>,
     path: web::Path<String>,
     query: web::Query<EventsQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let login_id = resolve(&state, &req, &path, |token| by_hash(&state, token)).await?;
-    crate::live::sse::open(
+    let login_id = resolve(&state, &shared, &req, &path, |token| by_hash(&state, token)).await?;
+    sse::open(
         &state,
         login_id,
         Audience::Browser,

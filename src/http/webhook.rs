@@ -8,9 +8,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::idenfy::signature::{self, SignatureError};
+use crate::service::Context;
 use crate::service::webhook::{self, Received, Verdict};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -32,7 +32,7 @@ pub struct DeliveryReceipt {
     )
 )]
 pub async fn receive(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {

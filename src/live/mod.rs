@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 pub mod cache;
 pub mod notify;
-pub mod sse;
 
 pub const CHANNEL: &str = "facepair_events";
 

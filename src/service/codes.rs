@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::domain::{ScanRef, network};
 use crate::error::ApiError;
+use crate::service::Context;
 use crate::store::attempts::scan_ref_lock_key;
 use crate::store::logins;
 use crate::store::reservations::{self, NewReservation};
@@ -36,7 +36,7 @@ impl Reservation {
     /// spent. For an `existing` login, its own rules are checked once the reservation is its
     /// only one: a code stored meanwhile by another request is seen.
     pub async fn take(
-        state: &AppState,
+        state: &Context,
         login_id: Uuid,
         scan_ref: &ScanRef,
         requested_from: &str,

@@ -5,8 +5,8 @@
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::domain::{AttemptEvent, LoginStatus, Source};
+use crate::service::Context;
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
 use crate::store::changes::{self, Change, NewEvent, StatusChange};
@@ -14,7 +14,7 @@ use crate::store::logins;
 
 const BATCH: i64 = 200;
 
-pub async fn run(state: AppState, stop: CancellationToken) {
+pub async fn run(state: Context, stop: CancellationToken) {
     let mut tick = tokio::time::interval(state.settings.expiry_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -42,7 +42,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 /// lost on the way shows up here as iDenfy's status on an expired attempt (source:
 /// reconciliation). What readers saw stays true: the attempt is recorded as expired either
 /// way. Without an answer from iDenfy it is recorded from facepair's clock.
-pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
+pub async fn expire_due(state: &Context) -> Result<u64, sqlx::Error> {
     let grace = state
         .settings
         .reconcile_after
@@ -92,7 +92,7 @@ pub async fn expire_due(state: &AppState) -> Result<u64, sqlx::Error> {
 
 /// Records approvals that were not redeemed in time as expired (event `approval_expired`), so
 /// every live channel hears of it. Readers already see them as expired.
-async fn expire_approvals(state: &AppState) -> Result<(), sqlx::Error> {
+async fn expire_approvals(state: &Context) -> Result<(), sqlx::Error> {
     for login_id in logins::approvals_due(&state.pool, BATCH).await? {
         let mut tx = state.pool.begin().await?;
         let Some(row) = logins::lock(&mut tx, login_id).await? else {
@@ -128,7 +128,7 @@ async fn expire_approvals(state: &AppState) -> Result<(), sqlx::Error> {
 }
 
 /// What iDenfy says of a session whose webhook never came.
-async fn reconcile(state: &AppState, token: &str) -> (Source, IdenfyReport) {
+async fn reconcile(state: &Context, token: &str) -> (Source, IdenfyReport) {
     let started = std::time::Instant::now();
     let result = state.idenfy.get_session(token).await;
     state

@@ -4,6 +4,7 @@
 //! No database connection is held while iDenfy is being called.
 
 pub mod codes;
+mod context;
 pub mod expiry;
 pub mod view;
 pub mod webhook;
@@ -13,7 +14,6 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::domain::network::NetworkMatch;
 use crate::domain::state::{self, CodeRefusal, LoginFacts};
 use crate::domain::{
@@ -27,6 +27,7 @@ use crate::store::changes::{self, Change, Finish, NewEvent, StatusChange};
 use crate::store::limits::Limit;
 use crate::store::logins::{self, LoginRow, NewLogin};
 
+pub use context::Context;
 pub use view::{Audience, LoginState, effective};
 
 /// A validated request for a new login.
@@ -46,7 +47,7 @@ pub struct NewLoginRequest {
 /// with its first attempt in one transaction. The code is reserved, its budgets counted,
 /// before iDenfy is called.
 pub async fn create_login(
-    state: &AppState,
+    state: &Context,
     api_key_id: &str,
     req: NewLoginRequest,
 ) -> Result<(LoginRow, WatchToken), ApiError> {
@@ -130,7 +131,7 @@ pub async fn create_login(
 /// address for a code asked from the browser; the platform's codes count against the
 /// desktop's address given at creation.
 pub async fn issue_code(
-    state: &AppState,
+    state: &Context,
     login_id: Uuid,
     source: Source,
     requested_from: Option<std::net::IpAddr>,
@@ -215,7 +216,7 @@ pub async fn issue_code(
 }
 
 /// Ends the login for good; a pending code is canceled with it. Canceling twice is harmless.
-pub async fn cancel(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiError> {
+pub async fn cancel(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiError> {
     let mut tx = state.pool.begin().await?;
     let row = logins::lock(&mut tx, login_id)
         .await?
@@ -277,7 +278,7 @@ pub async fn cancel(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiErr
 
 /// Consumes an approved login exactly once. The row lock makes concurrent redeems queue; the
 /// second sees `redeemed`.
-pub async fn redeem(state: &AppState, login_id: Uuid) -> Result<LoginRow, ApiError> {
+pub async fn redeem(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiError> {
     let mut tx = state.pool.begin().await?;
     let row = logins::lock(&mut tx, login_id)
         .await?
@@ -334,7 +335,7 @@ pub struct Moved {
 
 impl Moved {
     /// Counts the move; call after the transaction committed.
-    pub fn record(&self, state: &AppState) {
+    pub fn record(&self, state: &Context) {
         state
             .metrics
             .attempt_finished(self.attempt, self.fail_reason.as_deref());
@@ -470,7 +471,7 @@ pub(crate) fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<
 
 /// Counts a hit against each PostgreSQL-kept limit; 429 `rate_limited` naming the first one
 /// that is exceeded.
-async fn rate_limit(state: &AppState, checks: Vec<(Limit, &'static str)>) -> Result<(), ApiError> {
+async fn rate_limit(state: &Context, checks: Vec<(Limit, &'static str)>) -> Result<(), ApiError> {
     let (limits, names): (Vec<Limit>, Vec<&'static str>) = checks.into_iter().unzip();
     let mut conn = state.pool.acquire().await?;
     match crate::store::limits::hit(&mut conn, &limits).await? {
@@ -483,7 +484,7 @@ async fn rate_limit(state: &AppState, checks: Vec<(Limit, &'static str)>) -> Res
 }
 
 async fn create_session(
-    state: &AppState,
+    state: &Context,
     scan_ref: &ScanRef,
     lifetime: Lifetime,
     locale: Option<&Locale>,
@@ -528,7 +529,7 @@ fn new_attempt<'a>(
 /// Reads a login for a reader (GET, long-poll, SSE): from this instance's cache when the
 /// login has not changed since it was read, else from PostgreSQL. Writers lock instead.
 pub async fn read_login(
-    state: &AppState,
+    state: &Context,
     login_id: Uuid,
 ) -> Result<Option<std::sync::Arc<LoginRow>>, sqlx::Error> {
     let cache = &state.hub.cache;
@@ -558,12 +559,12 @@ pub async fn read_login(
 /// covers only a crash.
 #[must_use = "an announcement is sent after the commit"]
 pub struct Announcement<'a> {
-    state: &'a AppState,
+    state: &'a Context,
     login_id: Option<Uuid>,
 }
 
 impl<'a> Announcement<'a> {
-    pub fn new(state: &'a AppState, login_id: Uuid) -> Self {
+    pub fn new(state: &'a Context, login_id: Uuid) -> Self {
         Self {
             state,
             login_id: Some(login_id),

@@ -5,11 +5,11 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::app::AppState;
 pub use crate::domain::Verdict;
 use crate::domain::{AttemptEvent, Source, network};
 use crate::error::ApiError;
 use crate::idenfy::{WebhookBody, WebhookStatus};
+use crate::service::Context;
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
 use crate::store::deliveries::{self, NewDelivery};
@@ -27,7 +27,7 @@ pub struct Recorded {
     pub verdict: Verdict,
 }
 
-pub async fn record(state: &AppState, received: Received<'_>) -> Result<Recorded, ApiError> {
+pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded, ApiError> {
     let sha: [u8; 32] = Sha256::digest(received.body).into();
     let parsed = WebhookBody::parse(received.body);
     let delivery_id = Uuid::now_v7();

@@ -14,19 +14,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use sqlx::pool::PoolConnectionMetadata;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
-/// How long PostgreSQL lets one of facepair's transactions sit idle before ending its session:
-/// a backstop, since no path leaves a transaction idle (none waits on iDenfy inside one).
-const IDLE_IN_TRANSACTION_TIMEOUT: &str = "30s";
-
-/// facepair's settings on every connection it opens.
-pub fn connect_options(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([(
-        "idle_in_transaction_session_timeout",
-        IDLE_IN_TRANSACTION_TIMEOUT,
-    )])
+/// facepair's pool for `database`: without a ping before use (a connection that died fails
+/// its query, the request gets 503 and is retried, and the pool replaces it), with [`hooks`].
+pub fn pool_options(database: &crate::config::DatabaseArgs) -> PgPoolOptions {
+    hooks(PgPoolOptions::new())
+        .max_connections(database.db_max_connections.max(1))
+        .acquire_timeout(std::time::Duration::from_millis(
+            database.db_acquire_timeout_ms,
+        ))
+        .test_before_acquire(false)
 }
 
 /// Milliseconds since the Unix epoch before which opened connections are closed rather than
@@ -50,10 +49,20 @@ fn opened_after_discard(meta: &PoolConnectionMetadata) -> bool {
     mark == 0 || now_ms().saturating_sub(meta.age.as_millis() as u64) > mark
 }
 
-/// A pool that closes the connections [`discard_open_connections`] condemned: a check of a
-/// clock, without a round trip.
-pub fn discarding_condemned(options: PgPoolOptions) -> PgPoolOptions {
+/// What every facepair pool does: a new connection gets `idle_in_transaction_session_timeout`
+/// (a backstop: no path leaves a transaction idle), set after connecting since PgBouncer refuses
+/// it as a startup parameter; connections [`discard_open_connections`] condemned are closed
+/// (a check of a clock, without a round trip).
+pub fn hooks(options: PgPoolOptions) -> PgPoolOptions {
     options
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("set idle_in_transaction_session_timeout = '30s'")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
         .before_acquire(|_, meta| Box::pin(async move { Ok(opened_after_discard(&meta)) }))
         .after_release(|_, meta| Box::pin(async move { Ok(opened_after_discard(&meta)) }))
 }

@@ -26,7 +26,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub handle: actix_web::dev::ServerHandle,
     /// The instance's state, shared with its workers.
-    pub state: facepair::AppState,
+    pub state: facepair::service::Context,
     stopper: tokio_util::sync::CancellationToken,
     settings: Settings,
     stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,

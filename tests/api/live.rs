@@ -257,8 +257,7 @@ async fn a_stream_whose_read_fails_ends_and_its_reconnect_misses_nothing(pool: P
         db_max_connections: 5,
         db_acquire_timeout_ms: 5000,
     };
-    let named = database
-        .pool_options()
+    let named = facepair::store::pool_options(&database)
         .connect_with(
             (*pool.connect_options())
                 .clone()
@@ -414,7 +413,7 @@ async fn a_departed_client_is_noticed(pool: PgPool) {
     // the server reads the client's end of the connection while it streams; a keep-alive
     // write would notice only after KEEP_ALIVE, when the first write after the close usually
     // still reaches the kernel, or after two
-    assert!(facepair::live::sse::KEEP_ALIVE >= Duration::from_secs(10));
+    assert!(facepair::http::sse::KEEP_ALIVE >= Duration::from_secs(10));
     app.eventually(Duration::from_secs(3), || async { open().await == 0.0 })
         .await;
 }

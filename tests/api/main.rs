@@ -7,6 +7,7 @@ mod create;
 mod e2e;
 mod faults;
 mod helpers;
+mod layers;
 mod lifecycle;
 mod live;
 mod migrations;

@@ -7,7 +7,7 @@ use facepair::config::DatabaseArgs;
 use secrecy::SecretString;
 use sqlx::PgPool;
 
-/// facepair's own pool (`DatabaseArgs::pool_options`), with one connection.
+/// facepair's own pool (`store::pool_options`), with one connection.
 async fn single(pool: &PgPool) -> PgPool {
     let database = DatabaseArgs {
         // the connection options below are what is used; the URL is not read
@@ -15,8 +15,7 @@ async fn single(pool: &PgPool) -> PgPool {
         db_max_connections: 1,
         db_acquire_timeout_ms: 5000,
     };
-    database
-        .pool_options()
+    facepair::store::pool_options(&database)
         .connect_with(pool.connect_options().as_ref().clone())
         .await
         .unwrap()

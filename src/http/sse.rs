@@ -14,24 +14,42 @@
 
 use std::time::Duration;
 
-use actix_web::HttpResponse;
 use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
 use futures_util::stream;
+use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::live::Subscription;
+use crate::service::Context;
 use crate::service::{Audience, LoginState};
 use crate::store::events;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// Resume after this event (the same as the `Last-Event-ID` header, for clients that cannot
+    /// set headers).
+    pub last_event_id: Option<i32>,
+}
+
+/// The resume point: the `Last-Event-ID` header, else the query parameter.
+pub(crate) fn last_event_id(req: &HttpRequest, query: &EventsQuery) -> Option<i32> {
+    req.headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(query.last_event_id)
+}
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RETRY_MS: u32 = 3000;
 const BATCH: i64 = 100;
 
 struct Stream {
-    state: AppState,
+    state: Context,
     login_id: Uuid,
     audience: Audience,
     last_sent: i32,
@@ -49,7 +67,7 @@ enum Phase {
 
 /// Opens a stream for a login that exists; `last_event_id` is what the client saw last.
 pub async fn open(
-    state: &AppState,
+    state: &Context,
     login_id: Uuid,
     audience: Audience,
     last_event_id: Option<i32>,

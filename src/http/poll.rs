@@ -1,0 +1,133 @@
+//! The login document as an answer: plain, conditional (`ETag` / `If-None-Match` -> 304) and
+//! long-polled (`?wait=N`), for the platform and the browser alike.
+
+use actix_web::http::header::{self, ETAG};
+use actix_web::{HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::service::{self, Audience, Context, LoginState};
+use crate::store::logins::LoginRow;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// Long-poll: answer as soon as the state differs from `If-None-Match`, or after this many
+    /// seconds (at most 60), or at once when the instance begins to stop.
+    pub wait: Option<u32>,
+}
+
+pub(crate) fn state_response(
+    mut builder: actix_web::HttpResponseBuilder,
+    state: &Context,
+    row: &LoginRow,
+    audience: Audience,
+) -> HttpResponse {
+    let doc = LoginState::build(
+        row,
+        Utc::now(),
+        state.settings.poll_interval_seconds,
+        audience,
+    );
+    builder
+        .insert_header((ETAG, doc.etag()))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(doc)
+}
+
+const MAX_WAIT_SECONDS: u32 = 60;
+
+/// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
+/// request until it differs (a webhook, a platform call, the code's or the approval's
+/// expiry), time is up, or the instance begins to stop (its grace period would cut the wait
+/// short with no answer). An answer given without waiting must first pass `at_once` (the
+/// browser's slow_down rule).
+pub(crate) async fn respond_with_state<Gate, Passed>(
+    state: &Context,
+    id: Uuid,
+    req: &HttpRequest,
+    wait: Option<u32>,
+    audience: Audience,
+    at_once: Gate,
+) -> Result<HttpResponse, ApiError>
+where
+    Gate: FnOnce() -> Passed,
+    Passed: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let mut at_once = Some(at_once);
+    let known = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let wait = std::time::Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS).into());
+    // subscribe before reading, so a change between the read and the wait is not missed
+    let mut subscription =
+        (!wait.is_zero()).then(|| (state.hub.subscribe(id), tokio::time::Instant::now() + wait));
+    loop {
+        let row = service_find(state, id).await?;
+        let read_at = Utc::now();
+        // the document is built only when it is sent
+        let login_now = service::effective(&row, read_at).1;
+        let etag = service::view::etag(row.event_seq, login_now);
+        let unchanged = known.as_deref().is_some_and(|k| etag_matches(k, &etag));
+        // a plain read (no wait) reads no clock but the document's
+        let waiting = subscription
+            .as_mut()
+            .filter(|_| unchanged && !state.shutdown.is_cancelled())
+            .and_then(|(sub, deadline)| {
+                let now = tokio::time::Instant::now();
+                (now < *deadline).then_some((sub, now, *deadline))
+            });
+        let Some((sub, now, deadline)) = waiting else {
+            if let Some(gate) = at_once.take() {
+                gate().await?;
+            }
+            if unchanged {
+                return Ok(HttpResponse::NotModified()
+                    .insert_header((ETAG, etag))
+                    .finish());
+            }
+            let doc = service::view::render(
+                &row,
+                read_at,
+                login_now,
+                state.settings.poll_interval_seconds,
+                audience,
+            );
+            return Ok(HttpResponse::Ok()
+                .insert_header(header::ContentType::json())
+                .insert_header((ETAG, etag))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .body(doc));
+        };
+        // the code's or the approval's expiry changes the document without any event
+        let until_expiry = service::view::clock_changes_at(&row, read_at)
+            .and_then(|at| (at - Utc::now()).to_std().ok());
+        let wake_at = until_expiry
+            .map(|d| (now + d + std::time::Duration::from_millis(5)).min(deadline))
+            .unwrap_or(deadline);
+        // whatever ends the wait, the answer did not come at once
+        at_once = None;
+        tokio::select! {
+            _ = sub.changed() => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn service_find(state: &Context, id: Uuid) -> Result<std::sync::Arc<LoginRow>, ApiError> {
+    service::read_login(state, id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)
+}
+
+fn etag_matches(header_value: &str, etag: &str) -> bool {
+    header_value.trim() == "*"
+        || header_value
+            .split(',')
+            .any(|t| t.trim().trim_start_matches("W/") == etag)
+}

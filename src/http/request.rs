@@ -1,0 +1,96 @@
+//! The request's context: its id (the caller's `x-request-id` if it is sane), echoed in the
+//! response and carried by every line logged while it is served, and its access line.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+
+use crate::telemetry::{self, RequestId, write_access};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id (the caller's `x-request-id` if it is sane), which every line
+/// logged while it is served carries, an `x-request-id` response header and one access log
+/// line.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| RequestId::given(v.as_bytes()))
+        .unwrap_or_else(RequestId::generate);
+    let method = req.method().clone();
+    ROUTES.with(|routes| {
+        routes.get_or_init(|| req.resource_map().clone());
+    });
+    let mut abandoned = Abandoned {
+        uri: Some(req.uri().clone()),
+        id: id.as_str(),
+        method: method.as_str(),
+        started,
+    };
+    let result = telemetry::in_request(id, next.call(req)).await;
+    abandoned.uri = None;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // read after routing, which recorded the resource it chose: before, it would walk the
+    // routes a second time
+    let (status, route) = match &result {
+        Ok(res) => (res.status().as_u16(), res.request().match_pattern()),
+        Err(e) => (e.as_response_error().status_code().as_u16(), None),
+    };
+    let route = route.as_deref().unwrap_or("unmatched");
+    write_access(
+        id.as_str(),
+        method.as_str(),
+        route,
+        status,
+        latency_ms,
+        "request",
+    );
+    let mut res = result?;
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    Ok(res)
+}
+
+/// The access line of a request dropped before it was answered, because its client closed the
+/// connection (the server serves no half-closed connections): status 499, as nginx logs it.
+/// The request's own work stops at the await it was in; what it committed stays committed.
+struct Abandoned<'a> {
+    /// Until the request is answered. (The request itself cannot be kept: routing needs it
+    /// unshared.)
+    uri: Option<actix_web::http::Uri>,
+    id: &'a str,
+    method: &'a str,
+    started: Instant,
+}
+
+thread_local! {
+    /// The worker's routes, to name an abandoned request's route as the access line does.
+    static ROUTES: std::cell::OnceCell<actix_web::dev::ResourceMap> = const { std::cell::OnceCell::new() };
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(uri) = self.uri.take() {
+            let route = ROUTES.with(|routes| routes.get()?.match_pattern(uri.path()));
+            let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            let route = route.as_deref().unwrap_or("unmatched");
+            write_access(
+                self.id,
+                self.method,
+                route,
+                499,
+                latency_ms,
+                "client closed the connection",
+            );
+        }
+    }
+}
