@@ -397,9 +397,13 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(ref db)
                 if db.code().is_some_and(|c| {
                     // connection exceptions, a statement canceled by an operator or a timeout,
-                    // too many connections, and a database not accepting connections (55000:
-                    // facepair's SQL raises it nowhere else)
-                    c.starts_with("08") || c == "57014" || c == "53300" || c == "55000"
+                    // too many connections, a database not accepting connections (55000:
+                    // facepair's SQL raises it nowhere else) and a lock wait past lock_timeout
+                    c.starts_with("08")
+                        || c == "57014"
+                        || c == "53300"
+                        || c == "55000"
+                        || c == "55P03"
                 }) =>
             {
                 Self::DatabaseUnavailable(e)

@@ -275,6 +275,11 @@ pub fn current_request_id() -> String {
         .unwrap_or_default()
 }
 
+/// The id of the request being served, to carry into work it hands to another task.
+pub fn current_id() -> Option<RequestId> {
+    REQUEST_ID.try_with(|id| *id).ok()
+}
+
 /// Runs `f` as the request `id`: every line it logs carries the id.
 pub async fn in_request<F: std::future::Future>(id: RequestId, f: F) -> F::Output {
     REQUEST_ID.scope(id, f).await

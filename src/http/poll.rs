@@ -85,10 +85,14 @@ where
             if let Some(gate) = at_once.take() {
                 gate().await?;
             }
+            // while the instance stops, the client's next poll goes to another one
+            let closing = state.shutdown.is_cancelled();
             if unchanged {
-                return Ok(HttpResponse::NotModified()
-                    .insert_header((ETAG, etag))
-                    .finish());
+                let mut answer = HttpResponse::NotModified();
+                if closing {
+                    answer.force_close();
+                }
+                return Ok(answer.insert_header((ETAG, etag)).finish());
             }
             let doc = service::view::render(
                 &row,
@@ -97,7 +101,11 @@ where
                 state.settings.poll_interval_seconds,
                 audience,
             );
-            return Ok(HttpResponse::Ok()
+            let mut answer = HttpResponse::Ok();
+            if closing {
+                answer.force_close();
+            }
+            return Ok(answer
                 .insert_header(header::ContentType::json())
                 .insert_header((ETAG, etag))
                 .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -169,7 +169,7 @@ impl Stream {
             .map_err(fail)?;
         events.retain(|e| e.seq <= row.event_seq);
         let Some(last) = events.last() else {
-            if crate::service::effective(&row, Utc::now()).1.is_final() {
+            if crate::service::view::settled(&row, Utc::now()) {
                 self.phase = Phase::Done;
             }
             return Ok(None);
@@ -190,7 +190,8 @@ impl Stream {
         }
         self.last_sent = last.seq;
         // a full batch means more may follow; only end once caught up
-        if doc.status.is_final() && (events.len() as i64) < BATCH && doc.event_seq == last.seq {
+        let settled = crate::service::view::settled(&row, Utc::now());
+        if settled && (events.len() as i64) < BATCH && doc.event_seq == last.seq {
             self.phase = Phase::Done;
         }
         Ok(Some(out))

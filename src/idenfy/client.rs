@@ -37,6 +37,24 @@ pub enum IdenfyError {
     CircuitOpen,
 }
 
+impl IdenfyError {
+    /// Whether iDenfy may have created a session (and billed for it) although facepair did not
+    /// get one back: it answered 5xx or something unreadable, or stopped answering once the
+    /// request was sent. A refusal, or a connection that was never made, created nothing.
+    pub fn may_have_created_a_session(&self) -> bool {
+        match self {
+            Self::Server { .. } | Self::Timeout | Self::BadResponse(_) => true,
+            Self::Unreachable(e) => !e.is_connect(),
+            Self::NotFound
+            | Self::Unauthorized { .. }
+            | Self::PaymentRequired { .. }
+            | Self::RateLimited { .. }
+            | Self::Rejected { .. }
+            | Self::CircuitOpen => false,
+        }
+    }
+}
+
 /// check-status's answer (idenfy-api.md §3). Only `AUTHENTICATION` lets facepair create a
 /// session: it asks about FACE_MATCHING, and sessions are created with that type alone.
 #[derive(Debug, Clone, PartialEq, Eq)]

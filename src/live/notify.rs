@@ -12,6 +12,7 @@
 //! sends the batch at once. A batch that cannot be sent is tried again on a fresh connection,
 //! then kept for the next batch, retried with backoff; the backstop covers a crash.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ pub struct Notifier {
 
 #[derive(Default)]
 struct Pending {
-    ids: Vec<Uuid>,
+    ids: HashSet<Uuid>,
     /// The batch the pending ids will go out in.
     batch: u64,
     /// Someone waits for this batch: it goes out without gathering.
@@ -103,9 +104,7 @@ impl Notifier {
     fn add(&self, login_id: Uuid, awaited: bool) -> u64 {
         let batch = {
             let mut pending = self.pending.lock().unwrap();
-            if !pending.ids.contains(&login_id) {
-                pending.ids.push(login_id);
-            }
+            pending.ids.insert(login_id);
             pending.awaited |= awaited;
             pending.batch
         };
@@ -113,14 +112,12 @@ impl Notifier {
         batch
     }
 
-    /// Puts the logins of a batch that could not be sent back into the next one.
+    /// Puts the logins of a batch that could not be sent back into the next one, up to
+    /// [`REQUEUE_LIMIT`]; past it, the listeners' backstop finds them.
     fn requeue(&self, ids: &[Uuid]) {
         let mut pending = self.pending.lock().unwrap();
-        for id in ids {
-            if !pending.ids.contains(id) {
-                pending.ids.push(*id);
-            }
-        }
+        let room = REQUEUE_LIMIT.saturating_sub(pending.ids.len());
+        pending.ids.extend(ids.iter().take(room));
     }
 
     fn awaited(&self) -> bool {
@@ -132,7 +129,10 @@ impl Notifier {
         let batch = pending.batch;
         pending.batch += 1;
         pending.awaited = false;
-        (std::mem::take(&mut pending.ids), batch)
+        (
+            std::mem::take(&mut pending.ids).into_iter().collect(),
+            batch,
+        )
     }
 }
 
@@ -171,6 +171,7 @@ async fn sender(
             stopping = gather(&notifier, until, &how.hurry, &stop).await;
         }
         let (ids, batch) = notifier.take();
+        let mut went_out = true;
         if !ids.is_empty() {
             last = Some(Instant::now());
             // a connection that failed is replaced at once, and the batch tried again on it
@@ -191,17 +192,24 @@ async fn sender(
                     how.metrics.notify_failures.inc();
                     tracing::warn!(error = %e, logins = ids.len(), retry_in_ms = backoff.as_millis() as u64, "NOTIFY failed; the batch goes again with the next one");
                     notifier.requeue(&ids);
+                    went_out = false;
                     retry = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
         }
-        sent.send_replace(batch);
+        // a batch that failed is not reported sent: its waiters answer after their wait
+        if went_out {
+            sent.send_replace(batch);
+        }
         if stopping {
             return;
         }
     }
 }
+
+/// The most logins kept for the next batch while NOTIFYs fail.
+const REQUEUE_LIMIT: usize = 50_000;
 
 /// The first wait before a failed batch is tried again, and the longest.
 const RETRY_FIRST: Duration = Duration::from_millis(100);

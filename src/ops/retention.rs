@@ -31,7 +31,7 @@ pub async fn purge(
         where l.purged_at is null
           and l.created_at < now() - make_interval(secs => $1)
           and l.status <> 'pending'
-          and not (l.status = 'approved' and coalesce(l.approval_expires_at > now(), true))
+          and not (l.status = 'approved' and coalesce(l.approval_expires_at, l.approved_at) > now())
           and not exists (select 1 from attempts a where a.login_id = l.id and a.status = 'pending')
         returning l.id
         "#,

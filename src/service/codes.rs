@@ -1,8 +1,10 @@
 //! Codes cost money at iDenfy: each is reserved in PostgreSQL, with the scan_ref's hourly
 //! budgets counted under its lock, before iDenfy is called. The transaction that stores the
-//! code removes the reservation; a failed or abandoned request releases it.
+//! code removes the reservation. The work runs to its end in a task of its own, so a client
+//! that leaves does not drop a session iDenfy already created.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -14,20 +16,56 @@ use crate::service::Context;
 use crate::store::attempts::scan_ref_lock_key;
 use crate::store::logins;
 use crate::store::reservations::{self, NewReservation};
+use crate::telemetry;
 
 /// The address bucket a scan_ref's per-address budget is counted in.
 pub fn requested_from(ip: Option<IpAddr>) -> String {
     ip.map_or_else(|| "unknown".to_owned(), network::bucket)
 }
 
-/// A code reserved for one login. Dropped before [`Reservation::settled`] (iDenfy failed, the
-/// client went away, the store failed), it is released in the background; its lease ends it
-/// if the instance dies first.
+/// The longest a code's issuing may take: both calls to iDenfy with their retries, and the
+/// database's waits. A reservation's lease is longer, so it never ends while its work goes on.
+pub fn issuing_limit(idenfy_timeout: Duration) -> Duration {
+    idenfy_timeout * 4 + Duration::from_secs(20)
+}
+
+/// Runs the issuing of a code to its end in a task of its own, within [`issuing_limit`]: the
+/// request that asked may be dropped (its client left), the session iDenfy creates is stored
+/// all the same. Lines it logs keep the request's id.
+pub async fn to_completion<T, F>(state: &Context, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    let limit = issuing_limit(state.settings.idenfy_timeout);
+    let request = telemetry::current_id();
+    let bounded = async move {
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or(Err(ApiError::IdenfyTimeout(
+                crate::idenfy::IdenfyError::Timeout,
+            )))
+    };
+    let task = tokio::spawn(async move {
+        match request {
+            Some(id) => telemetry::in_request(id, bounded).await,
+            None => bounded.await,
+        }
+    });
+    task.await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("issuing a code failed: {e}")))?
+}
+
+/// A code reserved for one login. Dropped before [`Reservation::settled`], it is released in
+/// the background, unless iDenfy may have created its session: then it is kept, spent, and
+/// counts in the budgets for the hour. Its lease ends it if the instance dies first.
 #[must_use = "a reservation is settled once its code is stored"]
 pub struct Reservation {
     pool: PgPool,
     id: Uuid,
     settled: bool,
+    /// A session may exist at iDenfy for this reservation.
+    bought: bool,
 }
 
 impl Reservation {
@@ -43,8 +81,7 @@ impl Reservation {
         existing: bool,
     ) -> Result<Self, ApiError> {
         let settings = &state.settings;
-        // longer than the calls it covers: check-status and the session, each with a retry
-        let lease = settings.idenfy_timeout * 4 + std::time::Duration::from_secs(10);
+        let lease = issuing_limit(settings.idenfy_timeout) + Duration::from_secs(10);
         let mut tx =
             crate::store::begin_locked(&state.pool, scan_ref_lock_key(scan_ref.as_str())).await?;
         let reservation = NewReservation {
@@ -85,19 +122,35 @@ impl Reservation {
                 .ok_or(ApiError::LoginNotFound)?;
             super::ensure_code_allowed(&row, Utc::now())?;
         }
-        // the guard exists before the commit, so a commit abandoned half-way is released too
-        let guard = Self {
+        tx.commit().await?;
+        Ok(Self {
             pool: state.pool.clone(),
             id: reservation.id,
             settled: false,
-        };
-        tx.commit().await?;
-        Ok(guard)
+            bought: false,
+        })
+    }
+
+    /// Asks iDenfy for the session with `create`; from then on, unless iDenfy surely created
+    /// nothing, the reservation is spent if its code is never stored.
+    pub async fn buy<T, F>(&mut self, create: F) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<T, crate::idenfy::IdenfyError>>,
+    {
+        self.bought = true;
+        let result = create.await;
+        if let Err(e) = &result {
+            self.bought = e.may_have_created_a_session();
+        }
+        Ok(result?)
     }
 
     /// Removes the reservation in the transaction that stores its code.
     pub async fn remove(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        reservations::remove(conn, self.id).await
+        if !reservations::remove(conn, self.id).await? {
+            tracing::warn!("a code's reservation ended before its code was stored");
+        }
+        Ok(())
     }
 
     /// The transaction that removed the reservation committed.
@@ -111,11 +164,16 @@ impl Drop for Reservation {
         if self.settled {
             return;
         }
-        let (pool, id) = (self.pool.clone(), self.id);
+        let (pool, id, bought) = (self.pool.clone(), self.id, self.bought);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = reservations::remove(&pool, id).await {
-                    tracing::warn!(error = %e, "could not release a code reservation; its lease ends it");
+                let done = if bought {
+                    reservations::spend(&pool, id).await
+                } else {
+                    reservations::remove(&pool, id).await.map(|_| ())
+                };
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "could not settle a code reservation; its lease ends it");
                 }
             });
         }

@@ -45,8 +45,17 @@ pub struct NewLoginRequest {
 
 /// Checks eligibility at iDenfy, creates the session with a digit code, and stores the login
 /// with its first attempt in one transaction. The code is reserved, its budgets counted,
-/// before iDenfy is called.
+/// before iDenfy is called, and the work runs to its end if the client leaves.
 pub async fn create_login(
+    state: &Context,
+    api_key_id: &str,
+    req: NewLoginRequest,
+) -> Result<(LoginRow, WatchToken), ApiError> {
+    let (ctx, key) = (state.clone(), api_key_id.to_owned());
+    codes::to_completion(state, async move { create(&ctx, &key, req).await }).await
+}
+
+async fn create(
     state: &Context,
     api_key_id: &str,
     req: NewLoginRequest,
@@ -74,7 +83,7 @@ pub async fn create_login(
 
     let login_id = Uuid::now_v7();
     let requested_from = codes::requested_from(req.client_ip);
-    let reservation =
+    let mut reservation =
         codes::Reservation::take(state, login_id, &req.scan_ref, &requested_from, false).await?;
 
     let started = std::time::Instant::now();
@@ -87,7 +96,14 @@ pub async fn create_login(
         Eligibility::Identification => return Err(ApiError::IdentificationRequired),
         Eligibility::Other(kind) => return Err(ApiError::FaceAuthNotAvailable { kind }),
     }
-    let session = create_session(state, &req.scan_ref, req.lifetime, req.locale.as_ref()).await?;
+    let session = create_session(
+        state,
+        &mut reservation,
+        &req.scan_ref,
+        req.lifetime,
+        req.locale.as_ref(),
+    )
+    .await?;
 
     let watch_token = WatchToken::generate();
     let mut tx = state.pool.begin().await?;
@@ -129,8 +145,21 @@ pub async fn create_login(
 /// Issues a fresh code: after a failed, expired or canceled attempt, or superseding a pending
 /// one, within the login's and the scan_ref's budgets. `requested_from` is the browser's
 /// address for a code asked from the browser; the platform's codes count against the
-/// desktop's address given at creation.
+/// desktop's address given at creation. The work runs to its end if the client leaves.
 pub async fn issue_code(
+    state: &Context,
+    login_id: Uuid,
+    source: Source,
+    requested_from: Option<std::net::IpAddr>,
+) -> Result<LoginRow, ApiError> {
+    let ctx = state.clone();
+    codes::to_completion(state, async move {
+        issue(&ctx, login_id, source, requested_from).await
+    })
+    .await
+}
+
+async fn issue(
     state: &Context,
     login_id: Uuid,
     source: Source,
@@ -151,12 +180,19 @@ pub async fn issue_code(
     let requested_from = codes::requested_from(
         requested_from.or_else(|| row.client_ip.as_deref().and_then(|ip| ip.parse().ok())),
     );
-    let reservation =
+    let mut reservation =
         codes::Reservation::take(state, login_id, &scan_ref, &requested_from, true).await?;
     let lifetime = Lifetime::from_seconds(row.lifetime_seconds.into())
         .map_err(|e| internal(&e.to_string()))?;
     let locale = row.locale.as_deref().and_then(|l| Locale::parse(l).ok());
-    let session = create_session(state, &scan_ref, lifetime, locale.as_ref()).await?;
+    let session = create_session(
+        state,
+        &mut reservation,
+        &scan_ref,
+        lifetime,
+        locale.as_ref(),
+    )
+    .await?;
 
     let mut tx = state.pool.begin().await?;
     let row = logins::lock(&mut tx, login_id)
@@ -483,25 +519,31 @@ async fn rate_limit(state: &Context, checks: Vec<(Limit, &'static str)>) -> Resu
     }
 }
 
+/// Buys the session for a reserved code.
 async fn create_session(
     state: &Context,
+    reservation: &mut codes::Reservation,
     scan_ref: &ScanRef,
     lifetime: Lifetime,
     locale: Option<&Locale>,
 ) -> Result<CreatedSession, ApiError> {
     let started = std::time::Instant::now();
-    let result = state
-        .idenfy
-        .create_session(&SessionRequest {
-            scan_ref,
-            lifetime,
-            locale,
+    reservation
+        .buy(async {
+            let result = state
+                .idenfy
+                .create_session(&SessionRequest {
+                    scan_ref,
+                    lifetime,
+                    locale,
+                })
+                .await;
+            state
+                .metrics
+                .idenfy_call("create_session", &result, started.elapsed());
+            result
         })
-        .await;
-    state
-        .metrics
-        .idenfy_call("create_session", &result, started.elapsed());
-    Ok(result?)
+        .await
 }
 
 /// A new attempt for iDenfy's session; its expiry is counted from after iDenfy answered, so

@@ -83,9 +83,26 @@ pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginSta
         max_attempts: row.max_attempts,
         redeemed: row.redeemed_at.is_some(),
         canceled: row.canceled_at.is_some(),
-        approval_expired: row.approval_expires_at.is_some_and(|at| now >= at),
+        approval_expired: approval_lapsed(row, now),
     });
     (attempt, login)
+}
+
+/// The approval may no longer be redeemed: its time passed (an approval recorded without one
+/// has none), or the expiry task recorded it so, whatever this instance's clock says.
+fn approval_lapsed(row: &LoginRow, now: DateTime<Utc>) -> bool {
+    row.approved_at.is_some()
+        && (row.approval_expires_at.is_none_or(|at| now >= at)
+            || row.status == LoginStatus::Expired.as_str())
+}
+
+/// No call or webhook can change the login any more: a final status, or an approval that
+/// expired with no code left to ask for.
+pub fn settled(row: &LoginRow, now: DateTime<Utc>) -> bool {
+    let status = effective(row, now).1;
+    status.is_final()
+        || (status == LoginStatus::Expired
+            && state::may_issue_code(status, row.budget_used(), row.max_attempts).is_err())
 }
 
 /// When the clock alone next changes the login's document (its code or its approval
@@ -266,6 +283,7 @@ mod tests {
         let mut approved = row(AttemptStatus::Succeeded, -60);
         approved.status = "approved".into();
         approved.attempt.id = uuid::Uuid::now_v7();
+        approved.approved_at = Some(now);
         approved.approval_expires_at = Some(now + chrono::Duration::seconds(30));
         let doc = LoginState::build(&approved, now, 2, Audience::Platform);
         assert_eq!(doc.status, LoginStatus::Approved);
@@ -314,6 +332,7 @@ mod tests {
             if status == AttemptStatus::Succeeded {
                 // an approval that lapses within the reads
                 row.status = "approved".into();
+                row.approved_at = Some(expires_at - chrono::Duration::seconds(60));
                 row.approval_expires_at = Some(expires_at);
                 row.state = Some("opaque \"state\"".into());
             }

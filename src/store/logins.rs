@@ -272,8 +272,8 @@ pub async fn approvals_due(
     sqlx::query_scalar!(
         r#"
         select id from logins
-        where status = 'approved' and approval_expires_at <= now()
-        order by approval_expires_at
+        where status = 'approved' and coalesce(approval_expires_at, approved_at) <= now()
+        order by coalesce(approval_expires_at, approved_at)
         limit $1
         "#,
         limit

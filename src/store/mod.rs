@@ -49,17 +49,20 @@ fn opened_after_discard(meta: &PoolConnectionMetadata) -> bool {
     mark == 0 || now_ms().saturating_sub(meta.age.as_millis() as u64) > mark
 }
 
-/// What every facepair pool does: a new connection gets `idle_in_transaction_session_timeout`
-/// (a backstop: no path leaves a transaction idle), set after connecting since PgBouncer refuses
-/// it as a startup parameter; connections [`discard_open_connections`] condemned are closed
-/// (a check of a clock, without a round trip).
+/// What every facepair pool does. A new connection waits at most 5 s for a lock (then the
+/// request answers 503 and is retried, rather than holding a pooled connection while PostgreSQL
+/// is stuck) and may idle in a transaction 30 s (a backstop: no path does); both are set after
+/// connecting, since PgBouncer refuses them as startup parameters. Connections
+/// [`discard_open_connections`] condemned are closed (a check of a clock, no round trip).
 pub fn hooks(options: PgPoolOptions) -> PgPoolOptions {
     options
         .after_connect(|conn, _| {
             Box::pin(async move {
-                sqlx::query("set idle_in_transaction_session_timeout = '30s'")
-                    .execute(conn)
-                    .await?;
+                sqlx::raw_sql(
+                    "set lock_timeout = '5s'; set idle_in_transaction_session_timeout = '30s'",
+                )
+                .execute(conn)
+                .await?;
                 Ok(())
             })
         })

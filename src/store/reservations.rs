@@ -30,7 +30,7 @@ pub struct Used {
 /// read ([`used`]) cannot change before it commits.
 pub async fn reserve(conn: &mut PgConnection, r: &NewReservation<'_>) -> Result<bool, sqlx::Error> {
     sqlx::query!(
-        "delete from code_reservations where login_id = $1 and expires_at <= now()",
+        "delete from code_reservations where login_id = $1 and not spent and expires_at <= now()",
         r.login_id
     )
     .execute(&mut *conn)
@@ -39,7 +39,7 @@ pub async fn reserve(conn: &mut PgConnection, r: &NewReservation<'_>) -> Result<
         r#"
         insert into code_reservations (id, login_id, scan_ref, requested_from, expires_at)
         values ($1, $2, $3, $4, now() + make_interval(secs => $5))
-        on conflict (login_id) do nothing
+        on conflict (login_id) where not spent do nothing
         returning id
         "#,
         r.id,
@@ -65,22 +65,24 @@ pub async fn used(
     let row = sqlx::query!(
         r#"
         with recent as (
-            select a.created_at as at, a.requested_from = $2 as from_address
+            select a.created_at as at, a.created_at + interval '1 hour' as frees,
+                   a.requested_from = $2 as from_address
             from attempts a join logins l on l.id = a.login_id
             where l.scan_ref = $1 and a.created_at > now() - interval '1 hour'
             union all
-            select created_at, requested_from = $2 from code_reservations
+            -- a code being issued frees its place when its lease ends at the latest
+            select created_at, expires_at, requested_from = $2 from code_reservations
             where scan_ref = $1 and expires_at > now()
         ), ranked as (
-            select at, coalesce(from_address, false) as from_address,
+            select at, frees, coalesce(from_address, false) as from_address,
                    row_number() over (order by at desc) as newest,
                    row_number() over (partition by coalesce(from_address, false) order by at desc) as newest_here
             from recent
         )
         select count(*) filter (where from_address) as "from_address!",
                count(*) as "total!",
-               max(at) filter (where from_address and newest_here = $3) + interval '1 hour' as address_frees_at,
-               max(at) filter (where newest = $4) + interval '1 hour' as total_frees_at
+               max(frees) filter (where from_address and newest_here = $3) as address_frees_at,
+               max(frees) filter (where newest = $4) as total_frees_at
         from ranked
         "#,
         scan_ref,
@@ -98,11 +100,25 @@ pub async fn used(
     })
 }
 
-/// Removes a reservation: in the transaction that stores its code, or to release it.
-pub async fn remove(conn: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query!("delete from code_reservations where id = $1", id)
+/// Removes a reservation: in the transaction that stores its code, or to release it. False
+/// if it was gone.
+pub async fn remove(conn: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let removed = sqlx::query!("delete from code_reservations where id = $1", id)
         .execute(conn)
         .await?;
+    Ok(removed.rows_affected() == 1)
+}
+
+/// Keeps a reservation whose session iDenfy may have created but facepair could not store:
+/// it counts in the budgets for the hour, and no longer holds its login.
+pub async fn spend(conn: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"update code_reservations set spent = true, expires_at = created_at + interval '1 hour'
+           where id = $1"#,
+        id
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

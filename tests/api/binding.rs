@@ -67,7 +67,7 @@ async fn concurrent_new_codes_buy_one_session_each(pool: PgPool) {
 /// The browser may supersede a pending code (the outcome source `watch` is recorded), and a
 /// code iDenfy failed to create is released: the next request is not told one is being issued.
 #[sqlx::test]
-async fn the_browser_supersedes_a_pending_code_and_a_failed_call_releases_its_reservation(
+async fn the_browser_supersedes_a_pending_code_and_a_refused_call_releases_its_reservation(
     pool: PgPool,
 ) {
     let app = TestApp::spawn(pool).await;
@@ -88,7 +88,7 @@ async fn the_browser_supersedes_a_pending_code_and_a_failed_call_releases_its_re
         .unwrap();
     assert_eq!(source, "watch");
 
-    // iDenfy fails once: the reservation goes with the failure
+    // iDenfy refuses once: nothing was bought, and the reservation goes with the refusal
     app.idenfy.reset().await;
     mock_check_status(&app.idenfy, "AUTHENTICATION").await;
     let failing = wiremock::Mock::given(wiremock::matchers::method("POST"))
@@ -107,31 +107,65 @@ async fn the_browser_supersedes_a_pending_code_and_a_failed_call_releases_its_re
     assert_eq!(status, 201, "{body}");
 }
 
-/// A client that gives up while iDenfy creates the session leaves no reservation behind.
+/// A client that gives up while iDenfy creates the session does not drop the session: the
+/// login is stored all the same. A session iDenfy may have created but did not hand back (a
+/// 5xx) stays counted in the scan_ref's budget for the hour; a refusal is not counted.
 #[sqlx::test]
-async fn an_abandoned_request_releases_its_reservation(pool: PgPool) {
-    let app = TestApp::spawn(pool).await;
+async fn a_session_bought_is_stored_or_counted_whoever_leaves(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.max_attempts_per_scan_ref_hour = 3).await;
     mock_check_status(&app.idenfy, "AUTHENTICATION").await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(wiremock::ResponseTemplate::new(500).set_delay(Duration::from_secs(1)))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&app.idenfy)
+    let slow = wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({ "token": "SLOWTOKEN0000000000000000000000000001",
+                                      "digitString": "12345678", "maxAttemptCount": 3 }))
+                .set_delay(Duration::from_secs(1)),
+        )
+        .mount_as_scoped(&app.idenfy)
         .await;
-    mock_sessions(&app.idenfy).await;
     let result = app
         .http
         .post(app.url("/v1/logins"))
         .bearer_auth(API_KEY)
-        .json(&json!({ "scan_ref": SCAN_REF }))
+        .json(&json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }))
         .timeout(Duration::from_millis(300))
         .send()
         .await;
     assert!(result.is_err_and(|e| e.is_timeout()));
     app.eventually(Duration::from_secs(5), || async {
-        app.count("select count(*) from code_reservations").await == 0
+        app.count("select count(*) from logins").await == 1
     })
     .await;
+    drop(slow);
+    assert_eq!(app.count("select count(*) from code_reservations").await, 0);
+
+    let failing = |status| {
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .respond_with(wiremock::ResponseTemplate::new(status))
+    };
+    let create = || app.create_login(json!({ "scan_ref": SCAN_REF, "client_ip": "198.51.100.7" }));
+    // refused: nothing was bought, nothing is counted
+    let refused = failing(402).mount_as_scoped(&app.idenfy).await;
+    assert_eq!(create().await.status(), 502);
+    drop(refused);
+    // a 5xx: the session may exist; it counts for the hour
+    let broken = failing(500).mount_as_scoped(&app.idenfy).await;
+    assert_eq!(create().await.status(), 503);
+    drop(broken);
+    app.eventually(Duration::from_secs(5), || async {
+        app.count("select count(*) from code_reservations where spent")
+            .await
+            == 1
+    })
+    .await;
+    mock_sessions(&app.idenfy).await;
+    assert_eq!(create().await.status(), 201);
+    // 1 stored while its client left, 1 spent, 1 just now: the address's 3 are used
+    let (status, body) = error_of(create().await).await;
+    assert_eq!(
+        (status, body["error"]["budget"].as_str()),
+        (429, Some("scan_ref_hourly"))
+    );
 }
 
 /// Twenty strangers who type the person's username on the platform, each from an address of

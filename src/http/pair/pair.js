@@ -6,7 +6,7 @@ const token = decodeURIComponent(location.pathname.split('/').pop());
 const config = JSON.parse(document.body.dataset.config || '{}');
 const api = `/v1/watch/${encodeURIComponent(token)}`;
 const KINDS = ['login_created', 'attempt_issued', 'attempt_succeeded', 'attempt_failed', 'attempt_canceled',
-  'attempt_expired', 'attempt_superseded', 'login_canceled', 'login_redeemed'];
+  'attempt_expired', 'attempt_superseded', 'login_canceled', 'login_redeemed', 'approval_expired'];
 const REASONS = {
   FACE_MISMATCH: 'The face in the selfie did not match the person on record.',
   FAKE_FACE: 'The selfie looked like a photo, a screen or a mask.',
