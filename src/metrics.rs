@@ -7,8 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::Verdict;
-use crate::idenfy::IdenfyError;
-use crate::idenfy::circuit::Phase;
+
+/// The iDenfy circuit breaker's phases, each with its own `facepair_idenfy_breaker_state` series.
+pub const BREAKER_PHASES: [&str; 3] = ["closed", "open", "half_open"];
 
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -109,10 +110,11 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    pub fn idenfy_call<T>(
+    /// A call to iDenfy ended after `took`; `outcome` is `ok` or the error's label.
+    pub fn idenfy_call(
         &self,
         operation: &'static str,
-        result: &Result<T, IdenfyError>,
+        outcome: &'static str,
         took: std::time::Duration,
     ) {
         self.idenfy_latency
@@ -121,19 +123,6 @@ impl Metrics {
             .entry(operation)
             .or_default()
             .observe(took.as_secs_f64());
-        let outcome = match result {
-            Ok(_) => "ok",
-            Err(IdenfyError::NotFound) => "not_found",
-            Err(IdenfyError::Unauthorized { .. }) => "unauthorized",
-            Err(IdenfyError::PaymentRequired { .. }) => "payment_required",
-            Err(IdenfyError::RateLimited { .. }) => "rate_limited",
-            Err(IdenfyError::Rejected { .. }) => "rejected",
-            Err(IdenfyError::Server { .. }) => "server_error",
-            Err(IdenfyError::Timeout) => "timeout",
-            Err(IdenfyError::Unreachable(_)) => "unreachable",
-            Err(IdenfyError::BadResponse(_)) => "bad_response",
-            Err(IdenfyError::CircuitOpen) => "circuit_open",
-        };
         *self
             .idenfy_calls
             .lock()
@@ -143,12 +132,12 @@ impl Metrics {
     }
 
     /// The Prometheus text; `connections` are the request pools' open and idle connections,
-    /// `breaker` the iDenfy circuit breaker's phase, `log_lines_dropped` the count kept by
+    /// `breaker` the iDenfy circuit breaker's phase (one of `BREAKER_PHASES`), `log_lines_dropped` the count kept by
     /// the log output.
     pub fn render(
         &self,
         connections: (u32, usize),
-        breaker: Phase,
+        breaker: &str,
         log_lines_dropped: u64,
     ) -> String {
         let mut out = String::new();
@@ -156,11 +145,10 @@ impl Metrics {
             out,
             "# HELP facepair_idenfy_breaker_state The iDenfy circuit breaker: 1 for the phase it is in (while open, creations and new codes fail at once with 503).\n# TYPE facepair_idenfy_breaker_state gauge"
         );
-        for phase in [Phase::Closed, Phase::Open, Phase::HalfOpen] {
+        for phase in BREAKER_PHASES {
             let _ = writeln!(
                 out,
-                "facepair_idenfy_breaker_state{{state=\"{}\"}} {}",
-                phase.as_str(),
+                "facepair_idenfy_breaker_state{{state=\"{phase}\"}} {}",
                 u8::from(phase == breaker)
             );
         }

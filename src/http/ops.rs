@@ -38,7 +38,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(
             state.worker_pools.connections(),
-            state.idenfy.circuit_phase(),
+            state.idenfy.circuit_phase().as_str(),
             crate::telemetry::lines_dropped(),
         ))
 }

@@ -131,9 +131,11 @@ async fn expire_approvals(state: &AppState) -> Result<(), sqlx::Error> {
 async fn reconcile(state: &AppState, token: &str) -> (Source, IdenfyReport) {
     let started = std::time::Instant::now();
     let result = state.idenfy.get_session(token).await;
-    state
-        .metrics
-        .idenfy_call("get_session", &result, started.elapsed());
+    state.metrics.idenfy_call(
+        "get_session",
+        crate::idenfy::outcome(&result),
+        started.elapsed(),
+    );
     match result {
         Ok(session) => {
             let status = match session.approved {
