@@ -25,7 +25,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
         match expire_due(&state).await {
             Ok(n) => {
                 state.metrics.expiry_runs.inc();
-                state.metrics.expired_by_clock.add(n);
+                state.metrics.expired_by_clock.inc_by(n);
             }
             Err(e) => {
                 state.metrics.expiry_failures.inc();
