@@ -36,10 +36,10 @@ pub async fn ready(state: web::Data<Context>) -> Result<HttpResponse, ApiError> 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<Context>, shared: web::Data<Web>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type(crate::metrics::CONTENT_TYPE)
         .body(state.metrics.render(
             shared.worker_pools.connections(),
-            state.idenfy.circuit_phase(),
+            state.idenfy.circuit_phase().as_str(),
             crate::telemetry::lines_dropped(),
         ))
 }

@@ -160,4 +160,11 @@ mod tests {
             .succeeded();
         assert_eq!(c.phase(), Phase::Closed);
     }
+
+    #[test]
+    fn every_phase_has_its_metric_series() {
+        for phase in [Phase::Closed, Phase::Open, Phase::HalfOpen] {
+            assert!(crate::metrics::BREAKER_PHASES.contains(&phase.as_str()));
+        }
+    }
 }

@@ -53,6 +53,30 @@ impl IdenfyError {
             | Self::CircuitOpen => false,
         }
     }
+
+    /// The `outcome` label of `facepair_idenfy_calls_total` for this error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::PaymentRequired { .. } => "payment_required",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Rejected { .. } => "rejected",
+            Self::Server { .. } => "server_error",
+            Self::Timeout => "timeout",
+            Self::Unreachable(_) => "unreachable",
+            Self::BadResponse(_) => "bad_response",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// A call's `outcome` label: `ok`, or the error's.
+pub fn outcome<T>(result: &Result<T, IdenfyError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.label(),
+    }
 }
 
 /// check-status's answer (idenfy-api.md §3). Only `AUTHENTICATION` lets facepair create a

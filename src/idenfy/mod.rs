@@ -5,5 +5,5 @@ pub mod client;
 pub mod signature;
 pub mod webhook;
 
-pub use client::{CreatedSession, Eligibility, IdenfyClient, IdenfyError, SessionRequest};
+pub use client::{CreatedSession, Eligibility, IdenfyClient, IdenfyError, SessionRequest, outcome};
 pub use webhook::{WebhookBody, WebhookStatus};

@@ -183,7 +183,7 @@ async fn sender(
             match result {
                 Ok(()) => {
                     how.metrics.notify_batches.inc();
-                    how.metrics.notify_logins.add(ids.len() as u64);
+                    how.metrics.notify_logins.inc_by(ids.len() as u64);
                     retry = None;
                     backoff = RETRY_FIRST;
                 }

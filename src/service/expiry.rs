@@ -25,7 +25,7 @@ pub async fn run(state: Context, stop: CancellationToken) {
         match expire_due(&state).await {
             Ok(n) => {
                 state.metrics.expiry_runs.inc();
-                state.metrics.expired_by_clock.add(n);
+                state.metrics.expired_by_clock.inc_by(n);
             }
             Err(e) => {
                 state.metrics.expiry_failures.inc();
@@ -131,9 +131,11 @@ async fn expire_approvals(state: &Context) -> Result<(), sqlx::Error> {
 async fn reconcile(state: &Context, token: &str) -> (Source, IdenfyReport) {
     let started = std::time::Instant::now();
     let result = state.idenfy.get_session(token).await;
-    state
-        .metrics
-        .idenfy_call("get_session", &result, started.elapsed());
+    state.metrics.idenfy_call(
+        "get_session",
+        crate::idenfy::outcome(&result),
+        started.elapsed(),
+    );
     match result {
         Ok(session) => {
             let status = match session.approved {

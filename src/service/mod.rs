@@ -88,9 +88,11 @@ async fn create(
 
     let started = std::time::Instant::now();
     let eligibility = state.idenfy.check_status(&req.scan_ref).await;
-    state
-        .metrics
-        .idenfy_call("check_status", &eligibility, started.elapsed());
+    state.metrics.idenfy_call(
+        "check_status",
+        crate::idenfy::outcome(&eligibility),
+        started.elapsed(),
+    );
     match eligibility? {
         Eligibility::Authentication => {}
         Eligibility::Identification => return Err(ApiError::IdentificationRequired),
@@ -538,9 +540,11 @@ async fn create_session(
                     locale,
                 })
                 .await;
-            state
-                .metrics
-                .idenfy_call("create_session", &result, started.elapsed());
+            state.metrics.idenfy_call(
+                "create_session",
+                crate::idenfy::outcome(&result),
+                started.elapsed(),
+            );
             result
         })
         .await
