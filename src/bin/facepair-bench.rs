@@ -633,6 +633,7 @@ impl Server {
             .env("FACEPAIR_IDENFY_API_SECRET", SIM_SECRET)
             .env("FACEPAIR_IDENFY_SIGNING_KEYS", SIGNING_KEY)
             .env("FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR", "100000000")
+            .env("FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR_TOTAL", "100000000")
             // the limits stay on (their counters are part of the cost) but high enough
             .env("FACEPAIR_LOGINS_PER_API_KEY_PER_MINUTE", "100000000")
             .env("FACEPAIR_LOGINS_PER_CLIENT_IP_PER_HOUR", "100000000")
