@@ -1,15 +1,33 @@
-//! The facepair process under measurement, and the keys the suite configures it with.
+//! The processes under measurement: facepair, and the iDenfy simulator it calls.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use facepair::sim::state::Eligibility;
+use facepair::sim::{SimConfig, Simulator};
 
 pub const API_KEY: &str = "bench-platform-api-key-0001";
 pub const SIGNING_KEY: &str = "bench-signing-key";
 pub const SIM_KEY: &str = "bench-sim-key";
 pub const SIM_SECRET: &str = "bench-sim-secret";
+
+/// Starts the simulator in this process, for every person scenario 4 creates a login for, and
+/// returns its base URL.
+pub async fn start_simulator(creates: usize) -> anyhow::Result<String> {
+    let mut sim_config = SimConfig::for_tests(SIM_KEY, SIM_SECRET, SIGNING_KEY);
+    // every creation is for another person, as on a platform with many users
+    sim_config.scan_refs = (0..creates)
+        .map(|i| (format!("bench-person-{i}"), Eligibility::Authentication))
+        .chain([("bench-person".into(), Eligibility::Authentication)])
+        .collect();
+    sim_config.rate_limit_per_hour = u64::MAX;
+    let sim = Simulator::start(sim_config).await?;
+    let sim_url = sim.base_url();
+    tokio::spawn(sim.run_until_stopped());
+    Ok(sim_url)
+}
 
 pub struct Server {
     pub url: String,
