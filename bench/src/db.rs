@@ -74,11 +74,9 @@ pub async fn seed(db: &PgPool, rows: usize) -> anyhow::Result<Seeded> {
         login_ids.extend(ids);
         watch_tokens.extend(tokens.iter().map(|t| t.expose().to_owned()));
     }
-    // a database in use has received deliveries before. Analyzed empty, the table would have
-    // PostgreSQL plan the duplicate check of a webhook (`deliveries::claim`) as a
-    // sequential scan while it is small, and a connection that caches that plan keeps it
-    // as the table grows, until the next ANALYZE: runs a few seconds long would then measure
-    // whichever connections happened to plan early
+    // a database in use has received deliveries before; analyzed empty, the table would have
+    // the webhook's duplicate check (`deliveries::claim`) planned as a sequential scan, a plan
+    // the connections that cached it keep as the table grows
     sqlx::query(
         "insert into deliveries (id, received_at, body, body_sha256, content_type, event_type, signing_key_index, token, idenfy_status, verdict)
          select gen_random_uuid(), now() - interval '1 day', convert_to(repeat('x', 420), 'UTF8'), sha256(convert_to('history-' || g, 'UTF8')),

@@ -36,10 +36,9 @@ pub fn summarise(mut latencies: Vec<Duration>, errors: usize, took: Duration) ->
     }
 }
 
-/// One keep-alive HTTP/1.1 connection of the load generator, on hyper directly (the stack
-/// reqwest is built on, without reqwest's pool), driven by the task that sends on it: a
-/// request and its answer then cost no hand-over between tasks, which on 2 cores is CPU
-/// taken from facepair.
+/// One keep-alive HTTP/1.1 connection on hyper directly (without reqwest's pool), driven by
+/// the task that sends on it: no hand-over between tasks, whose CPU would be taken from
+/// facepair on a shared machine.
 pub struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     connection: std::pin::Pin<Box<Connection>>,
@@ -89,16 +88,9 @@ impl Conn {
     }
 }
 
-/// `workers` clients, each on its own connection, each sending its next request as soon as
-/// the last one was answered, until `secs` pass. `one(conn, i)` sends request number `i`
-/// and says whether it succeeded.
-///
-/// The clients run on one thread per CPU, each thread a single-threaded runtime driving its
-/// share of the connections (as pgbench runs with `-j 2`): no task moves between threads,
-/// so a response wakes only the thread that waits for it. Each client is a task of its own,
-/// so a response polls only its own client, not every client of the thread (as one future
-/// joining them all would). The load generator's CPU is taken from facepair on a shared
-/// machine.
+/// `workers` clients on connections of their own, each sending its next request as soon as the
+/// last was answered, for `secs`; `one(conn, i)` sends request `i` and says if it succeeded.
+/// One current-thread runtime per CPU and one task per client: an answer wakes only its own.
 pub async fn closed_loop<F, Fut>(
     url: &str,
     workers: usize,

@@ -1,8 +1,6 @@
-//! facepair's benchmark suite: runs each scenario against a release `facepair serve` and the
-//! reference PostgreSQL measures it is compared with, on the same machine and database server,
-//! and prints a table. Started by `scripts/bench`, which provides PostgreSQL and the limits.
-//!
-//! Benchmarks print figures; they never fail on a target.
+//! facepair's benchmark suite: each scenario against a `facepair serve`, beside reference
+//! figures from the same PostgreSQL, printed as a table. `scripts/bench` starts it with
+//! PostgreSQL and the limits. Benchmarks print figures; they never fail on a target.
 
 mod db;
 mod load;

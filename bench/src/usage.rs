@@ -33,10 +33,9 @@ fn proc_cpu_ms(pid: u32) -> anyhow::Result<ProcCpu> {
     })
 }
 
-/// CPU time used so far, in ms, by each party of a run: facepair, the load generator (this
-/// process), pgbench (this process's children that exited) and PostgreSQL (every postgres
-/// process, and the backends that exited, which the postmaster has waited for). Only this
-/// suite's PostgreSQL may run on the machine.
+/// CPU time so far, in ms, of each party: facepair, the load generator (this process), pgbench
+/// (its exited children) and PostgreSQL (every postgres process, with the backends the
+/// postmaster reaped). Only this suite's PostgreSQL may run on the machine.
 #[derive(Clone, Copy)]
 pub struct Cpu {
     pub facepair: f64,
@@ -139,12 +138,9 @@ impl Usage {
     }
 }
 
-/// How much PostgreSQL has written to its write-ahead log so far, read from the log's
-/// position rather than from `pg_stat_wal`: a backend that is busy, or went idle less than
-/// ten seconds after it last reported, has not yet reported its statistics there, so they
-/// would miss the end of a run on facepair's pooled connections but not on pgbench's, which
-/// report when they exit. For the same reason the flushes are counted by the kernel, on the
-/// disk that holds the log.
+/// What PostgreSQL has written to its write-ahead log so far, from the log's position, and its
+/// flushes, from the kernel: `pg_stat_wal` lags for busy backends, so it would miss the end of
+/// a run on facepair's pooled connections but not on pgbench's, which report as they exit.
 #[derive(Clone, Copy)]
 pub struct Wal {
     kib: f64,

@@ -14,7 +14,7 @@ use crate::report::Row;
 use crate::server::Server;
 use crate::usage::{metric, rss_kib};
 
-/// Streams on the seeded logins that follow those scenarios 1 and 2 took from `next_token`.
+/// Opens the streams on the seeded logins past those scenarios 1 and 2 use (`next_token` on).
 pub async fn run(suite: &Suite, next_token: usize) -> anyhow::Result<Vec<Row>> {
     let args = &suite.args;
     let stream_base = next_token + 11_000;
@@ -188,8 +188,8 @@ async fn waiting_clients(
         if open == 0.0 {
             break;
         }
-        // a client's close is read at once (0.0-0.3 s for 10,000 streams); a keep-alive
-        // interval means facepair waited for a write to fail instead
+        // a client's close is read at once; taking a keep-alive interval means facepair
+        // waited for a write to fail instead
         if closed_at.elapsed() > facepair::live::sse::KEEP_ALIVE {
             bail!(
                 "{open} streams still open {:?} after every client left",
