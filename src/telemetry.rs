@@ -426,18 +426,27 @@ mod sink {
         if !started {
             return;
         }
+        // a descriptor of its own: a write blocked on a stalled reader holds no lock that
+        // anything else writing to stderr would wait for
+        use std::os::fd::AsFd as _;
+        let out: Box<dyn std::io::Write + Send> =
+            match std::io::stderr().as_fd().try_clone_to_owned() {
+                Ok(fd) => Box::new(std::fs::File::from(fd)),
+                Err(_) => Box::new(std::io::stderr()),
+            };
         std::thread::Builder::new()
             .name("facepair-log".into())
-            .spawn(|| {
-                sink.write_all(std::io::stderr(), |n| {
+            .spawn(move || {
+                sink.write_all(out, |n| {
                     tracing::warn!(dropped = n, "{n} log lines were dropped");
                 });
             })
             .expect("the log thread starts");
-        let default_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
+        // a panic is logged like any line, so a stalled reader cannot hang the panicking thread
+        std::panic::set_hook(Box::new(|info| {
+            let backtrace = std::backtrace::Backtrace::capture();
+            tracing::error!("{info}\n{backtrace}");
             flush();
-            default_hook(info);
         }));
     }
 

@@ -129,10 +129,12 @@ impl Stream {
                                 Ok(Some(events)) => return Some(Bytes::from(events)),
                                 Ok(None) => continue,
                                 // what woke the stream is unsent: ending it makes the client
-                                // reconnect with Last-Event-ID and read it from the table
+                                // reconnect with Last-Event-ID and read it from the table; the
+                                // wait is spread so streams that failed together come back apart
                                 Err(()) => {
                                     self.phase = Phase::Done;
-                                    return Some(Bytes::from_static(b"retry: 2000\n\n"));
+                                    let wait = rand::random_range(2000..6000);
+                                    return Some(Bytes::from(format!("retry: {wait}\n\n")));
                                 }
                             }
                         }

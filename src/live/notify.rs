@@ -43,11 +43,21 @@ pub struct Notifier {
 
 #[derive(Default)]
 struct Pending {
-    ids: HashSet<Uuid>,
+    /// In the order they changed, each once (`queued` says which are in).
+    ids: Vec<Uuid>,
+    queued: HashSet<Uuid>,
     /// The batch the pending ids will go out in.
     batch: u64,
     /// Someone waits for this batch: it goes out without gathering.
     awaited: bool,
+}
+
+impl Pending {
+    fn push(&mut self, id: Uuid) {
+        if self.queued.insert(id) {
+            self.ids.push(id);
+        }
+    }
 }
 
 impl Notifier {
@@ -104,7 +114,7 @@ impl Notifier {
     fn add(&self, login_id: Uuid, awaited: bool) -> u64 {
         let batch = {
             let mut pending = self.pending.lock().unwrap();
-            pending.ids.insert(login_id);
+            pending.push(login_id);
             pending.awaited |= awaited;
             pending.batch
         };
@@ -116,8 +126,12 @@ impl Notifier {
     /// [`REQUEUE_LIMIT`]; past it, the listeners' backstop finds them.
     fn requeue(&self, ids: &[Uuid]) {
         let mut pending = self.pending.lock().unwrap();
-        let room = REQUEUE_LIMIT.saturating_sub(pending.ids.len());
-        pending.ids.extend(ids.iter().take(room));
+        for id in ids {
+            if pending.ids.len() >= REQUEUE_LIMIT {
+                break;
+            }
+            pending.push(*id);
+        }
     }
 
     fn awaited(&self) -> bool {
@@ -129,10 +143,8 @@ impl Notifier {
         let batch = pending.batch;
         pending.batch += 1;
         pending.awaited = false;
-        (
-            std::mem::take(&mut pending.ids).into_iter().collect(),
-            batch,
-        )
+        pending.queued.clear();
+        (std::mem::take(&mut pending.ids), batch)
     }
 }
 
