@@ -191,13 +191,9 @@ impl Application {
     }
 }
 
-/// The context one HTTP worker's requests see: the same, but with a pool of the worker's own.
-/// This runs on the worker's thread, and its pool opens connections there when a request
-/// first needs them: a socket is driven by the runtime that opened it, and a connection opened
-/// on another thread would cost two thread wake-ups on every round trip.
-///
-/// The worker's NOTIFYs go out on a connection of its own for the same reason. Both end with
-/// the worker, after its last request was answered.
+/// The context one HTTP worker's requests see: a pool and a NOTIFY connection of its own, opened
+/// lazily on the worker's thread, because a socket is driven by the runtime that opened it and
+/// another thread's would cost two wake-ups per round trip. Both end with the worker.
 fn for_worker(state: &Context, pools: &http::WorkerPools, max_connections: u32) -> Context {
     let connect = (*state.pool.connect_options()).clone();
     let pool = crate::store::hooks(state.pool.options().clone())
@@ -220,15 +216,9 @@ fn for_worker(state: &Context, pools: &http::WorkerPools, max_connections: u32) 
     }
 }
 
-/// How long data sent to a client may stay unacknowledged before its connection is dropped.
-///
-/// A client that closes its connection is noticed at once (the server serves no half-closed
-/// connections). One that vanishes without closing it, a laptop put to sleep or a network
-/// gone, sends nothing more: its stream's next keep-alive comment goes unacknowledged, and
-/// the kernel would retransmit it for about 15 minutes before giving up (`tcp_retries2`).
-/// With this, the connection is dropped once a write has waited this long for an
-/// acknowledgement: a vanished client's stream ends within [`live::sse::KEEP_ALIVE`] plus
-/// this. No client that still answers is affected: any acknowledgement resets the clock.
+/// How long sent data may stay unacknowledged before the connection is dropped: a client that
+/// vanished without closing (a laptop asleep) is let go within [`http::sse::KEEP_ALIVE`] plus
+/// this, not after the kernel's 15 minutes of retransmits. Any acknowledgement resets the clock.
 pub const UNACKNOWLEDGED_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Sets [`UNACKNOWLEDGED_LIMIT`] on the listening socket; every accepted connection

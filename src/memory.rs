@@ -1,16 +1,6 @@
-//! Gives the memory freed after a wave of connections back to the system.
-//!
-//! glibc's malloc keeps the pages of freed chunks mapped while anything above them in the heap
-//! is still in use, and never returns the middle of a heap by itself. So after thousands of
-//! desktops opened streams at once (after a deploy, or a network blip) and left again, the
-//! process would keep its high-water mark for good: 72 MiB after 3,000 streams had come and
-//! gone, against 20 MiB before the first (`scripts/bench --scenarios 3 --streams 3000`).
-//! `malloc_trim` releases every free page of every arena; a pass over a heap with little
-//! free is a walk of its free lists.
-//!
-//! Each pass first drops the cached login rows nobody read since the pass before
-//! ([`crate::live::cache`]): scattered over the pages the wave freed, they would keep many of
-//! them in use.
+//! Gives memory freed after a wave of connections back to the system: glibc never returns the
+//! middle of a heap by itself, so the process would keep its high-water mark for good. Each pass
+//! first drops the cached rows nobody read ([`crate::live::cache`]), which would pin freed pages.
 
 use std::time::{Duration, Instant};
 

@@ -1,12 +1,6 @@
-//! Logging: one JSON (or human) line per request with its id, route, status and latency.
-//! Secrets, digit codes, tokens and selfie URLs are never logged: the access line carries the
-//! route pattern, never the path (which may hold a watch token).
-//!
-//! Every other line logged while serving a request carries the request's `request_id`, read
-//! from the request's task-local rather than from a `tracing` span: a span per request, its
-//! fields formatted as JSON when it opens, cost more than the rest of a cached poll's logging
-//! (BENCHMARKS.md). The access line itself is written here rather than as a `tracing` event,
-//! for the same reason. It obeys the same filter (`FACEPAIR_LOG`).
+//! Logging: one line per request (id, route pattern, status, latency; never the path, which may
+//! hold a watch token), written here under `FACEPAIR_LOG`; other lines take `request_id` from a
+//! task-local, not a `tracing` span, which costs more. No secret, code, token or selfie URL.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -358,19 +352,9 @@ pub fn lines_dropped() -> u64 {
     sink::dropped()
 }
 
-/// Not `tracing-appender`: its non-blocking writer allocates a `Vec` per line, freed on its log
-/// thread, which is what this sink removed (BENCHMARKS.md, "The log lines").
-///
-/// Log lines reach stderr through one thread, which writes the lines of a millisecond in one
-/// system call. Writers append their line to one buffer under a lock held for the copy: no
-/// channel, and no memory freed on another thread than the one that took it (the access line,
-/// written for every request, is formatted in a buffer its thread keeps, so it allocates
-/// nothing at all). While lines keep coming the thread sleeps on its own timer, so a line wakes
-/// nobody; only the first line after a quiet spell wakes it. Lines stay whole and in the
-/// order they were appended. A line that finds the buffer full (the output stalled) or whose
-/// write fails is dropped and counted: nobody waits for the output. The count is on
-/// `/metrics`, and logged once a write succeeds again. On a normal exit [`flush`] writes what
-/// is left; a process killed outright loses at most the last millisecond.
+/// Not `tracing-appender`, whose writer allocates a line per write and frees it on its thread.
+/// Writers copy lines whole into one buffer under a lock; one thread writes a millisecond's lines
+/// at a time. A line that finds it full, or whose write fails, is dropped and counted.
 mod sink {
     use std::io::Write as _;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -539,10 +523,9 @@ mod sink {
             self.progress.notify_all();
         }
 
-        /// The writer thread: waits for a line only when a millisecond brought none. While
-        /// lines keep coming it is asleep in its own timer, never waiting on the lock's
-        /// condition, so no writer has to wake it. After a write that succeeded, `report` is
-        /// given the number of lines dropped since it was last called, if any.
+        /// The writer thread: while lines keep coming it sleeps on its own timer, so no writer
+        /// wakes it; it waits for a line only when a millisecond brought none. After a write that
+        /// succeeded, `report` gets the number of lines dropped since its last call, if any.
         pub fn write_all(&self, mut out: impl std::io::Write, mut report: impl FnMut(u64)) {
             let mut batch = Vec::with_capacity(KEPT);
             let mut reported = 0;

@@ -40,10 +40,8 @@ pub(crate) fn state_response(
 const MAX_WAIT_SECONDS: u32 = 60;
 
 /// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
-/// request until it differs (a webhook, a platform call, the code's or the approval's
-/// expiry), time is up, or the instance begins to stop (its grace period would cut the wait
-/// short with no answer). An answer given without waiting must first pass `at_once` (the
-/// browser's slow_down rule).
+/// request until it differs, time is up, or the instance begins to stop (answering before the
+/// grace period cuts it). An answer given without waiting must first pass `at_once` (slow_down).
 pub(crate) async fn respond_with_state<Gate, Passed>(
     state: &Context,
     id: Uuid,

@@ -1,16 +1,6 @@
-//! Server-Sent Events of one login's state changes.
-//!
-//! `id:` is the event's per-login sequence number, `event:` its kind, `data:` the login's state
-//! document (the same JSON as the GET) when the event is sent. A reconnecting client sends
-//! `Last-Event-ID` (or `?last_event_id=`) and gets what it missed from the events table. A
-//! comment every 15 s keeps proxies from closing the stream and finds clients that vanished
-//! without closing their connection (it goes unacknowledged, see
-//! [`crate::app::UNACKNOWLEDGED_LIMIT`]); one that closes it ends its stream at once (the
-//! server serves no half-closed connections). The stream ends once the login can no longer change,
-//! and with a reconnect hint on shutdown or after a failed read.
-//!
-//! Each stream is one future (no task, no channel): it sleeps on the hub until its login
-//! changes.
+//! Server-Sent Events of one login: `id:` the per-login event sequence, `event:` its kind,
+//! `data:` the login document; `Last-Event-ID` resumes from the events table. Each stream is one
+//! future asleep on the hub; a keep-alive every 15 s holds proxies open and finds vanished clients.
 
 use std::time::Duration;
 
@@ -155,10 +145,9 @@ impl Stream {
         let fail = |e: sqlx::Error| {
             tracing::warn!(login_id = %self.login_id, error = %e, "SSE read failed; closing the stream");
         };
-        // the login first, then its events, and only the events its document already
-        // includes: a change committed but not yet announced to this instance (its cached row
-        // is still the one before) is sent with the wake-up that announcement brings, never
-        // under an older document
+        // the login first, then only the events its document includes: a change not yet
+        // announced here is sent with the wake-up its announcement brings, never under an older
+        // document
         let row = crate::service::read_login(&self.state, self.login_id)
             .await
             .map_err(fail)?;

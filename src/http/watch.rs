@@ -47,10 +47,9 @@ async fn by_hash(state: &Context, token: WatchToken) -> Result<Option<Uuid>, Api
     Ok(logins::id_for_watch_hash(&state.pool, &token.hash()).await?)
 }
 
-/// Resolves a watch token with `find`, counting unknown tokens per browser address (IPv6 by
-/// /64): past the limit, the address's unknown tokens are refused with 429 for the rest of
-/// the window, so guessing cannot go on. A known token is always served, so an address
-/// blocked by someone else's guesses (a shared NAT) still follows its own logins.
+/// Resolves a watch token with `find`, counting unknown ones per browser address (IPv6 by /64):
+/// past the limit that address's unknown tokens get 429 for the window. Known tokens are always
+/// served, so an address blocked by others' guesses (a shared NAT) still follows its own logins.
 async fn resolve<F, Fut>(
     state: &Context,
     shared: &Web,
@@ -103,11 +102,9 @@ struct WatchPath {
     watch_token: String,
 }
 
-/// Read the login behind a watch token. Browsers are the untrusted pollers: an answer given
-/// at once sooner than `poll_interval_seconds` after the last one is refused with 429
-/// `slow_down` and `Retry-After`. A long poll (`wait` of at least the interval) that waits
-/// for a change is free; one answered at once (the login differs from `If-None-Match`, or
-/// there is none) counts like any poll.
+/// Read the login behind a watch token. Browsers are untrusted pollers: an answer given at once
+/// sooner than `poll_interval_seconds` after the last is 429 `slow_down` with `Retry-After`; a
+/// long poll (`wait` of at least the interval) that waits for a change is free.
 #[utoipa::path(
     get, path = "/v1/watch/{watch_token}", tag = "browser",
     params(WatchPath, WaitQuery),

@@ -79,7 +79,7 @@ pub fn outcome<T>(result: &Result<T, IdenfyError>) -> &'static str {
     }
 }
 
-/// check-status's answer (idenfy-api.md §3). Only `AUTHENTICATION` lets facepair create a
+/// check-status's answer (docs/idenfy-api.md §3). Only `AUTHENTICATION` lets facepair create a
 /// session: it asks about FACE_MATCHING, and sessions are created with that type alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Eligibility {
@@ -108,7 +108,7 @@ pub struct CreatedSession {
     pub digit_string: DigitString,
 }
 
-/// `GET /api/v2/facial-authentication-sessions/{token}/` (idenfy-api.md §7).
+/// `GET /api/v2/facial-authentication-sessions/{token}/` (docs/idenfy-api.md §7).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionState {

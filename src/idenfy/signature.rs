@@ -1,6 +1,6 @@
 //! `Idenfy-Signature`: hex HMAC-SHA256 of the raw body, keyed with the notification's
-//! signing key. Several keys may be configured at once so a key can be rotated without
-//! dropping a webhook.
+//! signing key (docs/idenfy-api.md §6.3). Several keys may be configured at once so a key
+//! can be rotated without dropping a webhook.
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};

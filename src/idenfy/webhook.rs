@@ -1,4 +1,4 @@
-//! The FACIAL_AUTHENTICATION webhook body (idenfy-api.md §6.4). Every field but `status` is
+//! The FACIAL_AUTHENTICATION webhook body (docs/idenfy-api.md §6.4). Every field but `status` is
 //! optional here: a body that lacks one is still stored and judged, never dropped.
 
 use serde::{Deserialize, Serialize};

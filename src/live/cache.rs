@@ -1,22 +1,6 @@
-//! The login rows this instance has read, so an unchanged login is answered without a database
-//! round trip. Correct across instances because every change reaches every instance through
-//! the LISTEN hub, which drops the entry:
-//!
-//! - an entry is used only while this instance's LISTEN connection is up; a reconnect (when
-//!   notifications may have been lost) empties the cache;
-//! - a read records the login's version first and stores its row only if no change arrived
-//!   meanwhile, so a row read before a change is never cached after it;
-//! - the clock's overlay (a code past its expiry reads as expired) is applied on every read,
-//!   so a cached pending row never outlives its code.
-//!
-//! Rows nobody read between two sweeps ([`Cache::sweep`]) are dropped: a login whose desktop
-//! went away, or one followed only by a stream (which reads it again after each change, when
-//! the change has dropped it anyway), would otherwise hold its row, and the heap pages around
-//! it, until the cache filled up.
-//!
-//! A change on another instance is visible here as soon as its NOTIFY arrives, which that
-//! instance sends before it answers the request that made the change. Writes never read from
-//! the cache: they lock the rows in PostgreSQL.
+//! Login rows this instance has read, so an unchanged login costs no round trip. Entries are used
+//! only while LISTEN is up and dropped by every change (a row read before a change is never
+//! stored after it); rows unread between two sweeps go. Writers lock rows in PostgreSQL instead.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

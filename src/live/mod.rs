@@ -1,8 +1,6 @@
-//! Live updates: one LISTEN connection per instance wakes the local subscribers of a login.
-//!
-//! Subscribers never trust a notification's content; they re-read the login from PostgreSQL.
-//! After the listener reconnects (notifications sent meanwhile are lost) every subscriber is
-//! woken to re-read, which is the catch-up.
+//! Live updates: one LISTEN connection per instance wakes the local subscribers of a login,
+//! who re-read it from PostgreSQL rather than trust the notification. After a reconnect (what
+//! was sent meanwhile is lost) every subscriber is woken to re-read: that is the catch-up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -130,10 +128,9 @@ pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: C
     }
 }
 
-/// Wakes local subscribers of logins that changed without this instance hearing of it (a
-/// NOTIFY lost to a crash or a failed batch), and drops their cached rows: each pass reads
-/// the newest event number of every login followed or cached here and compares it with the
-/// last pass's (or the cached row's). One query per instance per period.
+/// Wakes local subscribers of logins that changed unheard (a NOTIFY lost to a crash or a failed
+/// batch) and drops their cached rows: one query per period compares the newest event number of
+/// every login followed or cached here with the one last seen.
 pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

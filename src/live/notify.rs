@@ -1,16 +1,6 @@
-//! The NOTIFYs that wake every instance's listeners, sent in batches on a connection held for
-//! the purpose: one per HTTP worker, on the worker's thread, and one for background tasks.
-//!
-//! A platform's request that made a change waits until a batch that includes it was sent, so
-//! its answer follows its NOTIFY; a webhook's answer does not wait (`Announcement::queue`).
-//! Under load the batches grow by themselves: while one is being sent, the next collects
-//! every change that arrives meanwhile. Changes nobody waits for also gather for up to
-//! [`GATHER`] after the last batch went out, so that under a stream of webhooks a notifier
-//! sends at most one batch per [`GATHER`], and each listener on every instance is woken once
-//! per batch instead of once per change: every NOTIFY costs PostgreSQL a transaction on the
-//! notifying connection and a wake-up of every listening backend. A change someone waits for
-//! sends the batch at once. A batch that cannot be sent is tried again on a fresh connection,
-//! then kept for the next batch, retried with backoff; the backstop covers a crash.
+//! Batched NOTIFYs on connections held for the purpose (one per HTTP worker, one for background
+//! tasks). An awaited change (a platform's request) sends its batch at once; others gather up to
+//! [`GATHER`], so every listener wakes once per batch. Failed batches are retried with backoff.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -61,10 +51,9 @@ impl Pending {
 }
 
 impl Notifier {
-    /// The notifier and the task that sends its batches until `stop`, gathering changes
-    /// nobody waits for for up to `gather` after each batch until `hurry` is cancelled (the
-    /// instance is stopping: a worker's task ends with the worker, and what it gathered
-    /// would be lost with it).
+    /// The notifier and the task that sends its batches until `stop`. Changes nobody waits for
+    /// gather up to `gather` until `hurry` is cancelled: the instance is stopping, and a worker's
+    /// task would take what it gathered along when it ends.
     pub fn start(
         connect: PgConnectOptions,
         gather: Duration,

@@ -1,4 +1,4 @@
-//! The iDenfy API as the simulator plays it (idenfy-api.md §2-4, §7, §9).
+//! The iDenfy API as the simulator plays it (docs/idenfy-api.md §2-4, §7, §9).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -120,7 +120,7 @@ async fn check_status(
     if let Some(refused) = gate(&sim, &req).await {
         return refused;
     }
-    // without `method`, iDenfy's legacy flow is assumed (idenfy-api.md §3, INF)
+    // without `method`, iDenfy's legacy flow is assumed (docs/idenfy-api.md §3, INF)
     let method = query.method.as_deref().unwrap_or("ACTIVE_LIVENESS");
     if !matches!(method, "FACE_MATCHING" | "ACTIVE_LIVENESS") {
         return error(
@@ -135,7 +135,7 @@ async fn check_status(
         return HttpResponse::NotFound().json(json!({ "detail": "Not found." }));
     };
     let kind = match entry.eligibility {
-        // ENROLLMENT is only ever answered for ACTIVE_LIVENESS (idenfy-api.md §3)
+        // ENROLLMENT is only ever answered for ACTIVE_LIVENESS (docs/idenfy-api.md §3)
         Eligibility::Enrollment if method == "FACE_MATCHING" => Eligibility::Authentication,
         other => other,
     };
@@ -266,7 +266,7 @@ async fn create_session(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes)
     HttpResponse::Ok().json(reply)
 }
 
-/// `FacialAuthenticationSession` (idenfy-api.md §7).
+/// `FacialAuthenticationSession` (docs/idenfy-api.md §7).
 fn session_json(s: &Session) -> Value {
     json!({
         "id": s.id,

@@ -1,9 +1,6 @@
-//! A simulated iDenfy, following `idenfy-api.md` field by field: check-status, session
-//! creation with a digit code, the session readers, signed FACIAL_AUTHENTICATION webhooks with
-//! iDenfy's retry policy, and a control API plus a "phone" page that plays the mobile app.
-//!
-//! Where iDenfy's documentation leaves a detail open, the simulator takes the inference the
-//! reference names (each is listed in the README's simulator section).
+//! A simulated iDenfy, following `docs/idenfy-api.md` field by field, with iDenfy's webhook
+//! retries, a control API and a "phone" page that plays the mobile app. Where iDenfy leaves a
+//! detail open it takes the inference that page names (§10), so tests need no credentials.
 
 mod api;
 mod control;

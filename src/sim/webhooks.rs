@@ -1,5 +1,5 @@
 //! Ending sessions and delivering their one FACIAL_AUTHENTICATION webhook, signed and retried
-//! as iDenfy does (idenfy-api.md §6), with faults on request.
+//! as iDenfy does (docs/idenfy-api.md §6), with faults on request.
 
 use std::sync::Arc;
 
