@@ -100,13 +100,15 @@ pub struct ErrorDetail {
     /// address) or `scan_ref_hourly_total` (from all addresses).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<&'static str>,
-    /// For `rate_limited`: `logins_per_api_key`, `logins_per_client_ip` or `watch_misses_per_ip`.
+    /// For `rate_limited`: `logins_per_api_key`, `logins_per_client_ip`, `watch_misses_per_ip`,
+    /// `watch_codes_per_token` or `watch_codes_per_ip`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<&'static str>,
 }
 
 /// Every code a client may see. [`Code::facts`] is the one place its string, its HTTP status
-/// and its meaning are written; the OpenAPI document and the README's table come from it.
+/// and its meaning are written; the OpenAPI document comes from it, and a test holds the
+/// README's table to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     MalformedJson,

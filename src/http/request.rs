@@ -8,6 +8,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 
+use crate::error::ApiError;
 use crate::telemetry::{self, RequestId, write_access};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -44,6 +45,15 @@ pub async fn request_context(
         Ok(res) => (res.status().as_u16(), res.request().match_pattern()),
         Err(e) => (e.as_response_error().status_code().as_u16(), None),
     };
+    if cfg!(debug_assertions)
+        && let (Ok(res), Some(route)) = (&result, route.as_deref())
+        && let Some(error) = res
+            .response()
+            .error()
+            .and_then(|e| e.as_error::<ApiError>())
+    {
+        contract::check(method.as_str(), route, status, error.code());
+    }
     let route = route.as_deref().unwrap_or("unmatched");
     write_access(
         id.as_str(),
@@ -90,6 +100,70 @@ impl Drop for Abandoned<'_> {
                 499,
                 latency_ms,
                 "client closed the connection",
+            );
+        }
+    }
+}
+
+/// In debug builds (the test suite), every error answered is checked against the OpenAPI
+/// document: its status must be listed for the operation, with its code named there.
+pub mod contract {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static UNDOCUMENTED: AtomicU64 = AtomicU64::new(0);
+
+    /// Error answers whose status or code the document does not list for their operation.
+    pub fn undocumented() -> u64 {
+        UNDOCUMENTED.load(Ordering::Relaxed)
+    }
+
+    /// (method, path) -> [(status, description)]
+    type Responses = HashMap<(String, String), Vec<(u16, String)>>;
+
+    fn responses() -> &'static Responses {
+        static DOCUMENT: OnceLock<Responses> = OnceLock::new();
+        DOCUMENT.get_or_init(|| {
+            let doc = serde_json::to_value(crate::http::ops::ApiDoc::document())
+                .expect("the document serialises");
+            let mut out = Responses::new();
+            for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+                for (method, operation) in item.as_object().into_iter().flatten() {
+                    let listed = operation["responses"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(status, r)| {
+                            Some((status.parse().ok()?, r["description"].as_str()?.to_owned()))
+                        })
+                        .collect();
+                    out.insert((method.to_uppercase(), path.clone()), listed);
+                }
+            }
+            out
+        })
+    }
+
+    pub fn check(method: &str, route: &str, status: u16, code: &str) {
+        // any route answers 405 to a method it does not take
+        if code == "method_not_allowed" {
+            return;
+        }
+        let listed = responses().get(&(method.to_owned(), route.to_owned()));
+        let documented = listed.is_some_and(|listed| {
+            listed
+                .iter()
+                .any(|(s, description)| *s == status && description.contains(code))
+        });
+        if !documented {
+            UNDOCUMENTED.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                method,
+                route,
+                status,
+                code,
+                "an error answer the OpenAPI document does not list for its operation"
             );
         }
     }

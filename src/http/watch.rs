@@ -112,8 +112,7 @@ struct WatchPath {
         (status = 200, body = LoginState, description = "without scan_ref or user_ref", headers(("ETag" = String))),
         (status = 304, description = "unchanged since If-None-Match"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
-        (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
-        (status = 429, body = ErrorBody, description = "slow_down (Retry-After)"),
+        (status = 429, body = ErrorBody, description = "slow_down (polled faster than poll_interval_seconds), rate_limited (too many unknown tokens from this address); Retry-After"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),
     )
 )]
@@ -176,9 +175,8 @@ async fn record_poll(
     responses(
         (status = 201, body = LoginState, description = "new code in `attempt.digit_string`"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
-        (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
         (status = 409, body = ErrorBody, description = "already_approved, already_redeemed, login_canceled, code_being_issued"),
-        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, rate_limited (watch_codes_per_token, watch_codes_per_ip), idenfy_rate_limited"),
+        (status = 429, body = ErrorBody, description = "attempt_budget_exhausted, rate_limited (watch_codes_per_token, watch_codes_per_ip, or too many unknown tokens from this address), idenfy_rate_limited; Retry-After"),
         (status = 502, body = ErrorBody, description = "idenfy_rejected"),
         (status = 503, body = ErrorBody, description = "idenfy_unavailable, database_unavailable"),
         (status = 504, body = ErrorBody, description = "idenfy_timeout"),

@@ -275,6 +275,13 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(
+                facepair::http::request::contract::undocumented(),
+                0,
+                "an error answer is missing from the OpenAPI document (see the log)"
+            );
+        }
         let handle = self.handle.clone();
         drop(handle.stop(false));
     }

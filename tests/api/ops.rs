@@ -146,3 +146,26 @@ async fn openapi_covers_every_route_and_error_code(pool: PgPool) {
         assert!(doc["info"]["description"].as_str().unwrap().contains(code));
     }
 }
+
+/// The README's error table lists every code with the status it is answered with.
+#[test]
+fn the_readme_lists_every_error_code_with_its_status() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for code in facepair::error::Code::ALL {
+        let (name, status, _) = code.facts();
+        let row = readme
+            .lines()
+            .find(|l| {
+                l.split('|')
+                    .nth(1)
+                    .is_some_and(|first| first.contains(&format!("`{name}`")))
+            })
+            .unwrap_or_else(|| panic!("README has no row for `{name}`"));
+        let columns: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert!(
+            columns.contains(&status.to_string().as_str()),
+            "`{name}` is {status}: {row}"
+        );
+    }
+}
