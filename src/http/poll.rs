@@ -15,7 +15,8 @@ use crate::store::logins::LoginRow;
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WaitQuery {
     /// Long-poll: answer as soon as the state differs from `If-None-Match`, or after this many
-    /// seconds (at most 60), or at once when the instance begins to stop.
+    /// seconds, or at once when the instance begins to stop. A wait above 60 is taken as 60.
+    #[param(minimum = 0)]
     pub wait: Option<u32>,
 }
 
