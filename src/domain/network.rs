@@ -29,19 +29,6 @@ impl NetworkMatch {
         Self::Different,
         Self::Unknown,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SameAddress => "same_address",
-            Self::SameNetwork => "same_network",
-            Self::Different => "different",
-            Self::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.as_str() == s)
-    }
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) compare as the IPv4 address they carry.

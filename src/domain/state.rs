@@ -39,10 +39,6 @@ impl AttemptStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         self != Self::Pending
     }

@@ -307,12 +307,7 @@ pub async fn redeem(
         risk_tags: row.attempt.risk_tags.unwrap_or_default(),
         phone_ip: row.attempt.phone_ip,
         desktop_ip: row.client_ip,
-        network_match: row
-            .attempt
-            .network_match
-            .as_deref()
-            .and_then(NetworkMatch::parse)
-            .unwrap_or(NetworkMatch::Unknown),
+        network_match: row.attempt.network_match.unwrap_or(NetworkMatch::Unknown),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -185,7 +185,8 @@ impl Stream {
         for event in &events {
             out.push_str(&format!(
                 "id: {}\nevent: {}\ndata: {data}\n\n",
-                event.seq, event.kind
+                event.seq,
+                event.kind.as_str()
             ));
         }
         self.last_sent = last.seq;
