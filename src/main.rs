@@ -164,13 +164,17 @@ async fn logins(database: DatabaseArgs, command: LoginsCommand) -> anyhow::Resul
             limit,
             json,
         } => {
-            if let Some(s) = &status
-                && facepair::domain::LoginStatus::parse(s).is_none()
-            {
-                anyhow::bail!(
-                    "--status: {s:?} is not a login status (pending, approved, redeemed, failed, expired, canceled, exhausted)"
-                );
-            }
+            use facepair::domain::LoginStatus;
+            let status = status
+                .map(|s| {
+                    LoginStatus::parse(&s).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--status: {s:?} is not a login status ({})",
+                            LoginStatus::ALL.map(LoginStatus::as_str).join(", ")
+                        )
+                    })
+                })
+                .transpose()?;
             let filter = report::ListFilter {
                 login_id: None,
                 scan_ref,

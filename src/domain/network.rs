@@ -8,8 +8,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum NetworkMatch {
     /// The same address.
     SameAddress,
@@ -22,25 +23,12 @@ pub enum NetworkMatch {
 }
 
 impl NetworkMatch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SameAddress => "same_address",
-            Self::SameNetwork => "same_network",
-            Self::Different => "different",
-            Self::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::SameAddress,
-            Self::SameNetwork,
-            Self::Different,
-            Self::Unknown,
-        ]
-        .into_iter()
-        .find(|m| m.as_str() == s)
-    }
+    pub const ALL: [NetworkMatch; 4] = [
+        Self::SameAddress,
+        Self::SameNetwork,
+        Self::Different,
+        Self::Unknown,
+    ];
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) compare as the IPv4 address they carry.
@@ -159,6 +147,19 @@ pub fn compare(desktop: Option<&str>, phone: Option<&str>) -> NetworkMatch {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn one_name_each() {
+        use NetworkMatch::*;
+        for (m, name) in [
+            (SameAddress, "same_address"),
+            (SameNetwork, "same_network"),
+            (Different, "different"),
+            (Unknown, "unknown"),
+        ] {
+            super::super::assert_named(m, name);
+        }
+    }
 
     #[test]
     fn cases() {

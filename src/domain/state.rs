@@ -6,8 +6,9 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum AttemptStatus {
     Pending,
     Succeeded,
@@ -38,18 +39,15 @@ impl AttemptStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         self != Self::Pending
     }
 }
 
 /// Who decided an attempt's outcome; kept on the attempt and on every event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Source {
     Platform,
     Webhook,
@@ -59,6 +57,14 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 5] = [
+        Self::Platform,
+        Self::Webhook,
+        Self::Clock,
+        Self::Reconciliation,
+        Self::Watch,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Platform => "platform",
@@ -124,8 +130,9 @@ pub fn effective(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum LoginStatus {
     /// The current code waits for the person.
     Pending,
@@ -167,6 +174,7 @@ impl LoginStatus {
         }
     }
 
+    /// The status named `s`, as the command line takes it.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
@@ -274,14 +282,18 @@ mod tests {
     }
 
     #[test]
-    fn status_names_round_trip() {
+    fn one_name_each() {
         for s in AttemptStatus::ALL {
-            assert_eq!(AttemptStatus::parse(s.as_str()), Some(s));
+            super::super::assert_named(s, s.as_str());
         }
         for s in LoginStatus::ALL {
+            super::super::assert_named(s, s.as_str());
             assert_eq!(LoginStatus::parse(s.as_str()), Some(s));
         }
-        assert_eq!(AttemptStatus::parse("PENDING"), None);
+        for s in Source::ALL {
+            super::super::assert_named(s, s.as_str());
+        }
+        assert_eq!(LoginStatus::parse("PENDING"), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 /// What became of a delivery. Every verdict but a database failure is answered 2xx: iDenfy
 /// must stop retrying something that will never change anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Verdict {
     /// The attempt moved.
     Applied,
@@ -51,6 +52,18 @@ impl Verdict {
             Self::UnknownStatus => "unknown_status",
             Self::UnexpectedType => "unexpected_type",
             Self::Unparseable => "unparseable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_name_each() {
+        for verdict in Verdict::ALL {
+            super::super::assert_named(verdict, verdict.as_str());
         }
     }
 }

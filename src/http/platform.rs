@@ -307,12 +307,7 @@ pub async fn redeem(
         risk_tags: row.attempt.risk_tags.unwrap_or_default(),
         phone_ip: row.attempt.phone_ip,
         desktop_ip: row.client_ip,
-        network_match: row
-            .attempt
-            .network_match
-            .as_deref()
-            .and_then(NetworkMatch::parse)
-            .unwrap_or(NetworkMatch::Unknown),
+        network_match: row.attempt.network_match.unwrap_or(NetworkMatch::Unknown),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -326,7 +321,7 @@ pub async fn redeem(
     security(("api_key" = [])),
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
-         description = "`id:` event sequence, `event:` kind (`login_created`, `attempt_issued`, `attempt_succeeded`, `attempt_failed`, `attempt_canceled`, `attempt_expired`, `attempt_superseded`, `login_canceled`, `login_redeemed`, `approval_expired`), `data:` the LoginState document; a `: keep-alive` comment every 15 s; ends when the login can no longer change"),
+         description = sse::description()),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 404, body = ErrorBody, description = "login_not_found"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::domain::EventKind;
 use crate::error::ApiError;
 use crate::live::Subscription;
 use crate::service::Context;
@@ -37,6 +38,19 @@ pub(crate) fn last_event_id(req: &HttpRequest, query: &EventsQuery) -> Option<i3
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RETRY_MS: u32 = 3000;
 const BATCH: i64 = 100;
+
+/// The OpenAPI description of a login's event stream.
+pub fn description() -> String {
+    let kinds: Vec<String> = EventKind::ALL
+        .iter()
+        .map(|k| format!("`{}`", k.as_str()))
+        .collect();
+    format!(
+        "`id:` event sequence, `event:` kind ({}), `data:` the LoginState document; a \
+         `: keep-alive` comment every 15 s; ends when the login can no longer change",
+        kinds.join(", ")
+    )
+}
 
 struct Stream {
     state: Context,
@@ -176,7 +190,8 @@ impl Stream {
         for event in &events {
             out.push_str(&format!(
                 "id: {}\nevent: {}\ndata: {data}\n\n",
-                event.seq, event.kind
+                event.seq,
+                event.kind.as_str()
             ));
         }
         self.last_sent = last.seq;

@@ -6,12 +6,14 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::{AttemptStatus, LoginStatus, Source};
+
 #[derive(Debug, Default)]
 pub struct ListFilter {
     pub login_id: Option<Uuid>,
     pub scan_ref: Option<String>,
     pub user_ref: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<LoginStatus>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub limit: i64,
@@ -23,10 +25,10 @@ pub struct Summary {
     pub created_at: Option<DateTime<Utc>>,
     pub scan_ref: Option<String>,
     pub user_ref: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<LoginStatus>,
     pub attempts_used: Option<i32>,
     pub max_attempts: Option<i32>,
-    pub current_attempt_status: Option<String>,
+    pub current_attempt_status: Option<AttemptStatus>,
     pub current_fail_reason: Option<String>,
     pub desktop_ip: Option<String>,
     pub desktop_user_agent: Option<String>,
@@ -40,8 +42,8 @@ pub struct TimelineEntry {
     pub entry: Option<String>,
     pub event_seq: Option<i32>,
     pub what: Option<String>,
-    pub source: Option<String>,
-    pub login_status: Option<String>,
+    pub source: Option<Source>,
+    pub login_status: Option<LoginStatus>,
     pub attempt_number: Option<i32>,
     pub detail: Option<serde_json::Value>,
 }
@@ -50,9 +52,10 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Summary>, sqlx::E
     sqlx::query_as!(
         Summary,
         r#"
-        select login_id, created_at, scan_ref, user_ref, status, attempts_used, max_attempts,
-               current_attempt_status, current_fail_reason, desktop_ip, desktop_user_agent,
-               redeemed_at, purged_at
+        select login_id, created_at, scan_ref, user_ref, status as "status: LoginStatus",
+               attempts_used, max_attempts,
+               current_attempt_status as "current_attempt_status: AttemptStatus",
+               current_fail_reason, desktop_ip, desktop_user_agent, redeemed_at, purged_at
         from login_summaries
         where ($7::uuid is null or login_id = $7)
           and ($1::text is null or scan_ref = $1)
@@ -65,7 +68,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Summary>, sqlx::E
         "#,
         f.scan_ref,
         f.user_ref,
-        f.status,
+        f.status as Option<LoginStatus>,
         f.since,
         f.until,
         f.limit,
@@ -91,7 +94,8 @@ pub async fn show(
     let timeline = sqlx::query_as!(
         TimelineEntry,
         r#"
-        select at, entry, event_seq, what, source, login_status, attempt_number, detail
+        select at, entry, event_seq, what, source as "source: Source",
+               login_status as "login_status: LoginStatus", attempt_number, detail
         from login_timeline where login_id = $1
         -- a delivery sorts before the events it caused (same transaction, same instant)
         order by at, entry, event_seq
@@ -108,8 +112,8 @@ fn time(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn text(s: &Option<String>) -> String {
-    s.clone().unwrap_or_else(|| "-".into())
+fn text(s: Option<&str>) -> String {
+    s.unwrap_or("-").to_owned()
 }
 
 /// Lays out rows under a header, each column as wide as its widest cell.
@@ -148,18 +152,18 @@ pub fn render_list(rows: &[Summary]) -> String {
             vec![
                 r.login_id.map(|i| i.to_string()).unwrap_or_default(),
                 time(r.created_at),
-                text(&r.status),
+                text(r.status.map(LoginStatus::as_str)),
                 format!(
                     "{}/{}",
                     r.attempts_used.unwrap_or(0),
                     r.max_attempts.unwrap_or(0)
                 ),
-                match (&r.current_attempt_status, &r.current_fail_reason) {
-                    (Some(s), Some(reason)) => format!("{s} ({reason})"),
-                    (s, _) => text(s),
+                match (r.current_attempt_status, &r.current_fail_reason) {
+                    (Some(s), Some(reason)) => format!("{} ({reason})", s.as_str()),
+                    (s, _) => text(s.map(AttemptStatus::as_str)),
                 },
-                text(&r.scan_ref),
-                text(&r.user_ref),
+                text(r.scan_ref.as_deref()),
+                text(r.user_ref.as_deref()),
             ]
         })
         .collect();
@@ -201,10 +205,10 @@ pub fn render_show(summary: &Summary, timeline: &[TimelineEntry]) -> String {
     ));
     out.push_str(&format!(
         "status    {}   codes {}/{}   last attempt {}{}\n",
-        text(&summary.status),
+        text(summary.status.map(LoginStatus::as_str)),
         summary.attempts_used.unwrap_or(0),
         summary.max_attempts.unwrap_or(0),
-        text(&summary.current_attempt_status),
+        text(summary.current_attempt_status.map(AttemptStatus::as_str)),
         summary
             .current_fail_reason
             .as_ref()
@@ -213,13 +217,13 @@ pub fn render_show(summary: &Summary, timeline: &[TimelineEntry]) -> String {
     ));
     out.push_str(&format!(
         "person    scan_ref {}   user_ref {}\n",
-        text(&summary.scan_ref),
-        text(&summary.user_ref)
+        text(summary.scan_ref.as_deref()),
+        text(summary.user_ref.as_deref())
     ));
     out.push_str(&format!(
         "desktop   {}   {}\n",
-        text(&summary.desktop_ip),
-        text(&summary.desktop_user_agent)
+        text(summary.desktop_ip.as_deref()),
+        text(summary.desktop_user_agent.as_deref())
     ));
     out.push_str(&format!("created   {} UTC\n", time(summary.created_at)));
     if summary.purged_at.is_some() {
@@ -242,12 +246,12 @@ pub fn render_show(summary: &Summary, timeline: &[TimelineEntry]) -> String {
             vec![
                 time(e.at),
                 elapsed,
-                text(&e.what),
-                text(&e.source),
+                text(e.what.as_deref()),
+                text(e.source.map(Source::as_str)),
                 e.attempt_number
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "-".into()),
-                e.login_status.clone().unwrap_or_else(|| "-".into()),
+                text(e.login_status.map(LoginStatus::as_str)),
                 detail_text(&e.detail),
             ]
         })

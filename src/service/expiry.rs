@@ -5,7 +5,7 @@
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AttemptEvent, LoginStatus, Source};
+use crate::domain::{AttemptEvent, EventKind, LoginStatus, Source};
 use crate::service::Context;
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
@@ -99,19 +99,19 @@ async fn expire_approvals(state: &Context) -> Result<(), sqlx::Error> {
             continue;
         };
         let status = view::effective(&row, Utc::now()).1;
-        if row.status != LoginStatus::Approved.as_str() || status == LoginStatus::Approved {
+        if row.status != LoginStatus::Approved || status == LoginStatus::Approved {
             continue;
         }
         changes::apply(
             &mut tx,
             Change {
                 login_id,
-                status: status.as_str(),
+                status,
                 flags: StatusChange::default(),
                 finish: None,
                 event: NewEvent {
-                    kind: "approval_expired",
-                    source: Source::Clock.as_str(),
+                    kind: EventKind::ApprovalExpired,
+                    source: Source::Clock,
                     attempt_id: Some(row.attempt.id),
                     delivery_id: None,
                     detail: serde_json::json!({ "attempt_number": row.attempt.number }),

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::domain::network::NetworkMatch;
 use crate::domain::state::{self, CodeRefusal, LoginFacts};
 use crate::domain::{
-    AttemptEvent, AttemptStatus, Lifetime, Locale, LoginStatus, ScanRef, Source, UserRef,
-    WatchToken,
+    AttemptEvent, AttemptStatus, EventKind, Lifetime, Locale, LoginStatus, ScanRef, Source,
+    UserRef, WatchToken,
 };
 use crate::error::ApiError;
 use crate::idenfy::{CreatedSession, Eligibility, SessionRequest};
@@ -226,12 +226,12 @@ async fn issue(
         &mut tx,
         Change {
             login_id,
-            status: LoginStatus::Pending.as_str(),
+            status: LoginStatus::Pending,
             flags: StatusChange::default(),
             finish: None,
             event: NewEvent {
-                kind: "attempt_issued",
-                source: source.as_str(),
+                kind: EventKind::AttemptIssued,
+                source,
                 attempt_id: Some(attempt_id),
                 delivery_id: None,
                 detail: json!({ "attempt_number": number }),
@@ -285,15 +285,15 @@ pub async fn cancel(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
         &mut tx,
         Change {
             login_id,
-            status: LoginStatus::Canceled.as_str(),
+            status: LoginStatus::Canceled,
             flags: StatusChange {
                 canceled: true,
                 ..Default::default()
             },
             finish: None,
             event: NewEvent {
-                kind: "login_canceled",
-                source: Source::Platform.as_str(),
+                kind: EventKind::LoginCanceled,
+                source: Source::Platform,
                 attempt_id: Some(row.attempt.id),
                 delivery_id: None,
                 detail: json!({}),
@@ -337,15 +337,15 @@ pub async fn redeem(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
         &mut tx,
         Change {
             login_id,
-            status: LoginStatus::Redeemed.as_str(),
+            status: LoginStatus::Redeemed,
             flags: StatusChange {
                 redeemed: true,
                 ..Default::default()
             },
             finish: None,
             event: NewEvent {
-                kind: "login_redeemed",
-                source: Source::Platform.as_str(),
+                kind: EventKind::LoginRedeemed,
+                source: Source::Platform,
                 attempt_id: Some(row.attempt.id),
                 delivery_id: None,
                 detail: json!({}),
@@ -426,8 +426,8 @@ pub async fn move_attempt(
     };
     let canceled = event == AttemptEvent::LoginCanceled;
     // a stranger who types the victim's code and fails does not use up the victim's codes
-    let forgive = to == AttemptStatus::Failed
-        && report.network_match == Some(NetworkMatch::Different.as_str());
+    let forgive =
+        to == AttemptStatus::Failed && report.network_match == Some(NetworkMatch::Different);
     let login = state::login_status(LoginFacts {
         current_attempt: to,
         attempts_used: row.budget_used() - i32::from(forgive),
@@ -450,7 +450,7 @@ pub async fn move_attempt(
         conn,
         Change {
             login_id: row.id,
-            status: login.as_str(),
+            status: login,
             flags: StatusChange {
                 approved_for: (to == AttemptStatus::Succeeded).then_some(approval_ttl),
                 canceled,
@@ -459,13 +459,13 @@ pub async fn move_attempt(
             },
             finish: Some(Finish {
                 attempt_id: row.attempt.id,
-                status: to.as_str(),
-                source: source.as_str(),
+                status: to,
+                source,
                 report,
             }),
             event: NewEvent {
-                kind: attempt_event_kind(to),
-                source: source.as_str(),
+                kind: EventKind::attempt(to),
+                source,
                 attempt_id: Some(row.attempt.id),
                 delivery_id,
                 detail,
@@ -478,17 +478,6 @@ pub async fn move_attempt(
         login,
         fail_reason: report.fail_reason.clone(),
     }))
-}
-
-fn attempt_event_kind(to: AttemptStatus) -> &'static str {
-    match to {
-        AttemptStatus::Pending => "attempt_issued",
-        AttemptStatus::Succeeded => "attempt_succeeded",
-        AttemptStatus::Failed => "attempt_failed",
-        AttemptStatus::Canceled => "attempt_canceled",
-        AttemptStatus::Expired => "attempt_expired",
-        AttemptStatus::Superseded => "attempt_superseded",
-    }
 }
 
 pub(crate) fn ensure_code_allowed(row: &LoginRow, now: DateTime<Utc>) -> Result<(), ApiError> {

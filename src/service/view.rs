@@ -93,7 +93,7 @@ pub fn effective(row: &LoginRow, now: DateTime<Utc>) -> (AttemptStatus, LoginSta
 fn approval_lapsed(row: &LoginRow, now: DateTime<Utc>) -> bool {
     row.approved_at.is_some()
         && (row.approval_expires_at.is_none_or(|at| now >= at)
-            || row.status == LoginStatus::Expired.as_str())
+            || row.status == LoginStatus::Expired)
 }
 
 /// No call or webhook can change the login any more: a final status, or an approval that
@@ -196,8 +196,7 @@ pub fn render(
 ) -> Vec<u8> {
     // for one row, only the clock's overlay (a code or an approval expired, which moves the
     // login's status off the stored one) changes the document's content
-    let slot =
-        2 * (audience == Audience::Browser) as usize + (login_now.as_str() != row.status) as usize;
+    let slot = 2 * (audience == Audience::Browser) as usize + (login_now != row.status) as usize;
     let (head, tail) = row.rendered.0[slot].get_or_init(|| {
         let whole = serde_json::to_vec(&LoginState::build(
             row,
@@ -281,7 +280,7 @@ mod tests {
     fn an_approval_past_its_time_reads_expired_and_the_browser_never_sees_the_login_id() {
         let now = Utc::now();
         let mut approved = row(AttemptStatus::Succeeded, -60);
-        approved.status = "approved".into();
+        approved.status = LoginStatus::Approved;
         approved.attempt.id = uuid::Uuid::now_v7();
         approved.approved_at = Some(now);
         approved.approval_expires_at = Some(now + chrono::Duration::seconds(30));
@@ -331,7 +330,7 @@ mod tests {
                 (status == AttemptStatus::Failed).then(|| "FACE_MISMATCH".into());
             if status == AttemptStatus::Succeeded {
                 // an approval that lapses within the reads
-                row.status = "approved".into();
+                row.status = LoginStatus::Approved;
                 row.approved_at = Some(expires_at - chrono::Duration::seconds(60));
                 row.approval_expires_at = Some(expires_at);
                 row.state = Some("opaque \"state\"".into());

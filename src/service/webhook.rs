@@ -99,7 +99,7 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
             signing_key_index: received.signing_key_index as i32,
             token: body.and_then(|b| b.token.as_deref()),
             idenfy_status: body.map(|b| b.status.as_str()),
-            verdict: verdict.as_str(),
+            verdict,
             attempt_id,
             login_id,
             detail: detail.as_deref(),
@@ -174,9 +174,10 @@ async fn judge(
         client_id: body.client_id.clone(),
         phone_ip: body.ip_address.clone(),
         face_photo_url: body.face_photo.clone(),
-        network_match: Some(
-            network::compare(row.client_ip.as_deref(), body.ip_address.as_deref()).as_str(),
-        ),
+        network_match: Some(network::compare(
+            row.client_ip.as_deref(),
+            body.ip_address.as_deref(),
+        )),
     };
     let moved = service::move_attempt(
         tx,
@@ -200,8 +201,8 @@ async fn settled_verdict(
     attempt_id: Uuid,
 ) -> Result<Verdict, sqlx::Error> {
     let source = attempts::outcome_source(tx, attempt_id).await?;
-    Ok(match source.as_deref() {
-        Some("webhook" | "reconciliation") => Verdict::AttemptTerminal,
+    Ok(match source {
+        Some(Source::Webhook | Source::Reconciliation) => Verdict::AttemptTerminal,
         _ => Verdict::Late,
     })
 }

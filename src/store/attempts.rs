@@ -4,6 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::domain::Source;
+use crate::domain::network::NetworkMatch;
+
 pub struct NewAttempt<'a> {
     pub id: Uuid,
     pub login_id: Uuid,
@@ -47,17 +50,20 @@ pub struct IdenfyReport {
     pub client_id: Option<String>,
     pub phone_ip: Option<String>,
     pub face_photo_url: Option<String>,
-    pub network_match: Option<&'static str>,
+    pub network_match: Option<NetworkMatch>,
 }
 
 /// Who settled an attempt (`None` while pending).
 pub async fn outcome_source(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    let source = sqlx::query_scalar!("select outcome_source from attempts where id = $1", id)
-        .fetch_optional(conn)
-        .await?;
+) -> Result<Option<Source>, sqlx::Error> {
+    let source = sqlx::query_scalar!(
+        r#"select outcome_source as "outcome_source: Source" from attempts where id = $1"#,
+        id
+    )
+    .fetch_optional(conn)
+    .await?;
     Ok(source.flatten())
 }
 

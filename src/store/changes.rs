@@ -5,6 +5,8 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::domain::network::NetworkMatch;
+use crate::domain::{AttemptStatus, EventKind, LoginStatus, Source};
 use crate::store::attempts::{IdenfyReport, NewAttempt};
 use crate::store::logins::{Joined, LoginRow, NewLogin};
 
@@ -22,15 +24,15 @@ pub struct StatusChange {
 /// A pending attempt ending with the change. Its digit code is dropped with it.
 pub struct Finish<'a> {
     pub attempt_id: Uuid,
-    pub status: &'a str,
-    pub source: &'a str,
+    pub status: AttemptStatus,
+    pub source: Source,
     pub report: &'a IdenfyReport,
 }
 
 /// The event row a change appends (numbered by the login's sequence).
-pub struct NewEvent<'a> {
-    pub kind: &'a str,
-    pub source: &'a str,
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub source: Source,
     pub attempt_id: Option<Uuid>,
     pub delivery_id: Option<Uuid>,
     pub detail: serde_json::Value,
@@ -38,10 +40,10 @@ pub struct NewEvent<'a> {
 
 pub struct Change<'a> {
     pub login_id: Uuid,
-    pub status: &'a str,
+    pub status: LoginStatus,
     pub flags: StatusChange,
     pub finish: Option<Finish<'a>>,
-    pub event: NewEvent<'a>,
+    pub event: NewEvent,
 }
 
 /// Applies a change to a login whose row lock the caller holds. Returns the event's sequence
@@ -77,13 +79,13 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
         returning seq
         "#,
         c.login_id,
-        c.status,
+        c.status as LoginStatus,
         c.flags.approved_for.map(|d| d.as_secs_f64()),
         c.flags.redeemed,
         c.flags.canceled,
         c.flags.forgive,
-        f.map(|f| f.status),
-        f.map(|f| f.source),
+        f.map(|f| f.status) as Option<AttemptStatus>,
+        f.map(|f| f.source) as Option<Source>,
         report.and_then(|r| r.idenfy_status.as_deref()),
         report.and_then(|r| r.fail_reason.as_deref()),
         report.and_then(|r| r.risk_tags.as_deref()),
@@ -91,10 +93,10 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
         report.and_then(|r| r.client_id.as_deref()),
         report.and_then(|r| r.phone_ip.as_deref()),
         report.and_then(|r| r.face_photo_url.as_deref()),
-        report.and_then(|r| r.network_match),
+        report.and_then(|r| r.network_match) as Option<NetworkMatch>,
         f.map(|f| f.attempt_id),
-        c.event.kind,
-        c.event.source,
+        c.event.kind as EventKind,
+        c.event.source as Source,
         c.event.attempt_id,
         c.event.delivery_id,
         c.event.detail
@@ -118,7 +120,7 @@ pub async fn create(
             insert into logins (id, scan_ref, user_ref, locale, lifetime_seconds, max_attempts,
                                 client_ip, user_agent, api_key_id, watch_token_hash, status,
                                 event_seq, state)
-            values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, 'pending', 1, $19)
+            values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, $20, 1, $19)
             returning *
         ), attempt as (
             insert into attempts (id, login_id, number, idenfy_token, digit_string,
@@ -127,18 +129,19 @@ pub async fn create(
             returning *
         ), event as (
             insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
-            values ($1, 1, 'login_created', 'platform', 'pending', $11, $16)
+            values ($1, 1, $21, $22, $20, $11, $16)
         )
         select l.id as "id!", l.scan_ref, l.user_ref, l.locale,
                l.lifetime_seconds as "lifetime_seconds!", l.max_attempts as "max_attempts!",
                l.attempts_forgiven as "attempts_forgiven!", host(l.client_ip) as client_ip,
-               l.status as "status!", l.event_seq as "event_seq!", l.created_at as "created_at!",
-               l.approved_at, l.approval_expires_at, l.redeemed_at, l.canceled_at, l.state,
-               a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
-               a.digit_string, a.idenfy_max_attempt_count,
-               a.created_at as "attempt_created_at!", a.expires_at as "expires_at!",
-               a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip,
-               a.network_match
+               l.status as "status!: LoginStatus", l.event_seq as "event_seq!",
+               l.created_at as "created_at!", l.approved_at, l.approval_expires_at, l.redeemed_at,
+               l.canceled_at, l.state, a.id as "attempt_id!", a.number as "attempt_number!",
+               a.status as "attempt_status!: AttemptStatus", a.digit_string,
+               a.idenfy_max_attempt_count, a.created_at as "attempt_created_at!",
+               a.expires_at as "expires_at!", a.finished_at,
+               a.outcome_source as "outcome_source: Source", a.fail_reason, a.risk_tags,
+               a.client_id, a.phone_ip, a.network_match as "network_match: NetworkMatch"
         from login l cross join attempt a
         "#,
         l.id,
@@ -159,9 +162,12 @@ pub async fn create(
         detail,
         a.number,
         a.requested_from,
-        l.state
+        l.state,
+        LoginStatus::Pending as LoginStatus,
+        EventKind::LoginCreated as EventKind,
+        Source::Platform as Source
     )
     .fetch_one(conn)
-    .await?
-    .into_row()
+    .await
+    .map(Joined::into_row)
 }

@@ -3,6 +3,8 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::domain::Verdict;
+
 pub struct NewDelivery<'a> {
     pub id: Uuid,
     pub body: &'a [u8],
@@ -12,7 +14,7 @@ pub struct NewDelivery<'a> {
     pub signing_key_index: i32,
     pub token: Option<&'a str>,
     pub idenfy_status: Option<&'a str>,
-    pub verdict: &'a str,
+    pub verdict: Verdict,
     pub attempt_id: Option<Uuid>,
     pub login_id: Option<Uuid>,
     pub detail: Option<&'a str>,
@@ -33,7 +35,7 @@ pub async fn insert(conn: &mut PgConnection, d: &NewDelivery<'_>) -> Result<(), 
         d.signing_key_index,
         d.token,
         d.idenfy_status,
-        d.verdict,
+        d.verdict as Verdict,
         d.attempt_id,
         d.login_id,
         d.detail

@@ -2,11 +2,13 @@
 
 use uuid::Uuid;
 
+use crate::domain::EventKind;
+
 /// One event as streamed to live readers.
 #[derive(Debug, Clone)]
 pub struct EventRow {
     pub seq: i32,
-    pub kind: String,
+    pub kind: EventKind,
 }
 
 /// Events after `seq`, oldest first.
@@ -18,7 +20,8 @@ pub async fn after(
 ) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as!(
         EventRow,
-        "select seq, kind from events where login_id = $1 and seq > $2 order by seq limit $3",
+        r#"select seq, kind as "kind: EventKind" from events
+           where login_id = $1 and seq > $2 order by seq limit $3"#,
         login_id,
         seq,
         limit

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::AttemptStatus;
+use crate::domain::network::NetworkMatch;
+use crate::domain::{AttemptStatus, LoginStatus, Source};
 
 /// A login and its current attempt, as stored (before the clock's overlay).
 #[derive(Debug, Clone)]
@@ -20,7 +21,7 @@ pub struct LoginRow {
     /// network than the desktop's).
     pub attempts_forgiven: i32,
     pub client_ip: Option<String>,
-    pub status: String,
+    pub status: LoginStatus,
     pub event_seq: i32,
     pub created_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
@@ -60,12 +61,12 @@ pub struct AttemptRow {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub outcome_source: Option<String>,
+    pub outcome_source: Option<Source>,
     pub fail_reason: Option<String>,
     pub risk_tags: Option<Vec<String>>,
     pub client_id: Option<String>,
     pub phone_ip: Option<String>,
-    pub network_match: Option<String>,
+    pub network_match: Option<NetworkMatch>,
 }
 
 #[cfg(test)]
@@ -82,7 +83,7 @@ impl LoginRow {
             max_attempts: 3,
             attempts_forgiven: 0,
             client_ip: None,
-            status: "pending".into(),
+            status: LoginStatus::Pending,
             event_seq: 1,
             created_at: Utc::now(),
             approved_at: None,
@@ -124,13 +125,14 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
         Joined,
         r#"
         select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
-               host(l.client_ip) as client_ip, l.status, l.event_seq, l.created_at,
-               l.approved_at, l.approval_expires_at, l.redeemed_at, l.canceled_at, l.state,
-               a.id as "attempt_id!", a.number as "attempt_number!", a.status as "attempt_status!",
-               a.digit_string, a.idenfy_max_attempt_count,
-               a.created_at as "attempt_created_at!", a.expires_at as "expires_at!",
-               a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip,
-               a.network_match
+               host(l.client_ip) as client_ip, l.status as "status: LoginStatus", l.event_seq,
+               l.created_at, l.approved_at, l.approval_expires_at, l.redeemed_at, l.canceled_at,
+               l.state, a.id as "attempt_id!", a.number as "attempt_number!",
+               a.status as "attempt_status!: AttemptStatus", a.digit_string,
+               a.idenfy_max_attempt_count, a.created_at as "attempt_created_at!",
+               a.expires_at as "expires_at!", a.finished_at,
+               a.outcome_source as "outcome_source: Source", a.fail_reason, a.risk_tags,
+               a.client_id, a.phone_ip, a.network_match as "network_match: NetworkMatch"
         from logins l
         join lateral (
             select * from attempts where login_id = l.id order by number desc limit 1
@@ -140,13 +142,12 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
         id
     )
     .fetch_optional(conn)
-    .await?
-    .map(Joined::into_row)
-    .transpose()
+    .await
+    .map(|found| found.map(Joined::into_row))
 }
 
 /// A login joined with its current attempt, as [`find`] and a creation
-/// (`store::changes::create`) read it, before its attempt status is parsed.
+/// (`store::changes::create`) read it, before it is nested.
 pub(crate) struct Joined {
     pub id: Uuid,
     pub scan_ref: Option<String>,
@@ -156,7 +157,7 @@ pub(crate) struct Joined {
     pub max_attempts: i32,
     pub attempts_forgiven: i32,
     pub client_ip: Option<String>,
-    pub status: String,
+    pub status: LoginStatus,
     pub event_seq: i32,
     pub created_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
@@ -166,27 +167,23 @@ pub(crate) struct Joined {
     pub state: Option<String>,
     pub attempt_id: Uuid,
     pub attempt_number: i32,
-    pub attempt_status: String,
+    pub attempt_status: AttemptStatus,
     pub digit_string: Option<String>,
     pub idenfy_max_attempt_count: Option<i32>,
     pub attempt_created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub outcome_source: Option<String>,
+    pub outcome_source: Option<Source>,
     pub fail_reason: Option<String>,
     pub risk_tags: Option<Vec<String>>,
     pub client_id: Option<String>,
     pub phone_ip: Option<String>,
-    pub network_match: Option<String>,
+    pub network_match: Option<NetworkMatch>,
 }
 
 impl Joined {
-    pub(crate) fn into_row(self) -> Result<LoginRow, sqlx::Error> {
-        // the table's check constraint admits only the statuses facepair knows
-        let attempt_status = AttemptStatus::parse(&self.attempt_status).ok_or_else(|| {
-            sqlx::Error::Decode(format!("unknown attempt status {:?}", self.attempt_status).into())
-        })?;
-        Ok(LoginRow {
+    pub(crate) fn into_row(self) -> LoginRow {
+        LoginRow {
             id: self.id,
             scan_ref: self.scan_ref,
             user_ref: self.user_ref,
@@ -206,7 +203,7 @@ impl Joined {
             attempt: AttemptRow {
                 id: self.attempt_id,
                 number: self.attempt_number,
-                status: attempt_status,
+                status: self.attempt_status,
                 digit_string: self.digit_string,
                 idenfy_max_attempt_count: self.idenfy_max_attempt_count,
                 created_at: self.attempt_created_at,
@@ -220,7 +217,7 @@ impl Joined {
                 network_match: self.network_match,
             },
             rendered: Rendered::default(),
-        })
+        }
     }
 }
 

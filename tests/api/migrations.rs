@@ -1,7 +1,12 @@
 //! Migrations must not lock tables in a way that holds up webhooks (docs/ARCHITECTURE.md,
-//! "Migrations"): every migration after the grandfathered ones is read and checked.
+//! "Migrations"): every migration after the grandfathered ones is read and checked. And the
+//! values their check constraints admit are exactly the names of the domain's enums.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+
+use facepair::domain::network::NetworkMatch;
+use facepair::domain::{AttemptStatus, LoginStatus, Source, Verdict};
+use sqlx::PgPool;
 
 /// Written before the rule; 0002 to 0004 break it.
 const GRANDFATHERED: [&str; 4] = [
@@ -49,6 +54,59 @@ fn new_migrations_do_not_block_webhooks() {
         "migrations that would hold up webhooks (see docs/ARCHITECTURE.md, \"Migrations\"):\n{}",
         problems.join("\n")
     );
+}
+
+/// The values a check constraint of the form `column in ('a', 'b', ...)` admits.
+async fn admitted(pool: &PgPool, constraint: &str) -> BTreeSet<String> {
+    let definition: String = sqlx::query_scalar(
+        "select pg_get_constraintdef(oid) from pg_constraint where conname = $1",
+    )
+    .bind(constraint)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    definition
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The names sqlx stores `values` under.
+async fn stored<T>(pool: &PgPool, values: impl IntoIterator<Item = T>) -> BTreeSet<String>
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+{
+    let mut names = BTreeSet::new();
+    for value in values {
+        let name: String = sqlx::query_scalar("select $1::text")
+            .bind(value)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        names.insert(name);
+    }
+    names
+}
+
+#[sqlx::test]
+async fn check_constraints_admit_exactly_the_enums_names(pool: PgPool) {
+    let logins = stored(&pool, LoginStatus::ALL).await;
+    let attempts = stored(&pool, AttemptStatus::ALL).await;
+    let sources = stored(&pool, Source::ALL).await;
+    let verdicts = stored(&pool, Verdict::ALL).await;
+    let matches = stored(&pool, NetworkMatch::ALL).await;
+    for (constraint, names) in [
+        ("logins_status_check", &logins),
+        ("attempts_status_check", &attempts),
+        ("attempts_outcome_source_check", &sources),
+        ("events_source_check", &sources),
+        ("deliveries_verdict_check", &verdicts),
+        ("attempts_network_match_check", &matches),
+    ] {
+        assert_eq!(&admitted(&pool, constraint).await, names, "{constraint}");
+    }
 }
 
 #[test]
