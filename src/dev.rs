@@ -2,7 +2,7 @@
 //! wired to each other with generated secrets, and a demo platform page that logs a person in
 //! through facepair the way a real platform's backend would.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -121,12 +121,14 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
     let app = Application::build(settings, pool)
         .await
         .with_context(|| taken("facepair", args.listen, "FACEPAIR_LISTEN", "--listen"))?;
-    let host = if args.listen.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        args.listen.ip().to_string()
+    // where this machine reaches facepair: an unspecified address serves loopback too, and
+    // an IPv6 address needs its brackets in a URL
+    let reachable = match args.listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
     };
-    let facepair_url = format!("http://{host}:{}", app.port());
+    let facepair_url = format!("http://{}", SocketAddr::new(reachable, app.port()));
     sim.set_webhook_url(&format!("{facepair_url}/v1/webhooks/idenfy"));
 
     let demo = Demo {
