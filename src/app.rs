@@ -1,7 +1,7 @@
 //! Application::build binds first (tests use port 0), wires the shared state, the route table
 //! and the background tasks, and shuts them down together.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -35,12 +35,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)?;
         drop_vanished_clients(&listener)?;
         let address = listener.local_addr()?;
-        let public_url = settings
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{address}"))
-            .trim_end_matches('/')
-            .to_owned();
+        let public_url = public_url(settings.public_url.as_deref(), address);
         // the notifier outlives the requests still finishing after `stop`: it stops last
         let notifier_stop = CancellationToken::new();
         let shutdown = CancellationToken::new();
@@ -227,6 +222,27 @@ fn drop_vanished_clients(listener: &TcpListener) -> std::io::Result<()> {
     socket2::SockRef::from(listener).set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT))
 }
 
+/// The base URL browsers are given: `FACEPAIR_PUBLIC_URL`, else the listening address. Only a
+/// loopback address is one the browser can be assumed to reach (the sandbox's, on the same
+/// machine); any other, `0.0.0.0` above all, is named in one warning at start-up.
+fn public_url(configured: Option<&str>, address: SocketAddr) -> String {
+    let url = match configured {
+        Some(url) => url.to_owned(),
+        None => {
+            let url = format!("http://{address}");
+            if !address.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %address,
+                    "FACEPAIR_PUBLIC_URL is not set, so watch_url and the pairing page send \
+                     browsers to {url}; set it to the URL browsers reach facepair by"
+                );
+            }
+            url
+        }
+    };
+    url.trim_end_matches('/').into()
+}
+
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -245,6 +261,52 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_url_is_the_setting_else_the_listening_address() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let (url, log) = logged(|| public_url(Some("https://facepair.example.com/"), any));
+        assert_eq!((&*url, &*log), ("https://facepair.example.com", ""));
+
+        let (url, log) = logged(|| public_url(None, any));
+        assert_eq!(&*url, "http://0.0.0.0:8080");
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains("WARN") && log.contains("FACEPAIR_PUBLIC_URL"),
+            "{log}"
+        );
+
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            let (url, log) = logged(|| public_url(None, local.parse().unwrap()));
+            assert_eq!((&*url, &*log), (&*format!("http://{local}"), ""));
+        }
+    }
+
+    /// What `f` returns, and what it logged.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let lines = lines.clone();
+                move || lines.clone()
+            })
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
 
     #[test]
     fn accepted_connections_inherit_the_unacknowledged_limit() {

@@ -2,10 +2,11 @@
 //! wired to each other with generated secrets, and a demo platform page that logs a person in
 //! through facepair the way a real platform's backend would.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 use rand::RngCore as _;
@@ -51,6 +52,11 @@ pub const DEMO_SCAN_REF: &str = "demo-verified-person";
 /// A scanRef that must first complete a full identity verification.
 pub const DEMO_UNVERIFIED_SCAN_REF: &str = "demo-unverified-person";
 
+/// The message for a listener that could not be bound, naming what changes its address.
+fn taken(what: &str, address: SocketAddr, variable: &str, flag: &str) -> String {
+    format!("{what} cannot listen on {address} (set {variable} or pass {flag} to use another)")
+}
+
 fn secret(prefix: &str) -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
@@ -78,7 +84,14 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
             Eligibility::Identification,
         ),
     ];
-    let sim = Simulator::start(sim_config).await?;
+    let sim = Simulator::start(sim_config).await.with_context(|| {
+        taken(
+            "the simulator",
+            args.sim_listen,
+            "FACEPAIR_SIM_LISTEN",
+            "--sim-listen",
+        )
+    })?;
 
     let settings = Settings {
         listen: args.listen,
@@ -105,13 +118,17 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         workers: None,
         reconcile_after: Some(Duration::from_secs(5)),
     };
-    let app = Application::build(settings, pool).await?;
-    let host = if args.listen.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        args.listen.ip().to_string()
+    let app = Application::build(settings, pool)
+        .await
+        .with_context(|| taken("facepair", args.listen, "FACEPAIR_LISTEN", "--listen"))?;
+    // where this machine reaches facepair: an unspecified address serves loopback too, and
+    // an IPv6 address needs its brackets in a URL
+    let reachable = match args.listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
     };
-    let facepair_url = format!("http://{host}:{}", app.port());
+    let facepair_url = format!("http://{}", SocketAddr::new(reachable, app.port()));
     sim.set_webhook_url(&format!("{facepair_url}/v1/webhooks/idenfy"));
 
     let demo = Demo {
@@ -132,7 +149,15 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
                 .route("/demo/logins/{id}/{action}", web::post().to(demo_action))
         }
     })
-    .bind(args.demo_listen)?
+    .bind(args.demo_listen)
+    .with_context(|| {
+        taken(
+            "the demo page",
+            args.demo_listen,
+            "FACEPAIR_DEMO_LISTEN",
+            "--demo-listen",
+        )
+    })?
     .workers(1)
     .run();
     let demo_port = args.demo_listen.port();
