@@ -10,6 +10,7 @@ mod helpers;
 mod lifecycle;
 mod live;
 mod migrations;
+mod model;
 mod ops;
 mod ops_tools;
 mod outage;
