@@ -1147,6 +1147,9 @@ impl Run {
             seen.iter().all(|(_, s, st)| (*s, st) == (seq, &status)) && seq == kinds.len() as i64,
             || format!("GETs {seen:?}, {} events stored", kinds.len()),
         )?;
+        // Known to fail (docs/RELIABILITY.md): a stream opened after the last code's time is
+        // up, before its expiry is recorded, sends `exhausted` and ends; the event recording
+        // the expiry follows and reaches no stream. Strict until fixed.
         let model = self.model.lock().unwrap();
         for stream in model.streams.iter().filter(|s| s.login == login.id) {
             let delivered = stream.delivered.lock().unwrap();
