@@ -96,13 +96,15 @@ fn approval_lapsed(row: &LoginRow, now: DateTime<Utc>) -> bool {
             || row.status == LoginStatus::Expired)
 }
 
-/// No call or webhook can change the login any more: a final status, or an approval that
-/// expired with no code left to ask for.
+/// No call or webhook can change the login any more, and nothing is left to record: a final
+/// status, or an approval that expired with no code left to ask for, as stored. A status the
+/// clock gave before the expiry task recorded it is not settled: its event is still to come.
 pub fn settled(row: &LoginRow, now: DateTime<Utc>) -> bool {
     let status = effective(row, now).1;
-    status.is_final()
-        || (status == LoginStatus::Expired
-            && state::may_issue_code(status, row.budget_used(), row.max_attempts).is_err())
+    status == row.status
+        && (status.is_final()
+            || (status == LoginStatus::Expired
+                && state::may_issue_code(status, row.budget_used(), row.max_attempts).is_err()))
 }
 
 /// When the clock alone next changes the login's document (its code or its approval

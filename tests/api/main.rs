@@ -11,6 +11,7 @@ mod layers;
 mod lifecycle;
 mod live;
 mod migrations;
+mod model;
 mod ops;
 mod ops_tools;
 mod outage;
