@@ -1271,10 +1271,13 @@ impl Run {
 
         // every session iDenfy was asked for is a code, or, when the login changed while
         // iDenfy created it (approved, canceled), a spent reservation counted in the budgets
-        let spent: i64 = sqlx::query_scalar("select count(*) from code_reservations where spent")
-            .fetch_one(pool)
-            .await
-            .map_err(db)?;
+        let spent: i64 = sqlx::query_scalar(
+            "select count(*) from code_reservations where spent and scan_ref like $1 || '%'",
+        )
+        .bind(&self.people)
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
         let sessions = self.apps[0]
             .idenfy
             .received_requests()
