@@ -37,8 +37,8 @@ impl Application {
         let address = listener.local_addr()?;
         let public_url = settings
             .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{address}"))
+            .as_ref()
+            .map_or_else(|| format!("http://{address}"), |u| u.to_string())
             .trim_end_matches('/')
             .to_owned();
         // the notifier outlives the requests still finishing after `stop`: it stops last
@@ -60,7 +60,7 @@ impl Application {
         });
         let state = Context {
             idenfy: IdenfyClient::new(
-                &settings.idenfy_base_url,
+                settings.idenfy_base_url.as_str(),
                 settings.idenfy_api_key.clone(),
                 settings.idenfy_api_secret.clone(),
                 settings.idenfy_timeout,

@@ -23,6 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (migrations must have been applied: `facepair migrate`).
+    #[command(after_help = facepair::config::DURATIONS)]
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     Migrate {

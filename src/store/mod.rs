@@ -22,9 +22,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 pub fn pool_options(database: &crate::config::DatabaseArgs) -> PgPoolOptions {
     hooks(PgPoolOptions::new())
         .max_connections(database.db_max_connections.max(1))
-        .acquire_timeout(std::time::Duration::from_millis(
-            database.db_acquire_timeout_ms,
-        ))
+        .acquire_timeout(database.db_acquire_timeout)
         .test_before_acquire(false)
 }
 

@@ -350,7 +350,7 @@ async fn approval_returns_to_the_platform(pool: PgPool) {
     let sb = Sandbox::start_with(
         pool,
         |_| {},
-        |s| s.return_url = Some("http://127.0.0.1:9/platform/done".into()),
+        |s| s.return_url = Some("http://127.0.0.1:9/platform/done".parse().unwrap()),
     )
     .await;
     let login = sb

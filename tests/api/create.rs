@@ -275,7 +275,10 @@ async fn session_creation_is_not_retried_after_a_5xx(pool: PgPool) {
 
 #[sqlx::test]
 async fn idenfy_unreachable_is_503(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, |s| s.idenfy_base_url = "http://127.0.0.1:9".into()).await;
+    let app = TestApp::spawn_with(pool, |s| {
+        s.idenfy_base_url = "http://127.0.0.1:9".parse().unwrap()
+    })
+    .await;
     let (status, code, _) =
         error_code(app.create_login(json!({ "scan_ref": SCAN_REF })).await).await;
     assert_eq!((status, code.as_str()), (503, "idenfy_unavailable"));
