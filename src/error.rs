@@ -11,6 +11,10 @@ use crate::idenfy::IdenfyError;
 pub enum ApiError {
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
+    /// Valid JSON, but a field has the wrong type, is missing or is unknown; `path` names it
+    /// (`.` for the body itself, `tags[1]` inside a list).
+    #[error("{}: {reason}", json_place(.path))]
+    MismatchedJson { path: String, reason: String },
     #[error("the query string is invalid: {0}")]
     MalformedQuery(String),
     #[error("{0}")]
@@ -181,7 +185,7 @@ impl Code {
             Code::MalformedJson => (
                 "malformed_json",
                 400,
-                "the body is not valid JSON or has wrongly typed fields",
+                "the body is not valid JSON, or a field has the wrong type or is unknown; the message names the field",
             ),
             Code::MalformedQuery => (
                 "malformed_query",
@@ -303,7 +307,7 @@ impl Code {
 impl ApiError {
     pub fn kind(&self) -> Code {
         match self {
-            Self::MalformedJson(_) => Code::MalformedJson,
+            Self::MalformedJson(_) | Self::MismatchedJson { .. } => Code::MalformedJson,
             Self::MalformedQuery(_) => Code::MalformedQuery,
             Self::InvalidField(_) => Code::InvalidField,
             Self::UnsupportedMediaType => Code::UnsupportedMediaType,
@@ -429,6 +433,13 @@ impl From<IdenfyError> for ApiError {
             | IdenfyError::Rejected { .. }
             | IdenfyError::BadResponse(_) => Self::IdenfyRejected(e),
         }
+    }
+}
+
+fn json_place(path: &str) -> String {
+    match path {
+        "." => "the request body".to_owned(),
+        field => format!("the request body's field `{field}`"),
     }
 }
 
