@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 
 use crate::domain::Invalid;
 use crate::idenfy::IdenfyError;
+pub use crate::telemetry::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -441,16 +442,4 @@ fn json_place(path: &str) -> String {
         "." => "the request body".to_owned(),
         field => format!("the request body's field `{field}`"),
     }
-}
-
-/// The whole cause chain on one line, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

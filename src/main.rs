@@ -111,7 +111,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("facepair: {e:#}");
+            eprintln!("facepair: {}", facepair::error::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -151,7 +151,7 @@ impl Stream {
     /// stream so the client reconnects and resumes.
     async fn pending_events(&mut self) -> Result<Option<String>, ()> {
         let fail = |e: sqlx::Error| {
-            tracing::warn!(login_id = %self.login_id, error = %e, "SSE read failed; closing the stream");
+            tracing::warn!(login_id = %self.login_id, error = %crate::error::error_chain(&e), "SSE read failed; closing the stream");
         };
         // the login first, then its events, and only the events its document already
         // includes: a change committed but not yet announced to this instance (its cached row
