@@ -244,8 +244,15 @@ async fn connect(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
             .expose_secret()
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
-    facepair::store::pool_options(database)
-        .connect_with(options)
+    match facepair::store::pool_options(database)
+        .connect_with(options.clone())
         .await
-        .context("could not connect to PostgreSQL (DATABASE_URL)")
+    {
+        // the pool retried a refused connection until it timed out, and says only that
+        Err(e @ sqlx::Error::PoolTimedOut) => {
+            let why = facepair::store::probe::why_no_connection(&options).await;
+            anyhow::bail!("could not connect to PostgreSQL (DATABASE_URL): {e}; {why}")
+        }
+        connected => connected.context("could not connect to PostgreSQL (DATABASE_URL)"),
+    }
 }

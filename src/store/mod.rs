@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod events;
 pub mod limits;
 pub mod logins;
+pub mod probe;
 pub mod reservations;
 
 use std::sync::atomic::{AtomicU64, Ordering};
