@@ -482,7 +482,7 @@ pub const DURATIONS: &str = "Durations: a plain number counts in the unit the se
 /// number counts in it, as it always has; anything else is read by humantime (`90s`, `2m`,
 /// `1h 30m`, `7d`) and must be a whole number of the unit.
 #[derive(Debug, Clone, Copy)]
-pub enum Unit {
+enum Unit {
     Milliseconds,
     Seconds,
     Hours,
@@ -510,7 +510,7 @@ impl Unit {
     }
 
     /// A value parser for durations of `range` units.
-    pub fn range(
+    fn range(
         self,
         range: RangeInclusive<u64>,
     ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
@@ -581,9 +581,9 @@ fn http_url(s: &str) -> Result<Url, String> {
     }
 }
 
-/// One entry of FACEPAIR_FRAME_ANCESTORS: an http(s) origin, written as CSP and postMessage
-/// expect it (`https://platform.example`, no path; `https://*.platform.example` for CSP). An empty entry (a stray comma) reads as
-/// "" and is skipped.
+/// One entry of FACEPAIR_FRAME_ANCESTORS: an http(s) origin as CSP and postMessage expect it
+/// (`https://platform.example`, no path; `https://*.platform.example` for CSP). An empty
+/// entry (a stray comma) reads as "" and is skipped.
 fn origin(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.is_empty() {
