@@ -35,7 +35,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)?;
         drop_vanished_clients(&listener)?;
         let address = listener.local_addr()?;
-        let public_url = public_url(settings.public_url.as_deref(), address);
+        let public_url = public_url(settings.public_url.as_ref().map(url::Url::as_str), address);
         // the notifier outlives the requests still finishing after `stop`: it stops last
         let notifier_stop = CancellationToken::new();
         let shutdown = CancellationToken::new();
@@ -55,7 +55,7 @@ impl Application {
         });
         let state = Context {
             idenfy: IdenfyClient::new(
-                &settings.idenfy_base_url,
+                settings.idenfy_base_url.as_str(),
                 settings.idenfy_api_key.clone(),
                 settings.idenfy_api_secret.clone(),
                 settings.idenfy_timeout,

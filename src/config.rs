@@ -2,10 +2,13 @@
 //! start-up. Secrets have no defaults and redact themselves in `Debug`.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 use secrecy::SecretString;
+use url::Url;
 
 use crate::domain::Lifetime;
 use crate::domain::network::TrustedProxies;
@@ -30,14 +33,16 @@ pub struct DatabaseArgs {
     )]
     pub db_max_connections: u32,
 
-    /// How long a request waits for a pooled connection before answering 503.
+    /// How long a request waits for a pooled connection before answering 503, in
+    /// milliseconds (or a duration like 3s).
     #[arg(
-        long,
+        long = "db-acquire-timeout-ms",
         env = "FACEPAIR_DB_ACQUIRE_TIMEOUT_MS",
         value_name = "FACEPAIR_DB_ACQUIRE_TIMEOUT_MS",
-        default_value_t = 3000
+        value_parser = Unit::Milliseconds.range(0..=u64::MAX),
+        default_value = "3000"
     )]
-    pub db_acquire_timeout_ms: u64,
+    pub db_acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -56,8 +61,13 @@ pub struct ServeArgs {
 
     /// Base URL browsers use to reach facepair, for `watch_url` and the pairing page.
     /// Defaults to `http://<listen>`.
-    #[arg(long, env = "FACEPAIR_PUBLIC_URL", value_name = "FACEPAIR_PUBLIC_URL")]
-    pub public_url: Option<String>,
+    #[arg(
+        long,
+        env = "FACEPAIR_PUBLIC_URL",
+        value_name = "FACEPAIR_PUBLIC_URL",
+        value_parser = http_url
+    )]
+    pub public_url: Option<Url>,
 
     /// Comma-separated platform API keys; several at once for rotation.
     #[arg(
@@ -75,9 +85,10 @@ pub struct ServeArgs {
         long,
         env = "FACEPAIR_IDENFY_BASE_URL",
         value_name = "FACEPAIR_IDENFY_BASE_URL",
+        value_parser = http_url,
         default_value = "https://ivs.idenfy.com"
     )]
-    pub idenfy_base_url: String,
+    pub idenfy_base_url: Url,
 
     /// iDenfy API key (HTTP Basic user name).
     #[arg(
@@ -108,29 +119,34 @@ pub struct ServeArgs {
     )]
     pub idenfy_signing_keys: Vec<SecretString>,
 
-    /// Timeout of one call to iDenfy, in seconds.
+    /// Timeout of one call to iDenfy, 1 to 30 seconds.
     #[arg(
-        long,
+        long = "idenfy-timeout-seconds",
         env = "FACEPAIR_IDENFY_TIMEOUT_SECONDS",
         value_name = "FACEPAIR_IDENFY_TIMEOUT_SECONDS",
-        default_value_t = 8
+        value_parser = Unit::Seconds.range(1..=30),
+        default_value = "8"
     )]
-    pub idenfy_timeout_seconds: u64,
+    pub idenfy_timeout: Duration,
 
-    /// Lifetime of a digit code when the platform does not set one (1..2592000).
+    /// Lifetime of a digit code when the platform does not set one, 1 second to 30 days.
     #[arg(
-        long,
+        long = "code-lifetime-seconds",
         env = "FACEPAIR_CODE_LIFETIME_SECONDS",
         value_name = "FACEPAIR_CODE_LIFETIME_SECONDS",
-        default_value_t = 600
+        value_parser = Unit::Seconds
+            .range(1..=Lifetime::MAX_SECONDS as u64)
+            .try_map(|d| Lifetime::from_seconds(d.as_secs() as i64).map_err(|e| e.reason)),
+        default_value = "600"
     )]
-    pub code_lifetime_seconds: i64,
+    pub code_lifetime: Lifetime,
 
     /// Codes one login may be issued, the first included.
     #[arg(
         long,
         env = "FACEPAIR_MAX_ATTEMPTS_PER_LOGIN",
         value_name = "FACEPAIR_MAX_ATTEMPTS_PER_LOGIN",
+        value_parser = clap::value_parser!(i32).range(1..),
         default_value_t = 3
     )]
     pub max_attempts_per_login: i32,
@@ -142,6 +158,7 @@ pub struct ServeArgs {
         long,
         env = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
         value_name = "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
+        value_parser = clap::value_parser!(i64).range(1..),
         default_value_t = 10
     )]
     pub max_attempts_per_scan_ref_hour: i64,
@@ -157,37 +174,47 @@ pub struct ServeArgs {
     )]
     pub max_attempts_per_scan_ref_hour_total: i64,
 
-    /// How long an approval may be redeemed, in seconds; after that the login reads `expired`.
+    /// How long an approval may be redeemed, 10 seconds to an hour; after that the login
+    /// reads `expired`.
     #[arg(
-        long,
+        long = "approval-ttl-seconds",
         env = "FACEPAIR_APPROVAL_TTL_SECONDS",
         value_name = "FACEPAIR_APPROVAL_TTL_SECONDS",
-        default_value_t = 120
+        value_parser = Unit::Seconds.range(10..=3600),
+        default_value = "120"
     )]
-    pub approval_ttl_seconds: u64,
+    pub approval_ttl: Duration,
 
-    /// How often browsers may poll a watch token, in seconds.
+    /// How often browsers may poll a watch token, in seconds (1 to 60).
     #[arg(
         long,
         env = "FACEPAIR_POLL_INTERVAL_SECONDS",
         value_name = "FACEPAIR_POLL_INTERVAL_SECONDS",
+        value_parser = clap::value_parser!(u32).range(1..=60),
         default_value_t = 2
     )]
     pub poll_interval_seconds: u32,
 
-    /// Largest webhook body accepted, in bytes.
-    #[arg(long, env = "FACEPAIR_WEBHOOK_MAX_BYTES",
-        value_name = "FACEPAIR_WEBHOOK_MAX_BYTES", default_value_t = 64 * 1024)]
-    pub webhook_max_bytes: usize,
-
-    /// How often the expiry task looks for pending attempts past their expiry, in milliseconds.
+    /// Largest webhook body accepted, in bytes (1024 to 1048576).
     #[arg(
         long,
+        env = "FACEPAIR_WEBHOOK_MAX_BYTES",
+        value_name = "FACEPAIR_WEBHOOK_MAX_BYTES",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1024 * 1024),
+        default_value_t = 64 * 1024
+    )]
+    pub webhook_max_bytes: usize,
+
+    /// How often the expiry task looks for pending attempts past their expiry, in
+    /// milliseconds; less than 50 counts as 50.
+    #[arg(
+        long = "expiry-interval-ms",
         env = "FACEPAIR_EXPIRY_INTERVAL_MS",
         value_name = "FACEPAIR_EXPIRY_INTERVAL_MS",
-        default_value_t = 1000
+        value_parser = Unit::Milliseconds.range(0..=u64::MAX),
+        default_value = "1000"
     )]
-    pub expiry_interval_ms: u64,
+    pub expiry_interval: Duration,
 
     /// Comma-separated origins allowed to embed the pairing page in an iframe (CSP
     /// frame-ancestors); they also receive its `postMessage` on approval. Empty: no framing.
@@ -195,52 +222,63 @@ pub struct ServeArgs {
         long,
         env = "FACEPAIR_FRAME_ANCESTORS",
         value_name = "FACEPAIR_FRAME_ANCESTORS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = origin
     )]
     pub frame_ancestors: Vec<String>,
 
-    /// Where the pairing page sends the person after approval (`?login_id=` is added).
-    #[arg(long, env = "FACEPAIR_RETURN_URL", value_name = "FACEPAIR_RETURN_URL")]
-    pub return_url: Option<String>,
+    /// Where the pairing page sends the person after approval (with `?state=` when the platform gave one).
+    #[arg(
+        long,
+        env = "FACEPAIR_RETURN_URL",
+        value_name = "FACEPAIR_RETURN_URL",
+        value_parser = http_url
+    )]
+    pub return_url: Option<Url>,
 
     /// Days after which a finished login's identity data (scan_ref, user_ref, IP addresses,
-    /// user agent, clientId, selfie URL) is removed; outcomes stay.
+    /// user agent, clientId, selfie URL) is removed; outcomes stay. 1 to 36500.
     #[arg(
-        long,
+        long = "retention-days",
         env = "FACEPAIR_RETENTION_DAYS",
         value_name = "FACEPAIR_RETENTION_DAYS",
-        default_value_t = 90
+        value_parser = Unit::Days.range(1..=36_500),
+        default_value = "90"
     )]
-    pub retention_days: i64,
+    pub retention: Duration,
 
-    /// Days after which raw webhook bodies are removed.
+    /// Days after which raw webhook bodies are removed, 1 to 36500.
     #[arg(
-        long,
+        long = "delivery-body-retention-days",
         env = "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
         value_name = "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
-        default_value_t = 30
+        value_parser = Unit::Days.range(1..=36_500),
+        default_value = "30"
     )]
-    pub delivery_body_retention_days: i64,
+    pub delivery_body_retention: Duration,
 
     /// Hours between retention purges; 0 turns the job off (`facepair purge` still works).
     #[arg(
-        long,
+        long = "purge-interval-hours",
         env = "FACEPAIR_PURGE_INTERVAL_HOURS",
         value_name = "FACEPAIR_PURGE_INTERVAL_HOURS",
-        default_value_t = 24
+        value_parser = Unit::Hours.range(0..=u64::MAX),
+        default_value = "24"
     )]
-    pub purge_interval_hours: u64,
+    pub purge_interval: Duration,
 
-    /// Seconds after a code's expiry at which iDenfy is asked what became of a session whose
-    /// webhook never came, before the expiry is recorded; `off` records expiry at once from
-    /// facepair's clock without asking.
+    /// Seconds after a code's expiry (0 to 3600) at which iDenfy is asked what became of a
+    /// session whose webhook never came, before the expiry is recorded; `off` records expiry at
+    /// once from facepair's clock without asking.
     #[arg(
-        long,
+        long = "reconcile-grace-seconds",
         env = "FACEPAIR_RECONCILE_GRACE_SECONDS",
         value_name = "FACEPAIR_RECONCILE_GRACE_SECONDS",
+        value_parser = Unit::Seconds.range(0..=3600).or_off(),
         default_value = "30"
     )]
-    pub reconcile_grace_seconds: String,
+    // qualified, so that clap reads `off` as a value rather than the flag as optional
+    pub reconcile_grace: ::std::option::Option<Duration>,
 
     /// Logins one platform API key may create per minute (all instances together).
     #[arg(
@@ -333,9 +371,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub public_url: Option<String>,
+    pub public_url: Option<Url>,
     pub api_keys: Vec<SecretString>,
-    pub idenfy_base_url: String,
+    pub idenfy_base_url: Url,
     pub idenfy_api_key: SecretString,
     pub idenfy_api_secret: SecretString,
     pub idenfy_signing_keys: Vec<SecretString>,
@@ -348,8 +386,9 @@ pub struct Settings {
     pub poll_interval_seconds: u32,
     pub webhook_max_bytes: usize,
     pub expiry_interval: Duration,
+    /// Origins as `scheme://host[:port]`.
     pub frame_ancestors: Vec<String>,
-    pub return_url: Option<String>,
+    pub return_url: Option<Url>,
     pub retention: Retention,
     /// `None`: expiry is recorded at once from the clock, without asking iDenfy.
     pub reconcile_after: Option<Duration>,
@@ -435,6 +474,146 @@ fn list_entries<'a>(
         .collect()
 }
 
+/// How duration settings read, for `facepair serve --help`.
+pub const DURATIONS: &str = "Durations: a plain number counts in the unit the setting's name ends in \
+    (FACEPAIR_RECONCILE_GRACE_SECONDS=30); 90s, 5m, 2h, 1h 30m or 7d are read too.";
+
+/// The unit a duration setting's name ends in (`_MS`, `_SECONDS`, `_HOURS`, `_DAYS`): a plain
+/// number counts in it, as it always has; anything else is read by humantime (`90s`, `2m`,
+/// `1h 30m`, `7d`) and must be a whole number of the unit.
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Milliseconds,
+    Seconds,
+    Hours,
+    Days,
+}
+
+impl Unit {
+    fn nanos(self) -> u128 {
+        const SECOND: u128 = 1_000_000_000;
+        match self {
+            Unit::Milliseconds => SECOND / 1000,
+            Unit::Seconds => SECOND,
+            Unit::Hours => 3600 * SECOND,
+            Unit::Days => 86_400 * SECOND,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Milliseconds => "milliseconds",
+            Unit::Seconds => "seconds",
+            Unit::Hours => "hours",
+            Unit::Days => "days",
+        }
+    }
+
+    /// A value parser for durations of `range` units.
+    fn range(
+        self,
+        range: RangeInclusive<u64>,
+    ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+        move |s| self.parse(s, &range)
+    }
+
+    fn parse(self, s: &str, range: &RangeInclusive<u64>) -> Result<Duration, String> {
+        let s = s.trim();
+        let d = match s.parse::<u64>() {
+            Ok(n) => self.times(n).ok_or("is too long")?,
+            Err(_) => humantime::parse_duration(s).map_err(|e| {
+                format!(
+                    "is neither a number of {} nor a duration like 90s, 5m or 2h: {e}",
+                    self.name()
+                )
+            })?,
+        };
+        if d.as_nanos() % self.nanos() != 0 {
+            return Err(format!("must be a whole number of {}", self.name()));
+        }
+        let count = d.as_nanos() / self.nanos();
+        if !u64::try_from(count).is_ok_and(|c| range.contains(&c)) {
+            return Err(match *range.end() {
+                u64::MAX => format!("must be at least {} {}", range.start(), self.name()),
+                end => format!("must be {} to {end} {}", range.start(), self.name()),
+            });
+        }
+        Ok(d)
+    }
+
+    fn times(self, n: u64) -> Option<Duration> {
+        match self {
+            Unit::Milliseconds => Some(Duration::from_millis(n)),
+            Unit::Seconds => Some(Duration::from_secs(n)),
+            Unit::Hours => n.checked_mul(3600).map(Duration::from_secs),
+            Unit::Days => n.checked_mul(86_400).map(Duration::from_secs),
+        }
+    }
+}
+
+/// `off`, or what `parse` reads.
+trait OrOff {
+    fn or_off(
+        self,
+    ) -> impl Fn(&str) -> Result<Option<Duration>, String> + Clone + Send + Sync + 'static;
+}
+
+impl<P> OrOff for P
+where
+    P: Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static,
+{
+    fn or_off(
+        self,
+    ) -> impl Fn(&str) -> Result<Option<Duration>, String> + Clone + Send + Sync + 'static {
+        move |s| match s.trim() {
+            "off" => Ok(None),
+            s => self(s).map(Some),
+        }
+    }
+}
+
+/// An absolute `http` or `https` URL.
+fn http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("must be an http(s) URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("must be an http(s) URL, not {other}:")),
+    }
+}
+
+/// One entry of FACEPAIR_FRAME_ANCESTORS: an http(s) origin as CSP and postMessage expect it
+/// (`https://platform.example`, no path; `https://*.platform.example` for CSP). An empty
+/// entry (a stray comma) reads as "" and is skipped.
+fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let not_origin = "is not an origin like https://platform.example";
+    let url = http_url(s).map_err(|e| format!("{not_origin}: {e}"))?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{not_origin}: it has a path"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{not_origin}: it has a user name"));
+    }
+    // WHATWG URLs allow `;`, `'` and `,` in a host, which would end the CSP directive
+    let host_name = |d: &str| {
+        d.strip_prefix("*.").unwrap_or(d).split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+    };
+    match url.host() {
+        Some(url::Host::Domain(d)) if !host_name(d) => {
+            Err(format!("{not_origin}: {d:?} is not a host name"))
+        }
+        _ => Ok(url.origin().ascii_serialization()),
+    }
+}
+
 /// Keys shorter than this are refused: a platform key or a signing key must not be guessable.
 const MIN_KEY_LENGTH: usize = 16;
 
@@ -471,6 +650,8 @@ fn key_list(
 }
 
 impl ServeArgs {
+    /// The settings, after the checks that span several variables or concern secrets; each
+    /// variable's own range and form were checked as it was parsed.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         use secrecy::ExposeSecret;
         let api_keys = key_list("FACEPAIR_API_KEYS", &self.api_keys)?;
@@ -499,92 +680,13 @@ impl ServeArgs {
         if self.idenfy_api_secret.expose_secret().is_empty() {
             return Err(bad("FACEPAIR_IDENFY_API_SECRET", "must not be empty"));
         }
-        if !(self.idenfy_base_url.starts_with("http://")
-            || self.idenfy_base_url.starts_with("https://"))
-        {
-            return Err(bad("FACEPAIR_IDENFY_BASE_URL", "must be an http(s) URL"));
-        }
-        if let Some(url) = &self.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(bad("FACEPAIR_PUBLIC_URL", "must be an http(s) URL"));
-        }
-        let origin_like = |o: &str| {
-            (o.starts_with("https://") || o.starts_with("http://"))
-                && !o
-                    .trim_end_matches('/')
-                    .contains(|c: char| c.is_whitespace() || c == ';' || c == '\'' || c == ',')
-                && o.matches('/').count() == 2
-        };
-        let frame_ancestors: Vec<String> = self
-            .frame_ancestors
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect();
-        if let Some(bad_origin) = frame_ancestors.iter().find(|o| !origin_like(o)) {
-            return Err(bad(
-                "FACEPAIR_FRAME_ANCESTORS",
-                format!("{bad_origin:?} is not an origin like https://platform.example"),
-            ));
-        }
-        if let Some(url) = &self.return_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(bad("FACEPAIR_RETURN_URL", "must be an http(s) URL"));
-        }
-        if !(1..=36_500).contains(&self.retention_days) {
-            return Err(bad("FACEPAIR_RETENTION_DAYS", "must be 1 to 36500"));
-        }
-        if !(1..=36_500).contains(&self.delivery_body_retention_days) {
-            return Err(bad(
-                "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
-                "must be 1 to 36500",
-            ));
-        }
-        let reconcile_after = match self.reconcile_grace_seconds.trim() {
-            "off" => None,
-            n => Some(Duration::from_secs(
-                n.parse::<u64>()
-                    .ok()
-                    .filter(|n| *n <= 3600)
-                    .ok_or_else(|| {
-                        bad(
-                            "FACEPAIR_RECONCILE_GRACE_SECONDS",
-                            "must be 0 to 3600 seconds, or off",
-                        )
-                    })?,
-            )),
-        };
-        let code_lifetime = Lifetime::from_seconds(self.code_lifetime_seconds)
-            .map_err(|e| bad("FACEPAIR_CODE_LIFETIME_SECONDS", e.reason))?;
-        if self.max_attempts_per_login < 1 {
-            return Err(bad("FACEPAIR_MAX_ATTEMPTS_PER_LOGIN", "must be at least 1"));
-        }
-        if self.max_attempts_per_scan_ref_hour < 1 {
-            return Err(bad(
-                "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
-                "must be at least 1",
-            ));
-        }
         if self.max_attempts_per_scan_ref_hour_total < self.max_attempts_per_scan_ref_hour {
             return Err(bad(
                 "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR_TOTAL",
                 "must be at least FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
             ));
         }
-        if !(10..=3600).contains(&self.approval_ttl_seconds) {
-            return Err(bad("FACEPAIR_APPROVAL_TTL_SECONDS", "must be 10 to 3600"));
-        }
-        if !(1..=60).contains(&self.poll_interval_seconds) {
-            return Err(bad("FACEPAIR_POLL_INTERVAL_SECONDS", "must be 1 to 60"));
-        }
-        if !(1..=30).contains(&self.idenfy_timeout_seconds) {
-            return Err(bad("FACEPAIR_IDENFY_TIMEOUT_SECONDS", "must be 1 to 30"));
-        }
-        if !(1024..=1024 * 1024).contains(&self.webhook_max_bytes) {
-            return Err(bad("FACEPAIR_WEBHOOK_MAX_BYTES", "must be 1024 to 1048576"));
-        }
+        let days = |d: Duration| chrono::Duration::from_std(d).expect("at most 36500 days");
         Ok(Settings {
             listen: self.listen,
             public_url: self.public_url.clone(),
@@ -593,18 +695,23 @@ impl ServeArgs {
             idenfy_api_key: self.idenfy_api_key.clone(),
             idenfy_api_secret: self.idenfy_api_secret.clone(),
             idenfy_signing_keys,
-            idenfy_timeout: Duration::from_secs(self.idenfy_timeout_seconds),
-            code_lifetime,
+            idenfy_timeout: self.idenfy_timeout,
+            code_lifetime: self.code_lifetime,
             max_attempts_per_login: self.max_attempts_per_login,
             max_attempts_per_scan_ref_hour: self.max_attempts_per_scan_ref_hour,
             max_attempts_per_scan_ref_hour_total: self.max_attempts_per_scan_ref_hour_total,
-            approval_ttl: Duration::from_secs(self.approval_ttl_seconds),
+            approval_ttl: self.approval_ttl,
             poll_interval_seconds: self.poll_interval_seconds,
             webhook_max_bytes: self.webhook_max_bytes,
-            expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(50)),
-            frame_ancestors,
+            expiry_interval: self.expiry_interval.max(Duration::from_millis(50)),
+            frame_ancestors: self
+                .frame_ancestors
+                .iter()
+                .filter(|o| !o.is_empty())
+                .cloned()
+                .collect(),
             return_url: self.return_url.clone(),
-            reconcile_after,
+            reconcile_after: self.reconcile_grace,
             limits: Limits {
                 logins_per_api_key_per_minute: self.logins_per_api_key_per_minute.max(1),
                 logins_per_client_ip_per_hour: self.logins_per_client_ip_per_hour.max(1),
@@ -615,10 +722,9 @@ impl ServeArgs {
             trusted_proxies,
             workers: self.workers.filter(|w| *w > 0),
             retention: Retention {
-                identity: chrono::Duration::days(self.retention_days),
-                delivery_bodies: chrono::Duration::days(self.delivery_body_retention_days),
-                every: (self.purge_interval_hours > 0)
-                    .then(|| Duration::from_secs(self.purge_interval_hours * 3600)),
+                identity: days(self.retention),
+                delivery_bodies: days(self.delivery_body_retention),
+                every: (!self.purge_interval.is_zero()).then_some(self.purge_interval),
             },
         })
     }
@@ -639,6 +745,18 @@ mod tests {
     /// Settings from flags (flags win over any `FACEPAIR_*` variable in the environment); a
     /// flag in `extra` replaces the default one of the same name.
     fn settings(extra: &[&str]) -> Result<Settings, ConfigError> {
+        parse(extra).unwrap().serve.settings()
+    }
+
+    /// The message a value refused as it is parsed stops start-up with.
+    fn refused(flag: &str) -> String {
+        match parse(&[flag]) {
+            Ok(_) => panic!("{flag} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
         let defaults = [
             "--database-url=postgres://localhost/x",
             "--api-keys=platform-key-0000001",
@@ -652,9 +770,6 @@ mod tests {
             .filter(|d| !extra.iter().any(|e| name(e) == name(d)))
             .chain(extra);
         Cli::try_parse_from(std::iter::once(&"facepair").chain(args))
-            .unwrap()
-            .serve
-            .settings()
     }
 
     fn exposed(keys: &[SecretString]) -> Vec<&str> {
@@ -739,5 +854,223 @@ mod tests {
             assert_eq!(e.reason, "entry 2 is shorter than 16 characters");
             assert!(!e.to_string().contains("short-key"), "{e}");
         }
+    }
+
+    #[test]
+    fn ranges_are_checked_as_variables_are_read_and_named_in_the_message() {
+        for (flag, variable, wanted) in [
+            (
+                "--poll-interval-seconds=0",
+                "FACEPAIR_POLL_INTERVAL_SECONDS",
+                "1..=60",
+            ),
+            (
+                "--poll-interval-seconds=61",
+                "FACEPAIR_POLL_INTERVAL_SECONDS",
+                "1..=60",
+            ),
+            (
+                "--webhook-max-bytes=1023",
+                "FACEPAIR_WEBHOOK_MAX_BYTES",
+                "1024..=1048576",
+            ),
+            (
+                "--max-attempts-per-login=0",
+                "FACEPAIR_MAX_ATTEMPTS_PER_LOGIN",
+                "1..",
+            ),
+            (
+                "--max-attempts-per-scan-ref-hour=0",
+                "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
+                "1..",
+            ),
+            (
+                "--idenfy-timeout-seconds=31",
+                "FACEPAIR_IDENFY_TIMEOUT_SECONDS",
+                "1 to 30 seconds",
+            ),
+            (
+                "--idenfy-timeout-seconds=0",
+                "FACEPAIR_IDENFY_TIMEOUT_SECONDS",
+                "1 to 30 seconds",
+            ),
+            (
+                "--approval-ttl-seconds=9",
+                "FACEPAIR_APPROVAL_TTL_SECONDS",
+                "10 to 3600 seconds",
+            ),
+            (
+                "--approval-ttl-seconds=2h",
+                "FACEPAIR_APPROVAL_TTL_SECONDS",
+                "10 to 3600 seconds",
+            ),
+            (
+                "--code-lifetime-seconds=0",
+                "FACEPAIR_CODE_LIFETIME_SECONDS",
+                "1 to 2592000 seconds",
+            ),
+            (
+                "--code-lifetime-seconds=31d",
+                "FACEPAIR_CODE_LIFETIME_SECONDS",
+                "1 to 2592000 seconds",
+            ),
+            (
+                "--retention-days=0",
+                "FACEPAIR_RETENTION_DAYS",
+                "1 to 36500 days",
+            ),
+            (
+                "--delivery-body-retention-days=36501",
+                "FACEPAIR_DELIVERY_BODY_RETENTION_DAYS",
+                "1 to 36500 days",
+            ),
+            (
+                "--reconcile-grace-seconds=3601",
+                "FACEPAIR_RECONCILE_GRACE_SECONDS",
+                "0 to 3600 seconds",
+            ),
+            (
+                "--reconcile-grace-seconds=soon",
+                "FACEPAIR_RECONCILE_GRACE_SECONDS",
+                "nor a duration like 90s",
+            ),
+            (
+                "--reconcile-grace-seconds=1500ms",
+                "FACEPAIR_RECONCILE_GRACE_SECONDS",
+                "whole number of seconds",
+            ),
+            (
+                "--retention-days=36h",
+                "FACEPAIR_RETENTION_DAYS",
+                "whole number of days",
+            ),
+            (
+                "--purge-interval-hours=-1",
+                "FACEPAIR_PURGE_INTERVAL_HOURS",
+                "number of hours",
+            ),
+        ] {
+            let e = refused(flag);
+            assert!(e.contains(variable) && e.contains(wanted), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_are_plain_numbers_in_their_unit_or_humantime() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.reconcile_after, Some(Duration::from_secs(30)));
+        assert_eq!(s.approval_ttl, Duration::from_secs(120));
+        assert_eq!(s.code_lifetime.seconds(), 600);
+        assert_eq!(s.retention.identity, chrono::Duration::days(90));
+        assert_eq!(s.retention.every, Some(Duration::from_secs(24 * 3600)));
+        let s = settings(&[
+            "--reconcile-grace-seconds=off",
+            "--approval-ttl-seconds=2m",
+            "--code-lifetime-seconds=1h 30m",
+            "--idenfy-timeout-seconds=30",
+            "--retention-days=2w",
+            "--delivery-body-retention-days=7",
+            "--purge-interval-hours=0",
+            "--expiry-interval-ms=10",
+        ])
+        .unwrap();
+        assert_eq!(s.reconcile_after, None);
+        assert_eq!(s.approval_ttl, Duration::from_secs(120));
+        assert_eq!(s.code_lifetime.seconds(), 5400);
+        assert_eq!(s.idenfy_timeout, Duration::from_secs(30));
+        assert_eq!(s.retention.identity, chrono::Duration::days(14));
+        assert_eq!(s.retention.delivery_bodies, chrono::Duration::days(7));
+        assert_eq!(s.retention.every, None);
+        assert_eq!(
+            s.expiry_interval,
+            Duration::from_millis(50),
+            "at least 50 ms"
+        );
+        for grace in ["0", " 45 ", "45s", "1h"] {
+            let s = settings(&[&format!("--reconcile-grace-seconds={grace}")]).unwrap();
+            assert!(s.reconcile_after.is_some(), "{grace}");
+        }
+    }
+
+    #[test]
+    fn urls_must_be_http_and_absolute() {
+        for (flag, variable) in [
+            ("--public-url", "FACEPAIR_PUBLIC_URL"),
+            ("--idenfy-base-url", "FACEPAIR_IDENFY_BASE_URL"),
+            ("--return-url", "FACEPAIR_RETURN_URL"),
+        ] {
+            for url in [
+                "ivs.idenfy.com",
+                "ftp://ivs.idenfy.com",
+                "https://",
+                "/path",
+            ] {
+                let e = refused(&format!("{flag}={url}"));
+                assert!(
+                    e.contains(variable) && e.contains("http(s) URL"),
+                    "{url}: {e}"
+                );
+            }
+            settings(&[&format!("{flag}=https://facepair.example:8443/base")]).unwrap();
+        }
+        let s = settings(&["--return-url=http://127.0.0.1:9/platform/done"]).unwrap();
+        assert_eq!(
+            s.return_url.unwrap().as_str(),
+            "http://127.0.0.1:9/platform/done"
+        );
+        assert_eq!(
+            settings(&[]).unwrap().idenfy_base_url.as_str(),
+            "https://ivs.idenfy.com/"
+        );
+    }
+
+    #[test]
+    fn frame_ancestors_are_origins() {
+        let s = settings(&[
+            "--frame-ancestors= https://Platform.Example/ ,,http://127.0.0.1:9000,https://*.platform.example,",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.frame_ancestors,
+            [
+                "https://platform.example",
+                "http://127.0.0.1:9000",
+                "https://*.platform.example"
+            ]
+        );
+        assert!(
+            settings(&["--frame-ancestors="])
+                .unwrap()
+                .frame_ancestors
+                .is_empty()
+        );
+        for origin in [
+            "platform.example",
+            "https://platform.example/login",
+            "https://platform.example?x=1",
+            "https://user@platform.example",
+            "javascript:alert(1)",
+            "https://platform.example;script-src *",
+            "https://platform.example;script-src",
+            "https://platform.example'",
+            "https://platform.example%3Bscript-src",
+            "https://*",
+        ] {
+            let e = refused(&format!("--frame-ancestors={origin}"));
+            assert!(
+                e.contains("FACEPAIR_FRAME_ANCESTORS") && e.contains("not an origin"),
+                "{origin}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_total_budget_is_at_least_the_per_address_one() {
+        let e = settings(&[
+            "--max-attempts-per-scan-ref-hour=20",
+            "--max-attempts-per-scan-ref-hour-total=19",
+        ])
+        .unwrap_err();
+        assert_eq!(e.variable, "FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR_TOTAL");
     }
 }

@@ -97,7 +97,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         listen: args.listen,
         public_url: None,
         api_keys: vec![SecretString::from(api_key.clone())],
-        idenfy_base_url: sim.base_url(),
+        idenfy_base_url: sim.base_url().parse()?,
         idenfy_api_key: SecretString::from(idenfy_key),
         idenfy_api_secret: SecretString::from(idenfy_secret),
         idenfy_signing_keys: vec![SecretString::from(signing_key)],

@@ -6,11 +6,16 @@ use utoipa::ToSchema;
 
 use crate::domain::Invalid;
 use crate::idenfy::IdenfyError;
+pub use crate::telemetry::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
+    /// Valid JSON, but a field has the wrong type, is missing or is unknown; `path` names it
+    /// (`.` for the body itself, `tags[1]` inside a list).
+    #[error("{}: {reason}", json_place(.path))]
+    MismatchedJson { path: String, reason: String },
     #[error("the query string is invalid: {0}")]
     MalformedQuery(String),
     #[error("{0}")]
@@ -183,7 +188,7 @@ impl Code {
             Code::MalformedJson => (
                 "malformed_json",
                 400,
-                "the body is not valid JSON or has wrongly typed fields",
+                "the body is not valid JSON, or a field has the wrong type or is unknown; the message names the field",
             ),
             Code::MalformedQuery => (
                 "malformed_query",
@@ -305,7 +310,7 @@ impl Code {
 impl ApiError {
     pub fn kind(&self) -> Code {
         match self {
-            Self::MalformedJson(_) => Code::MalformedJson,
+            Self::MalformedJson(_) | Self::MismatchedJson { .. } => Code::MalformedJson,
             Self::MalformedQuery(_) => Code::MalformedQuery,
             Self::InvalidField(_) => Code::InvalidField,
             Self::UnsupportedMediaType => Code::UnsupportedMediaType,
@@ -434,14 +439,9 @@ impl From<IdenfyError> for ApiError {
     }
 }
 
-/// The whole cause chain on one line, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+fn json_place(path: &str) -> String {
+    match path {
+        "." => "the request body".to_owned(),
+        field => format!("the request body's field `{field}`"),
     }
-    out
 }

@@ -23,6 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (migrations must have been applied: `facepair migrate`).
+    #[command(after_help = facepair::config::DURATIONS)]
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     Migrate {
@@ -110,7 +111,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("facepair: {e:#}");
+            eprintln!("facepair: {}", facepair::error::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -247,8 +248,15 @@ async fn connect(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
             .expose_secret()
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
-    facepair::store::pool_options(database)
-        .connect_with(options)
+    match facepair::store::pool_options(database)
+        .connect_with(options.clone())
         .await
-        .context("could not connect to PostgreSQL (DATABASE_URL)")
+    {
+        // the pool retried a refused connection until it timed out, and says only that
+        Err(e @ sqlx::Error::PoolTimedOut) => {
+            let why = facepair::store::probe::why_no_connection(&options).await;
+            anyhow::bail!("could not connect to PostgreSQL (DATABASE_URL): {e}; {why}")
+        }
+        connected => connected.context("could not connect to PostgreSQL (DATABASE_URL)"),
+    }
 }

@@ -841,6 +841,48 @@ mod sink {
     }
 }
 
+/// The whole cause chain on one line, for logs, each cause once: a cause whose text its
+/// parent's message already carries (`error communicating with database: {0}`) is skipped.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = cause_text(e);
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
+}
+
+/// One cause's own text. A database error reads as its message, SQLSTATE and constraint:
+/// sqlx's `Display` of a PostgreSQL error adds the line of PostgreSQL's C source that raised
+/// it, which says nothing about facepair. Its detail is left out, as it may quote a row.
+fn cause_text(e: &(dyn std::error::Error + 'static)) -> String {
+    use sqlx::error::DatabaseError;
+    // sqlx::Error::Database's source is the boxed error itself
+    let (prefix, db): (&str, &dyn DatabaseError) = match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => ("error returned from database: ", &**db),
+        _ => match e.downcast_ref::<Box<dyn DatabaseError>>() {
+            Some(db) => ("", &**db),
+            None => return e.to_string(),
+        },
+    };
+    let mut text = format!("{prefix}{}", db.message());
+    if let Some(code) = db.code() {
+        text.push_str(&format!(" (SQLSTATE {code}"));
+        if let Some(constraint) = db.constraint() {
+            text.push_str(&format!(", constraint {constraint}"));
+        }
+        text.push(')');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,12 @@
 //! The API's errors as HTTP answers: the status and code from `error::Code`, `Retry-After`,
-//! and one JSON body.
+//! and one JSON body. The request's log line for a failure is written by
+//! `request::request_context`, which may need to ask the database why it failed.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::error::{ApiError, ErrorBody, ErrorDetail, error_chain};
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
@@ -14,9 +15,6 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() || matches!(self, Self::IdenfyRateLimited { .. }) {
-            tracing::error!(code = self.code(), error = %error_chain(self), "request failed");
-        }
         let mut response = HttpResponse::build(status);
         if let Some(seconds) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));

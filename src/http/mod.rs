@@ -15,8 +15,11 @@ pub mod webhook;
 
 use std::net::IpAddr;
 
+use actix_web::dev::Payload;
 use actix_web::error::JsonPayloadError;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
 
 use std::sync::Arc;
 
@@ -134,4 +137,29 @@ fn json_error(e: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
         other => ApiError::MalformedJson(other.to_string()),
     }
     .into()
+}
+
+/// A JSON body whose error names the field that did not fit: actix's `Json` checks the content
+/// type and size and parses; serde_path_to_error then reads `T` and knows where it failed
+/// (serde's own message says what was expected, not where).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json = web::Json::<serde_json::Value>::from_request(req, payload);
+        Box::pin(async move {
+            serde_path_to_error::deserialize(json.await?.into_inner())
+                .map(JsonBody)
+                .map_err(|e| {
+                    ApiError::MismatchedJson {
+                        path: e.path().to_string(),
+                        reason: e.into_inner().to_string(),
+                    }
+                    .into()
+                })
+        })
+    }
 }

@@ -19,7 +19,7 @@ const JS: &str = include_str!("pair/pair.js");
 pub async fn page(state: web::Data<Context>) -> HttpResponse {
     let config = serde_json::json!({
         "parent_origins": state.settings.frame_ancestors,
-        "return_url": state.settings.return_url,
+        "return_url": state.settings.return_url.as_ref().map(url::Url::as_str),
     });
     let body = HTML.replace("{{CONFIG}}", &escape_attribute(&config.to_string()));
     let ancestors = if state.settings.frame_ancestors.is_empty() {

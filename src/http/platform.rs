@@ -10,10 +10,10 @@ use uuid::Uuid;
 use crate::domain::network::NetworkMatch;
 use crate::domain::{Lifetime, Locale, ScanRef, Source, UserRef, types};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::Web;
 use crate::http::auth::ApiKey;
 use crate::http::poll::{WaitQuery, respond_with_state, state_response};
 use crate::http::sse::{self, EventsQuery, last_event_id};
+use crate::http::{JsonBody, Web};
 use crate::service::{self, Audience, Context, LoginState, NewLoginRequest};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -171,9 +171,9 @@ pub async fn create_login(
     state: web::Data<Context>,
     shared: web::Data<Web>,
     key: ApiKey,
-    body: web::Json<CreateLogin>,
+    JsonBody(body): JsonBody<CreateLogin>,
 ) -> Result<HttpResponse, ApiError> {
-    let request = body.into_inner().validate(state.settings.code_lifetime)?;
+    let request = body.validate(state.settings.code_lifetime)?;
     let (row, watch_token) = service::create_login(&state, &key.0, request).await?;
     let login = LoginState::build(
         &row,

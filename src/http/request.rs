@@ -7,8 +7,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, error_chain};
+use crate::service::Context;
+use crate::store::probe::why_pool_timed_out;
 use crate::telemetry::{self, RequestId, write_access};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -36,7 +39,14 @@ pub async fn request_context(
         method: method.as_str(),
         started,
     };
-    let result = telemetry::in_request(id, next.call(req)).await;
+    let result = telemetry::in_request(id, async {
+        let result = next.call(req).await;
+        if let Ok(res) = &result {
+            log_failure(res).await;
+        }
+        result
+    })
+    .await;
     abandoned.uri = None;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     // read after routing, which recorded the resource it chose: before, it would walk the
@@ -68,6 +78,30 @@ pub async fn request_context(
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     Ok(res)
+}
+
+/// The log line of a request that failed on facepair's side (5xx, or iDenfy rate-limiting
+/// facepair), with the error's causes. When the pool timed out, it says why no connection
+/// opened (refused, and where), which the pool itself does not report.
+async fn log_failure<B>(res: &ServiceResponse<B>) {
+    let Some(e) = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>())
+    else {
+        return;
+    };
+    if e.status() < 500 && !matches!(e, ApiError::IdenfyRateLimited { .. }) {
+        return;
+    }
+    let mut error = error_chain(e);
+    if let ApiError::DatabaseUnavailable(sqlx::Error::PoolTimedOut) = e
+        && let Some(state) = res.request().app_data::<web::Data<Context>>()
+    {
+        error.push_str("; ");
+        error.push_str(&why_pool_timed_out(&state.pool).await);
+    }
+    tracing::error!(code = e.code(), error = %error, "request failed");
 }
 
 /// The access line of a request dropped before it was answered, because its client closed the

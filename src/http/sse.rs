@@ -157,7 +157,7 @@ impl Stream {
     /// stream so the client reconnects and resumes.
     async fn pending_events(&mut self) -> Result<Option<String>, ()> {
         let fail = |e: sqlx::Error| {
-            tracing::warn!(login_id = %self.login_id, error = %e, "SSE read failed; closing the stream");
+            tracing::warn!(login_id = %self.login_id, error = %crate::error::error_chain(&e), "SSE read failed; closing the stream");
         };
         // the login first, then only the events its document includes: a change not yet
         // announced here is sent with the wake-up its announcement brings, never under an older

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod events;
 pub mod limits;
 pub mod logins;
+pub mod probe;
 pub mod reservations;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +23,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 pub fn pool_options(database: &crate::config::DatabaseArgs) -> PgPoolOptions {
     hooks(PgPoolOptions::new())
         .max_connections(database.db_max_connections.max(1))
-        .acquire_timeout(std::time::Duration::from_millis(
-            database.db_acquire_timeout_ms,
-        ))
+        .acquire_timeout(database.db_acquire_timeout)
         .test_before_acquire(false)
 }
 

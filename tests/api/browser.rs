@@ -1,35 +1,40 @@
 //! The pairing page in a real browser: Debian's headless Chromium, driven over WebDriver by
-//! chromedriver. Each state is saved as a screenshot under target/screenshots/.
+//! chromedriver through thirtyfour. Each state is saved as a screenshot under
+//! target/screenshots/.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use thirtyfour::prelude::*;
 
 use crate::e2e::Sandbox;
 use crate::helpers::*;
 
 struct Browser {
-    driver: Child,
+    /// Taken when the browser is dropped.
+    driver: Option<WebDriver>,
+    chromedriver: Child,
     /// The browser's own profile directory: it names its processes.
     profile: std::path::PathBuf,
-    base: String,
-    session: String,
-    http: reqwest::Client,
 }
 
 /// Ends the browser with its driver, however the test ends: killing chromedriver alone leaves
 /// Chromium running.
 impl Drop for Browser {
     fn drop(&mut self) {
+        // its processes are ended below; a session left to thirtyfour's own drop would be
+        // closed by a blocking request to a driver about to go
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.leak();
+        }
         let _ = Command::new("pkill")
             .arg("-f")
             .arg(self.profile.as_os_str())
             .status();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        let _ = self.chromedriver.kill();
+        let _ = self.chromedriver.wait();
         // Chromium's processes write into the profile as they exit: removed before they are
         // gone, it comes back
         for _ in 0..100 {
@@ -48,8 +53,6 @@ impl Drop for Browser {
     }
 }
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
 impl Browser {
     async fn start() -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -57,98 +60,76 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new("chromedriver")
+        let chromedriver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver is installed (scripts/test installs Debian's chromium-driver)");
-        let http = reqwest::Client::new();
+        let profile =
+            std::env::temp_dir().join(format!("facepair-chromium-{}", uuid::Uuid::new_v4()));
+        // dropped at once if the driver does not start, so that it ends chromedriver
+        let mut browser = Browser {
+            driver: None,
+            chromedriver,
+            profile,
+        };
         let base = format!("http://127.0.0.1:{port}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while http.get(format!("{base}/status")).send().await.is_err() {
+        while reqwest::get(format!("{base}/status")).await.is_err() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "chromedriver did not start"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let profile =
-            std::env::temp_dir().join(format!("facepair-chromium-{}", uuid::Uuid::new_v4()));
-        let capabilities = json!({ "capabilities": { "alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         "--disable-dev-shm-usage", "--window-size=520,680",
-                         format!("--user-data-dir={}", profile.display())]
-            }
-        }}});
-        let response: Value = http
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let session = response["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {response}"))
-            .to_owned();
-        Browser {
-            driver,
-            profile,
-            base,
-            session,
-            http,
+        let mut caps = DesiredCapabilities::chrome();
+        caps.set_binary("/usr/bin/chromium").unwrap();
+        for arg in [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=520,680",
+            &format!("--user-data-dir={}", browser.profile.display()),
+        ] {
+            caps.add_arg(arg).unwrap();
         }
+        browser.driver = Some(WebDriver::new(base, caps).await.expect("a session"));
+        browser
     }
 
-    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let mut request = self.http.request(method, url);
-        if !body.is_null() {
-            request = request.json(&body);
-        }
-        let response: Value = request.send().await.unwrap().json().await.unwrap();
-        response["value"].clone()
+    fn driver(&self) -> &WebDriver {
+        self.driver.as_ref().expect("a session")
     }
 
     async fn open(&self, url: &str) {
-        self.command(reqwest::Method::POST, "/url", json!({ "url": url }))
-            .await;
+        self.driver().goto(url).await.unwrap();
     }
 
     async fn run(&self, script: &str) -> Value {
-        self.command(
-            reqwest::Method::POST,
-            "/execute/sync",
-            json!({ "script": script, "args": [] }),
-        )
-        .await
+        let ret = self.driver().execute(script, Vec::new()).await;
+        ret.unwrap_or_else(|e| panic!("`{script}`: {e}"))
+            .json()
+            .clone()
     }
 
     async fn click(&self, css: &str) {
-        let element = self
-            .command(
-                reqwest::Method::POST,
-                "/element",
-                json!({ "using": "css selector", "value": css }),
-            )
-            .await;
-        let id = element[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {element}"))
-            .to_owned();
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            json!({}),
-        )
-        .await;
+        let element = self.driver().find(By::Css(css)).await;
+        element
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn url(&self) -> String {
+        self.driver().current_url().await.unwrap().to_string()
     }
 
     /// Waits until `script` returns `want`.
@@ -171,12 +152,7 @@ impl Browser {
             json!(true),
         )
         .await;
-        let png = self
-            .command(reqwest::Method::GET, "/screenshot", Value::Null)
-            .await;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().unwrap())
-            .unwrap();
+        let bytes = self.driver().screenshot_as_png().await.unwrap();
         assert!(bytes.starts_with(b"\x89PNG"));
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
         std::fs::create_dir_all(&dir).unwrap();
@@ -350,7 +326,7 @@ async fn approval_returns_to_the_platform(pool: PgPool) {
     let sb = Sandbox::start_with(
         pool,
         |_| {},
-        |s| s.return_url = Some("http://127.0.0.1:9/platform/done".into()),
+        |s| s.return_url = Some("http://127.0.0.1:9/platform/done".parse().unwrap()),
     )
     .await;
     let login = sb
@@ -365,10 +341,8 @@ async fn approval_returns_to_the_platform(pool: PgPool) {
     let want = "http://127.0.0.1:9/platform/done?state=session+7%2Fa%26b";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let url = browser
-            .command(reqwest::Method::GET, "/url", Value::Null)
-            .await;
-        if url == json!(want) {
+        let url = browser.url().await;
+        if url == want {
             break;
         }
         assert!(
@@ -449,19 +423,11 @@ async fn without_a_stream_the_page_long_polls(pool: PgPool) {
     let code = login["attempt"]["digit_string"].as_str().unwrap();
     let browser = Browser::start().await;
     // Chromium's DevTools protocol, through chromedriver: every request for a stream fails
-    for (cmd, params) in [
-        ("Network.enable", json!({})),
-        ("Network.setBlockedURLs", json!({ "urls": ["*/events"] })),
-    ] {
-        let answer = browser
-            .command(
-                reqwest::Method::POST,
-                "/goog/cdp/execute",
-                json!({ "cmd": cmd, "params": params }),
-            )
-            .await;
-        assert!(answer.get("error").is_none(), "{cmd}: {answer}");
-    }
+    let cdp = browser.driver().cdp();
+    cdp.network().enable().await.unwrap();
+    cdp.send_raw("Network.setBlockedURLs", json!({ "urls": ["*/events"] }))
+        .await
+        .unwrap();
     browser.open(login["watch_url"].as_str().unwrap()).await;
     browser.until(CODE, json!(code)).await;
     const LONG_POLLED: &str =

@@ -275,7 +275,10 @@ async fn session_creation_is_not_retried_after_a_5xx(pool: PgPool) {
 
 #[sqlx::test]
 async fn idenfy_unreachable_is_503(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, |s| s.idenfy_base_url = "http://127.0.0.1:9".into()).await;
+    let app = TestApp::spawn_with(pool, |s| {
+        s.idenfy_base_url = "http://127.0.0.1:9".parse().unwrap()
+    })
+    .await;
     let (status, code, _) =
         error_code(app.create_login(json!({ "scan_ref": SCAN_REF })).await).await;
     assert_eq!((status, code.as_str()), (503, "idenfy_unavailable"));
@@ -386,6 +389,55 @@ async fn bad_input_is_refused_before_idenfy_is_called(pool: PgPool) {
     let big = Box::leak(format!("{{\"scan_ref\": \"{}\"}}", "a".repeat(20_000)).into_boxed_str());
     let (status, code, _) = error_code(raw(big, "application/json").await.unwrap()).await;
     assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+    nothing_stored(&app).await;
+}
+
+/// A body that is JSON but does not fit says which field is wrong and what was expected;
+/// only a body that is not JSON at all says so.
+#[sqlx::test]
+async fn malformed_json_names_the_field_that_does_not_fit(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let cases = [
+        (
+            json!({ "scan_ref": 5 }),
+            "the request body's field `scan_ref`: invalid type: integer `5`, expected a string",
+        ),
+        (
+            json!({ "scan_ref": SCAN_REF, "user_ref": ["u"] }),
+            "the request body's field `user_ref`: invalid type: sequence, expected a string",
+        ),
+        (
+            json!({ "scanRef": SCAN_REF }),
+            "the request body's field `scanRef`: unknown field `scanRef`, expected one of",
+        ),
+        (
+            json!("scan_ref"),
+            "the request body: invalid type: string \"scan_ref\", expected",
+        ),
+    ];
+    for (body, want) in cases {
+        let (status, code, error) = error_code(app.create_login(body.clone()).await).await;
+        assert_eq!((status, code.as_str()), (400, "malformed_json"), "{body}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(want), "{body}: {message}");
+        assert!(!message.contains("not valid JSON"), "{body}: {message}");
+    }
+    let response = app
+        .http
+        .post(app.url("/v1/logins"))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body("{\"scan_ref\": ")
+        .send()
+        .await
+        .unwrap();
+    let (status, code, error) = error_code(response).await;
+    assert_eq!((status, code.as_str()), (400, "malformed_json"));
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the request body is not valid JSON: EOF while parsing"),
+        "{message}"
+    );
     nothing_stored(&app).await;
 }
 

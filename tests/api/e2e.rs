@@ -40,7 +40,7 @@ impl Sandbox {
         let sim_url = sim.base_url();
         let url = sim_url.clone();
         let app = TestApp::spawn_with(pool, move |s| {
-            s.idenfy_base_url = url;
+            s.idenfy_base_url = url.parse().unwrap();
             tweak_app(s);
         })
         .await;

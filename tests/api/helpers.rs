@@ -37,7 +37,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: None,
         api_keys: vec![SecretString::from(API_KEY), SecretString::from(API_KEY_2)],
-        idenfy_base_url: idenfy_uri.to_owned(),
+        idenfy_base_url: idenfy_uri.parse().unwrap(),
         idenfy_api_key: SecretString::from("idenfy-key"),
         idenfy_api_secret: SecretString::from("idenfy-secret"),
         idenfy_signing_keys: vec![

@@ -255,7 +255,7 @@ async fn a_stream_whose_read_fails_ends_and_its_reconnect_misses_nothing(pool: P
     let database = facepair::config::DatabaseArgs {
         database_url: secrecy::SecretString::from("unused"),
         db_max_connections: 5,
-        db_acquire_timeout_ms: 5000,
+        db_acquire_timeout: Duration::from_secs(5),
     };
     let named = facepair::store::pool_options(&database)
         .connect_with(

@@ -10,6 +10,7 @@ mod helpers;
 mod layers;
 mod lifecycle;
 mod live;
+mod logs;
 mod migrations;
 mod model;
 mod ops;

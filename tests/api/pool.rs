@@ -13,7 +13,7 @@ async fn single(pool: &PgPool) -> PgPool {
         // the connection options below are what is used; the URL is not read
         database_url: SecretString::from("unused"),
         db_max_connections: 1,
-        db_acquire_timeout_ms: 5000,
+        db_acquire_timeout: Duration::from_secs(5),
     };
     facepair::store::pool_options(&database)
         .connect_with(pool.connect_options().as_ref().clone())
