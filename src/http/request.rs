@@ -42,7 +42,7 @@ pub async fn request_context(
     let result = telemetry::in_request(id, async {
         let result = next.call(req).await;
         if let Ok(res) = &result {
-            log_failure(res).await;
+            log_failure(res);
         }
         result
     })
@@ -82,8 +82,9 @@ pub async fn request_context(
 
 /// The log line of a request that failed on facepair's side (5xx, or iDenfy rate-limiting
 /// facepair), with the error's causes. When the pool timed out, it says why no connection
-/// opened (refused, and where), which the pool itself does not report.
-async fn log_failure<B>(res: &ServiceResponse<B>) {
+/// opened (refused, and where), which the pool itself does not report: that takes a
+/// connection attempt, made after the answer has gone, so the 503 waits for nothing.
+fn log_failure<B>(res: &ServiceResponse<B>) {
     let Some(e) = res
         .response()
         .error()
@@ -94,14 +95,19 @@ async fn log_failure<B>(res: &ServiceResponse<B>) {
     if e.status() < 500 && !matches!(e, ApiError::IdenfyRateLimited { .. }) {
         return;
     }
-    let mut error = error_chain(e);
+    let (code, error) = (e.code(), error_chain(e));
     if let ApiError::DatabaseUnavailable(sqlx::Error::PoolTimedOut) = e
         && let Some(state) = res.request().app_data::<web::Data<Context>>()
+        && let Some(request) = telemetry::current_id()
     {
-        error.push_str("; ");
-        error.push_str(&why_pool_timed_out(&state.pool).await);
+        let pool = state.pool.clone();
+        actix_web::rt::spawn(telemetry::in_request(request, async move {
+            let why = why_pool_timed_out(&pool).await;
+            tracing::error!(code, error = %format!("{error}; {why}"), "request failed");
+        }));
+        return;
     }
-    tracing::error!(code = e.code(), error = %error, "request failed");
+    tracing::error!(code, error = %error, "request failed");
 }
 
 /// The access line of a request dropped before it was answered, because its client closed the
