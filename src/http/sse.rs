@@ -78,9 +78,16 @@ pub async fn open(
 ) -> Result<HttpResponse, ApiError> {
     // subscribe before the first read, so nothing between the read and the wait is missed
     let subscription = state.hub.subscribe(login_id);
-    crate::service::read_login(state, login_id)
+    let row = crate::service::read_login(state, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
+    // a client that has every event of a login that can no longer change is told to stop:
+    // EventSource reconnects after a stream that ends, but not after a 204
+    if last_event_id.is_some_and(|seen| seen >= row.event_seq)
+        && crate::service::view::settled(&row, chrono::Utc::now())
+    {
+        return Ok(HttpResponse::NoContent().finish());
+    }
     state.metrics.sse_opened.inc();
     let mut keep_alive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);

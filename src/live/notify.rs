@@ -244,7 +244,25 @@ async fn gather(
     false
 }
 
+/// How long one batch may take to go out, connecting included: past it the connection is
+/// taken for dead (a failover can leave a socket that never answers) and replaced.
+const SEND_LIMIT: Duration = Duration::from_secs(2);
+
 async fn send(
+    conn: &mut Option<PgConnection>,
+    connect: &PgConnectOptions,
+    ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    let sent = tokio::time::timeout(SEND_LIMIT, send_now(conn, connect, ids)).await;
+    sent.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the NOTIFY took longer than 2 s",
+        )))
+    })
+}
+
+async fn send_now(
     conn: &mut Option<PgConnection>,
     connect: &PgConnectOptions,
     ids: &[Uuid],
@@ -253,8 +271,12 @@ async fn send(
         // a NOTIFY stores nothing, and a crash loses it whether it was flushed or not: its
         // commit need not wait for the disk. The changes it announces committed durably
         // before it was sent.
-        let connect = connect.clone().options([("synchronous_commit", "off")]);
-        *conn = Some(PgConnection::connect_with(&connect).await?);
+        let mut fresh = PgConnection::connect_with(connect).await?;
+        // set after connecting: PgBouncer refuses it as a startup parameter
+        sqlx::query("set synchronous_commit = off")
+            .execute(&mut fresh)
+            .await?;
+        *conn = Some(fresh);
     }
     let conn = conn.as_mut().expect("connected above");
     sqlx::query!(

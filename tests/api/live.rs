@@ -707,3 +707,40 @@ async fn a_stopping_instance_sends_what_it_gathered(pool: PgPool) {
     assert_eq!(g.metrics.notify_batches.get(), 3);
     assert_eq!(g.metrics.notify_logins.get(), 3);
 }
+
+/// A client that already has every event of a login that can no longer change is told to
+/// stop with 204 (EventSource reconnects after a stream that ends, not after a 204); without
+/// them it gets the stream.
+#[sqlx::test]
+async fn a_settled_login_tells_a_caught_up_client_to_stop(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    assert_eq!(
+        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
+        200
+    );
+    let open = |last: Option<&str>| {
+        let mut request = app
+            .http
+            .get(app.url(&format!("/v1/logins/{id}/events")))
+            .bearer_auth(API_KEY);
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        request.send()
+    };
+    let last = app.state(id).await["event_seq"].as_i64().unwrap();
+    assert_eq!(open(Some(&last.to_string())).await.unwrap().status(), 204);
+    let replay = open(Some(&(last - 1).to_string())).await.unwrap();
+    assert_eq!(replay.status(), 200);
+    assert!(
+        replay
+            .text()
+            .await
+            .unwrap()
+            .contains("event: login_canceled")
+    );
+    assert_eq!(open(None).await.unwrap().status(), 200);
+}

@@ -101,7 +101,9 @@ function render(next) {
   } else if (next.status === 'canceled') {
     outcome('bad', '\u2715', 'This login was canceled.', 'Start again from your computer if you still want to log in.');
   }
-  if (['approved', 'redeemed', 'canceled', 'exhausted'].includes(next.status) && events) {
+  const settled = ['approved', 'redeemed', 'canceled', 'exhausted'].includes(next.status)
+    || (next.status === 'expired' && !next.can_request_new_code);
+  if (settled && events) {
     events.close();
     events = null;
   }
