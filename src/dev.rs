@@ -45,6 +45,12 @@ pub struct DevArgs {
         default_value = "127.0.0.1:8070"
     )]
     pub demo_listen: SocketAddr,
+    /// The API key the sandbox accepts; a fresh one when unset.
+    #[arg(long, env = "FACEPAIR_DEV_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The key the simulator signs its webhooks with; a fresh one when unset.
+    #[arg(long, env = "FACEPAIR_DEV_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
 }
 
 /// A scanRef the simulator knows as ready for face authentication.
@@ -68,10 +74,10 @@ fn secret(prefix: &str) -> String {
 
 pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
     crate::MIGRATOR.run(&pool).await?;
-    let api_key = secret("fp_dev_");
+    let api_key = args.api_key.unwrap_or_else(|| secret("fp_dev_"));
     let idenfy_key = secret("sim_key_");
     let idenfy_secret = secret("sim_secret_");
-    let signing_key = secret("sim_signing_");
+    let signing_key = args.signing_key.unwrap_or_else(|| secret("sim_signing_"));
 
     let mut sim_config = SimConfig::for_tests(&idenfy_key, &idenfy_secret, &signing_key);
     sim_config.listen = args.sim_listen;

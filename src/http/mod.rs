@@ -3,6 +3,7 @@
 //! error body as everything else.
 
 pub mod auth;
+pub mod document;
 pub mod error;
 pub mod ops;
 pub mod pair;

@@ -71,8 +71,10 @@ pub async fn openapi() -> HttpResponse {
 pub struct ApiDoc;
 
 impl ApiDoc {
-    pub fn document() -> utoipa::openapi::OpenApi {
-        Self::openapi()
+    pub fn document() -> serde_json::Value {
+        let mut document = serde_json::to_value(Self::openapi()).expect("the document serializes");
+        crate::http::document::complete(&mut document);
+        document
     }
 }
 

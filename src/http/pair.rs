@@ -12,7 +12,7 @@ const JS: &str = include_str!("pair/pair.js");
 /// The page for one watch token. The token is read by the page's script from the URL; the
 /// server renders nothing secret into it.
 #[utoipa::path(
-    get, path = "/pair/{watch_token}", tag = "browser",
+    get, path = "/pair/{watch_token}", operation_id = "pairingPage", tag = "browser",
     params(("watch_token" = String, Path)),
     responses((status = 200, content_type = "text/html", body = String, description = "the pairing page"))
 )]

@@ -149,7 +149,7 @@ fn login_id(raw: &str) -> Result<Uuid, ApiError> {
 /// check-status type of `AUTHENTICATION` proceeds; `IDENTIFICATION` is 409
 /// `identification_required`, any other type 409 `face_auth_not_available` naming it.
 #[utoipa::path(
-    post, path = "/v1/logins", tag = "platform",
+    post, path = "/v1/logins", operation_id = "createLogin", tag = "platform",
     request_body = CreateLogin,
     security(("api_key" = [])),
     responses(
@@ -194,12 +194,13 @@ pub async fn create_login(
 
 /// Read a login. Supports `If-None-Match` (304) and long-polling with `?wait=N`.
 #[utoipa::path(
-    get, path = "/v1/logins/{login_id}", tag = "platform",
+    get, path = "/v1/logins/{login_id}", operation_id = "getLogin", tag = "platform",
     params(("login_id" = Uuid, Path), WaitQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, body = LoginState, headers(("ETag" = String))),
         (status = 304, description = "unchanged since If-None-Match"),
+        (status = 400, body = ErrorBody, description = "malformed_query"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 404, body = ErrorBody, description = "login_not_found"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),
@@ -219,7 +220,7 @@ pub async fn get_login(
 
 /// Issue a fresh code: after a failed, expired or canceled attempt, or superseding a pending one.
 #[utoipa::path(
-    post, path = "/v1/logins/{login_id}/attempts", tag = "platform",
+    post, path = "/v1/logins/{login_id}/attempts", operation_id = "newLoginAttempt", tag = "platform",
     params(("login_id" = Uuid, Path)),
     security(("api_key" = [])),
     responses(
@@ -249,7 +250,7 @@ pub async fn new_attempt(
 
 /// End the login. A pending code stops working; canceling twice is harmless.
 #[utoipa::path(
-    post, path = "/v1/logins/{login_id}/cancel", tag = "platform",
+    post, path = "/v1/logins/{login_id}/cancel", operation_id = "cancelLogin", tag = "platform",
     params(("login_id" = Uuid, Path)),
     security(("api_key" = [])),
     responses(
@@ -276,7 +277,7 @@ pub async fn cancel(
 
 /// Consume an approved login, exactly once, and learn who logged in.
 #[utoipa::path(
-    post, path = "/v1/logins/{login_id}/redeem", tag = "platform",
+    post, path = "/v1/logins/{login_id}/redeem", operation_id = "redeemLogin", tag = "platform",
     params(("login_id" = Uuid, Path)),
     security(("api_key" = [])),
     responses(
@@ -316,12 +317,14 @@ pub async fn redeem(
 
 /// Follow a login live: Server-Sent Events, resumable with `Last-Event-ID`.
 #[utoipa::path(
-    get, path = "/v1/logins/{login_id}/events", tag = "platform",
-    params(("login_id" = Uuid, Path), EventsQuery, ("Last-Event-ID" = Option<i32>, Header, description = "resume after this event")),
+    get, path = "/v1/logins/{login_id}/events", operation_id = "streamLoginEvents", tag = "platform",
+    params(("login_id" = Uuid, Path), EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = sse::LAST_EVENT_ID)),
     security(("api_key" = [])),
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
          description = sse::description()),
+        (status = 204, description = sse::CAUGHT_UP),
+        (status = 400, body = ErrorBody, description = "malformed_query"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 404, body = ErrorBody, description = "login_not_found"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),

@@ -13,11 +13,31 @@ use crate::service::{self, Audience, Context, LoginState};
 use crate::store::logins::LoginRow;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Long-poll: answer as soon as the state differs from `If-None-Match`, or after this many
     /// seconds, or at once when the instance begins to stop. A wait above 60 is taken as 60.
-    #[param(minimum = 0)]
-    pub wait: Option<u32>,
+    #[param(schema_with = whole_number)]
+    #[serde(default, deserialize_with = "saturating")]
+    pub wait: Option<u64>,
+}
+
+/// A query parameter that is any whole number from 0: the document states no maximum, so one
+/// beyond `u64` is read as `u64::MAX` (for `wait`, as 60) rather than refused.
+pub(crate) fn whole_number() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .build()
+}
+
+pub(crate) fn saturating<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(serde::de::Error::custom("must be a whole number from 0"));
+    }
+    Ok(Some(text.parse().unwrap_or(u64::MAX)))
 }
 
 pub(crate) fn state_response(
@@ -47,7 +67,7 @@ pub(crate) async fn respond_with_state<Gate, Passed>(
     state: &Context,
     id: Uuid,
     req: &HttpRequest,
-    wait: Option<u32>,
+    wait: Option<u64>,
     audience: Audience,
     at_once: Gate,
 ) -> Result<HttpResponse, ApiError>
@@ -61,7 +81,7 @@ where
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let wait = std::time::Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS).into());
+    let wait = std::time::Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS.into()));
     // subscribe before reading, so a change between the read and the wait is not missed
     let mut subscription =
         (!wait.is_zero()).then(|| (state.hub.subscribe(id), tokio::time::Instant::now() + wait));

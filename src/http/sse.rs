@@ -20,19 +20,28 @@ use crate::service::{Audience, LoginState};
 use crate::store::events;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Resume after this event (the same as the `Last-Event-ID` header, for clients that cannot
     /// set headers).
-    pub last_event_id: Option<i32>,
+    #[param(schema_with = crate::http::poll::whole_number)]
+    #[serde(default, deserialize_with = "crate::http::poll::saturating")]
+    pub last_event_id: Option<u64>,
 }
+
+pub const LAST_EVENT_ID: &str = "resume after this event; a value that is not a whole number from 0 is ignored, as a browser's EventSource expects";
+pub const CAUGHT_UP: &str = "the client has every event of a login that can no longer change: EventSource stops reconnecting";
 
 /// The resume point: the `Last-Event-ID` header, else the query parameter.
 pub(crate) fn last_event_id(req: &HttpRequest, query: &EventsQuery) -> Option<i32> {
-    req.headers()
+    let header = req
+        .headers()
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.to_str().ok());
+    header
+        .and_then(|v| v.trim().parse::<u64>().ok())
         .or(query.last_event_id)
+        .map(|seen| i32::try_from(seen).unwrap_or(i32::MAX))
 }
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);

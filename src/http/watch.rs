@@ -106,11 +106,12 @@ struct WatchPath {
 /// sooner than `poll_interval_seconds` after the last is 429 `slow_down` with `Retry-After`; a
 /// long poll (`wait` of at least the interval) that waits for a change is free.
 #[utoipa::path(
-    get, path = "/v1/watch/{watch_token}", tag = "browser",
+    get, path = "/v1/watch/{watch_token}", operation_id = "getWatch", tag = "browser",
     params(WatchPath, WaitQuery),
     responses(
         (status = 200, body = LoginState, description = "without scan_ref or user_ref", headers(("ETag" = String))),
         (status = 304, description = "unchanged since If-None-Match"),
+        (status = 400, body = ErrorBody, description = "malformed_query"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
         (status = 429, body = ErrorBody, description = "slow_down (polled faster than poll_interval_seconds), rate_limited (too many unknown tokens from this address); Retry-After"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),
@@ -124,7 +125,7 @@ pub async fn get_watch(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let interval_ms = i64::from(state.settings.poll_interval_seconds) * 1000;
-    let long_poll = query.wait.unwrap_or(0) >= state.settings.poll_interval_seconds;
+    let long_poll = query.wait.unwrap_or(0) >= state.settings.poll_interval_seconds.into();
     let pool = &state.pool;
     // a plain poll is counted by the statement that finds its login; a long poll only once
     // it is known to be answered at once, since one that waits is free
@@ -170,7 +171,7 @@ async fn record_poll(
 /// against the browser's address, and within limits of its own per watch token and per
 /// browser address.
 #[utoipa::path(
-    post, path = "/v1/watch/{watch_token}/attempts", tag = "browser",
+    post, path = "/v1/watch/{watch_token}/attempts", operation_id = "newWatchAttempt", tag = "browser",
     params(WatchPath),
     responses(
         (status = 201, body = LoginState, description = "new code in `attempt.digit_string`"),
@@ -224,10 +225,12 @@ pub async fn new_attempt(
 /// Follow a login live from the browser: Server-Sent Events, resumable with `Last-Event-ID`,
 /// without identity data.
 #[utoipa::path(
-    get, path = "/v1/watch/{watch_token}/events", tag = "browser",
-    params(WatchPath, EventsQuery, ("Last-Event-ID" = Option<i32>, Header, description = "resume after this event")),
+    get, path = "/v1/watch/{watch_token}/events", operation_id = "streamWatchEvents", tag = "browser",
+    params(WatchPath, EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = sse::LAST_EVENT_ID)),
     responses(
         (status = 200, content_type = "text/event-stream", body = String, description = "as `/v1/logins/{login_id}/events`, without scan_ref or user_ref"),
+        (status = 204, description = sse::CAUGHT_UP),
+        (status = 400, body = ErrorBody, description = "malformed_query"),
         (status = 404, body = ErrorBody, description = "watch_token_not_found"),
         (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
         (status = 503, body = ErrorBody, description = "database_unavailable"),

@@ -21,8 +21,8 @@ pub struct DeliveryReceipt {
 
 /// Receive iDenfy's FACIAL_AUTHENTICATION webhook.
 #[utoipa::path(
-    post, path = "/v1/webhooks/idenfy", tag = "idenfy",
-    request_body(content = String, content_type = "application/json", description = "iDenfy's webhook body, signed with `Idenfy-Signature`"),
+    post, path = "/v1/webhooks/idenfy", operation_id = "receiveIdenfyWebhook", tag = "idenfy",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "iDenfy's webhook body, signed with `Idenfy-Signature`: any body whose signature holds is stored, and what it changes is in `verdict`"),
     params(("Idenfy-Signature" = String, Header, description = "hex HMAC-SHA256 of the raw body")),
     responses(
         (status = 200, body = DeliveryReceipt, description = "stored; `verdict` says what it changed"),

@@ -169,3 +169,155 @@ fn the_readme_lists_every_error_code_with_its_status() {
         );
     }
 }
+
+/// A generic client can walk the API from a created login: every operation that takes a
+/// `login_id` or a `watch_token` is linked from `POST /v1/logins`, each link names a real
+/// operation and its real parameter, and each Server-Sent Event's shape is described.
+#[sqlx::test]
+async fn the_document_links_a_created_login_to_what_follows_and_describes_each_event(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut operations = std::collections::HashMap::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            let id = operation["operationId"].as_str().unwrap().to_owned();
+            let params: Vec<(String, String)> = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap().into(),
+                        p["in"].as_str().unwrap().into(),
+                    )
+                })
+                .collect();
+            assert!(
+                operations.insert(id.clone(), (operation, params)).is_none(),
+                "operationId {id} is used twice"
+            );
+        }
+    }
+    let mut linked_from_create = std::collections::HashSet::new();
+    for (id, (operation, _)) in &operations {
+        for response in operation["responses"].as_object().unwrap().values() {
+            for link in response["links"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|l| l.1)
+            {
+                let target = link["operationId"].as_str().unwrap();
+                let (_, params) = &operations[target];
+                for name in link["parameters"].as_object().unwrap().keys() {
+                    assert!(
+                        params.iter().any(|(p, _)| p == name),
+                        "{id} links to {target} with {name}, which it does not take"
+                    );
+                }
+                if id == "createLogin" {
+                    linked_from_create.insert(target.to_owned());
+                }
+            }
+        }
+    }
+    for (id, (_, params)) in &operations {
+        if params
+            .iter()
+            .any(|(name, at)| at == "path" && (name == "login_id" || name == "watch_token"))
+        {
+            assert!(
+                linked_from_create.contains(id),
+                "no link from createLogin to {id}"
+            );
+        }
+        for (name, at) in params {
+            assert!(
+                at != "path"
+                    || doc["paths"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .any(|p| p.contains(&format!("{{{name}}}"))),
+                "{id}: {name} is said to be in the path"
+            );
+        }
+    }
+    for path in [
+        "/v1/logins/{login_id}/events",
+        "/v1/watch/{watch_token}/events",
+    ] {
+        let event = &doc["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]
+            ["schema"];
+        let kinds: Vec<&str> = event["properties"]["event"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let all: Vec<&str> = facepair::domain::EventKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(kinds, all, "{path}");
+        let data = &event["properties"]["data"];
+        assert_eq!(data["contentMediaType"], "application/json");
+        let reference = data["contentSchema"]["$ref"].as_str().unwrap();
+        let name = reference.rsplit('/').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{reference}"
+        );
+    }
+}
+
+/// `wait` and `last_event_id` take any whole number from 0, as the document says (none too
+/// large: a wait above 60 is 60), and refuse anything else with 400 `malformed_query`.
+#[sqlx::test]
+async fn query_numbers_take_any_whole_number_and_refuse_the_rest(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    for (query, status) in [
+        ("wait=0", 200),
+        ("wait=99999999999999999999999999", 200),
+        ("wait=-1", 400),
+        ("wait=1.5", 400),
+        ("wait=", 400),
+    ] {
+        let response = app
+            .http
+            .get(app.url(&format!("/v1/logins/{id}?{query}")))
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{query}");
+        if status == 400 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "malformed_query", "{query}");
+        }
+    }
+    for (query, status) in [
+        ("last_event_id=99999999999999999999", 200),
+        ("last_event_id=-3", 400),
+    ] {
+        let response = app
+            .http
+            .get(app.url(&format!("/v1/logins/{id}/events?{query}")))
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{query}");
+    }
+}
