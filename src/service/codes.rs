@@ -91,10 +91,9 @@ impl Reservation {
             requested_from,
             lease_secs: lease.as_secs_f64(),
         };
-        let used = reservations::used(
-            &mut *tx,
-            scan_ref.as_str(),
-            requested_from,
+        let used = reservations::reserve(
+            &mut tx,
+            &reservation,
             settings.max_attempts_per_scan_ref_hour,
             settings.max_attempts_per_scan_ref_hour_total,
         )
@@ -113,7 +112,7 @@ impl Reservation {
                 used.total_frees_at,
             ));
         }
-        if !reservations::reserve(&mut tx, &reservation).await? {
+        if !used.reserved {
             return Err(ApiError::CodeBeingIssued);
         }
         if existing {
@@ -151,6 +150,11 @@ impl Reservation {
             tracing::warn!("a code's reservation ended before its code was stored");
         }
         Ok(())
+    }
+
+    /// Its row, for a statement that stores the code and removes it at once.
+    pub fn id(&self) -> Uuid {
+        self.id
     }
 
     /// The transaction that removed the reservation committed.

@@ -108,11 +108,9 @@ async fn create(
     .await?;
 
     let watch_token = WatchToken::generate();
-    let mut tx = state.pool.begin().await?;
-    reservation.remove(&mut tx).await?;
     let attempt_id = Uuid::now_v7();
     let row = changes::create(
-        &mut tx,
+        &state.pool,
         &NewLogin {
             id: login_id,
             scan_ref: req.scan_ref.as_str(),
@@ -134,10 +132,10 @@ async fn create(
             req.lifetime,
             &requested_from,
         ),
+        reservation.id(),
         json!({ "attempt_number": 1, "eligibility": "AUTHENTICATION" }),
     )
     .await?;
-    tx.commit().await?;
     reservation.settled();
     state.metrics.logins_created.inc();
     tracing::info!(%login_id, %attempt_id, "login created");

@@ -105,18 +105,22 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
     .await
 }
 
-/// Stores a new login with its first attempt and its `login_created` event (sequence 1), and
-/// reads them back as [`find`](crate::store::logins::find) would, in the same round trip.
+/// Stores a new login with its first attempt and its `login_created` event (sequence 1),
+/// removes the code's `reservation`, and reads them back as
+/// [`find`](crate::store::logins::find) would: one statement, so one transaction of its own.
 pub async fn create(
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     l: &NewLogin<'_>,
     a: &NewAttempt<'_>,
+    reservation: Uuid,
     detail: serde_json::Value,
 ) -> Result<LoginRow, sqlx::Error> {
     sqlx::query_as!(
         Joined,
         r#"
-        with login as (
+        with released as (
+            delete from code_reservations where id = $23
+        ), login as (
             insert into logins (id, scan_ref, user_ref, locale, lifetime_seconds, max_attempts,
                                 client_ip, user_agent, api_key_id, watch_token_hash, status,
                                 event_seq, state)
@@ -165,7 +169,8 @@ pub async fn create(
         l.state,
         LoginStatus::Pending as LoginStatus,
         EventKind::LoginCreated as EventKind,
-        Source::Platform as Source
+        Source::Platform as Source,
+        reservation
     )
     .fetch_one(conn)
     .await

@@ -17,48 +17,23 @@ pub struct NewReservation<'a> {
 
 /// Codes a scan_ref was issued in the last hour, reservations included: from one address and
 /// from all, each with when its budget next has room (the hour after the `budget`-th newest
-/// code; `None` while fewer were issued).
+/// code; `None` while fewer were issued); and whether the reservation was taken.
 pub struct Used {
     pub from_address: i64,
     pub total: i64,
     pub address_frees_at: Option<DateTime<Utc>>,
     pub total_frees_at: Option<DateTime<Utc>>,
+    pub reserved: bool,
 }
 
-/// Reserves a code for `r.login_id`, in the caller's transaction; `false` when another is
-/// being issued for the same login. The caller holds the scan_ref's lock, so the budgets it
-/// read ([`used`]) cannot change before it commits.
-pub async fn reserve(conn: &mut PgConnection, r: &NewReservation<'_>) -> Result<bool, sqlx::Error> {
-    sqlx::query!(
-        "delete from code_reservations where login_id = $1 and not spent and expires_at <= now()",
-        r.login_id
-    )
-    .execute(&mut *conn)
-    .await?;
-    let taken = sqlx::query_scalar!(
-        r#"
-        insert into code_reservations (id, login_id, scan_ref, requested_from, expires_at)
-        values ($1, $2, $3, $4, now() + make_interval(secs => $5))
-        on conflict (login_id) where not spent do nothing
-        returning id
-        "#,
-        r.id,
-        r.login_id,
-        r.scan_ref,
-        r.requested_from,
-        r.lease_secs
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(taken.is_some())
-}
-
-/// What `scan_ref` used of its hourly budgets, codes being issued included, against a
-/// budget of `per_address` codes from `requested_from` and `total` from everywhere.
-pub async fn used(
-    conn: impl PgExecutor<'_>,
-    scan_ref: &str,
-    requested_from: &str,
+/// Counts what `r.scan_ref` used of its hourly budgets (`per_address` codes from
+/// `r.requested_from`, `total` from everywhere) and, if both have room, reserves a code for
+/// `r.login_id`: not taken while another is being issued for the same login, unless that
+/// one's lease ended. The caller took the scan_ref's lock in an earlier statement of its
+/// transaction, so this one's snapshot sees every code counted before it.
+pub async fn reserve(
+    conn: &mut PgConnection,
+    r: &NewReservation<'_>,
     per_address: i64,
     total: i64,
 ) -> Result<Used, sqlx::Error> {
@@ -78,25 +53,43 @@ pub async fn used(
                    row_number() over (order by at desc) as newest,
                    row_number() over (partition by coalesce(from_address, false) order by at desc) as newest_here
             from recent
+        ), used as (
+            select count(*) filter (where from_address) as from_address,
+                   count(*) as total,
+                   max(frees) filter (where from_address and newest_here = $3) as address_frees_at,
+                   max(frees) filter (where newest = $4) as total_frees_at
+            from ranked
+        ), taken as (
+            insert into code_reservations (id, login_id, scan_ref, requested_from, expires_at)
+            select $5, $6, $1, $2, now() + make_interval(secs => $7) from used
+            where used.from_address < $3 and used.total < $4
+            on conflict (login_id) where not spent do update
+                set id = excluded.id, scan_ref = excluded.scan_ref,
+                    requested_from = excluded.requested_from, created_at = now(),
+                    expires_at = excluded.expires_at
+                where code_reservations.expires_at <= now()
+            returning id
         )
-        select count(*) filter (where from_address) as "from_address!",
-               count(*) as "total!",
-               max(frees) filter (where from_address and newest_here = $3) as address_frees_at,
-               max(frees) filter (where newest = $4) as total_frees_at
-        from ranked
+        select from_address as "from_address!", total as "total!", address_frees_at,
+               total_frees_at, exists(select from taken) as "reserved!"
+        from used
         "#,
-        scan_ref,
-        requested_from,
+        r.scan_ref,
+        r.requested_from,
         per_address,
-        total
+        total,
+        r.id,
+        r.login_id,
+        r.lease_secs
     )
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(Used {
         from_address: row.from_address,
         total: row.total,
         address_frees_at: row.address_frees_at,
         total_frees_at: row.total_frees_at,
+        reserved: row.reserved,
     })
 }
 

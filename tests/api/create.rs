@@ -538,10 +538,21 @@ async fn the_scan_ref_budget_frees_when_enough_codes_left_the_hour(pool: PgPool)
     let frees_in = |budget: i64| {
         let pool = pool.clone();
         async move {
-            facepair::store::reservations::used(&pool, SCAN_REF, "198.51.100.7", budget, 100)
+            // counted as a new code's reservation counts them, then rolled back
+            let mut tx = pool.begin().await.unwrap();
+            let reservation = facepair::store::reservations::NewReservation {
+                id: uuid::Uuid::now_v7(),
+                login_id: uuid::Uuid::now_v7(),
+                scan_ref: SCAN_REF,
+                requested_from: "198.51.100.7",
+                lease_secs: 60.0,
+            };
+            let used = facepair::store::reservations::reserve(&mut tx, &reservation, budget, 100)
                 .await
-                .unwrap()
-                .address_frees_at
+                .unwrap();
+            tx.rollback().await.unwrap();
+            assert_eq!(used.reserved, used.address_frees_at.is_none());
+            used.address_frees_at
                 .map(|at| (at - chrono::Utc::now()).num_seconds())
         }
     };
