@@ -8,6 +8,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,17 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings, pool: PgPool) -> std::io::Result<Self> {
+        Self::build_with(settings, pool, None).await
+    }
+
+    /// As [`Application::build`], with `pool` reaching PostgreSQL through a transaction pooler
+    /// when `session` is given: LISTEN and NOTIFY then connect with `session`, directly.
+    pub async fn build_with(
+        settings: Settings,
+        pool: PgPool,
+        session: Option<PgConnectOptions>,
+    ) -> std::io::Result<Self> {
+        let session = session.unwrap_or_else(|| (*pool.connect_options()).clone());
         let listener = TcpListener::bind(settings.listen)?;
         drop_vanished_clients(&listener)?;
         let address = listener.local_addr()?;
@@ -41,7 +53,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let (notifier, notifier_task) = Notifier::start(
-            (*pool.connect_options()).clone(),
+            session.clone(),
             GATHER,
             shutdown.clone(),
             metrics.clone(),
@@ -84,7 +96,7 @@ impl Application {
             )),
             tokio::spawn(live::listen(
                 state.hub.clone(),
-                (*state.pool.connect_options()).clone(),
+                session.clone(),
                 stop.clone(),
             )),
         ];
@@ -115,6 +127,7 @@ impl Application {
                 .app_data(web::Data::new(for_worker(
                     &app_state,
                     &shared.worker_pools,
+                    &session,
                     per_worker,
                 )))
                 .app_data(shared.clone())
@@ -189,15 +202,19 @@ impl Application {
 /// The context one HTTP worker's requests see: a pool and a NOTIFY connection of its own, opened
 /// lazily on the worker's thread, because a socket is driven by the runtime that opened it and
 /// another thread's would cost two wake-ups per round trip. Both end with the worker.
-fn for_worker(state: &Context, pools: &http::WorkerPools, max_connections: u32) -> Context {
-    let connect = (*state.pool.connect_options()).clone();
+fn for_worker(
+    state: &Context,
+    pools: &http::WorkerPools,
+    session: &PgConnectOptions,
+    max_connections: u32,
+) -> Context {
     let pool = crate::store::hooks(state.pool.options().clone())
         .max_connections(max_connections.max(1))
         .min_connections(0)
-        .connect_lazy_with(connect.clone());
+        .connect_lazy_with((*state.pool.connect_options()).clone());
     pools.add(pool.clone());
     let (notifier, sender) = Notifier::start(
-        connect,
+        session.clone(),
         GATHER,
         state.shutdown.clone(),
         state.metrics.clone(),

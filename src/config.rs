@@ -24,6 +24,18 @@ pub struct DatabaseArgs {
     )]
     pub database_url: SecretString,
 
+    /// A connection string that reaches PostgreSQL without a transaction pooler, for what
+    /// needs a session of its own (LISTEN, NOTIFY, migrations), when `DATABASE_URL` is a
+    /// transaction pooler's (PgBouncer 1.21 or later in transaction mode, with
+    /// `max_prepared_statements` set).
+    #[arg(
+        long,
+        env = "FACEPAIR_DIRECT_DATABASE_URL",
+        value_name = "FACEPAIR_DIRECT_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub direct_database_url: Option<SecretString>,
+
     /// Largest number of pooled database connections. PostgreSQL on 2 cores peaks at 4-16.
     #[arg(
         long,

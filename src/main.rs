@@ -121,14 +121,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let settings = args.settings()?;
     let pool = connect(&args.database).await?;
-    let app = Application::build(settings, pool).await?;
+    let session = direct_options(&args.database)?;
+    let app = Application::build_with(settings, pool, session).await?;
     app.run_until_stopped().await?;
     Ok(())
 }
 
 async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
     telemetry::init(LogFormat::Text);
-    let pool = connect(&database).await?;
+    // a migration holds a session's advisory lock: not through a transaction pooler
+    let direct = DatabaseArgs {
+        database_url: database
+            .direct_database_url
+            .clone()
+            .unwrap_or(database.database_url.clone()),
+        direct_database_url: None,
+        ..database
+    };
+    let pool = connect(&direct).await?;
     MIGRATOR.run(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
@@ -239,6 +249,20 @@ async fn purge(
     Ok(())
 }
 
+/// `FACEPAIR_DIRECT_DATABASE_URL`'s options, if it is set.
+fn direct_options(
+    database: &DatabaseArgs,
+) -> anyhow::Result<Option<sqlx::postgres::PgConnectOptions>> {
+    use anyhow::Context as _;
+    use secrecy::ExposeSecret as _;
+    database
+        .direct_database_url
+        .as_ref()
+        .map(|url| url.expose_secret().parse())
+        .transpose()
+        .context("FACEPAIR_DIRECT_DATABASE_URL is not a valid PostgreSQL connection string")
+}
+
 async fn connect(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
     use anyhow::Context as _;
     use secrecy::ExposeSecret as _;
@@ -248,6 +272,7 @@ async fn connect(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
             .expose_secret()
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
+
     match facepair::store::pool_options(database)
         .connect_with(options.clone())
         .await

@@ -100,9 +100,29 @@ impl TestApp {
         // facepair's log, as `facepair serve` writes it: shown with a failing test's output
         facepair::telemetry::init(facepair::config::LogFormat::Text);
         let settings = s.clone();
-        let app = Application::build(s, pool.clone())
-            .await
-            .expect("facepair starts");
+        let upstream: u16 = std::env::var("FACEPAIR_PGPORT").map_or(54329, |p| p.parse().unwrap());
+        let app = match std::env::var("FACEPAIR_TEST_PGBOUNCER") {
+            // scripts/test's second run: requests through PgBouncer in transaction mode, what
+            // needs a session directly, as FACEPAIR_DIRECT_DATABASE_URL deploys it (not for a
+            // test that runs a PostgreSQL of its own, which PgBouncer does not front)
+            Ok(address) if pool.connect_options().get_port() == upstream => {
+                let (host, port) = address.rsplit_once(':').expect("host:port");
+                let pooled = (*pool.connect_options())
+                    .clone()
+                    .host(host)
+                    .port(port.parse().expect("a port"));
+                let requests = facepair::store::hooks(sqlx::postgres::PgPoolOptions::new())
+                    .max_connections(10)
+                    .test_before_acquire(false)
+                    .connect_with(pooled)
+                    .await
+                    .expect("PgBouncer answers");
+                let session = (*pool.connect_options()).clone();
+                Application::build_with(s, requests, Some(session)).await
+            }
+            _ => Application::build(s, pool.clone()).await,
+        }
+        .expect("facepair starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
         let state = app.state().clone();

@@ -254,6 +254,7 @@ async fn a_stream_whose_read_fails_ends_and_its_reconnect_misses_nothing(pool: P
     // named so that the test can find them
     let database = facepair::config::DatabaseArgs {
         database_url: secrecy::SecretString::from("unused"),
+        direct_database_url: None,
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
     };

@@ -12,6 +12,7 @@ async fn single(pool: &PgPool) -> PgPool {
     let database = DatabaseArgs {
         // the connection options below are what is used; the URL is not read
         database_url: SecretString::from("unused"),
+        direct_database_url: None,
         db_max_connections: 1,
         db_acquire_timeout: Duration::from_secs(5),
     };
