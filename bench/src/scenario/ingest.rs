@@ -1,5 +1,6 @@
 //! Scenario 1: webhook ingest, facepair against pgbench running the same SQL
-//! (`bench/webhook.sql`) on the same PostgreSQL, at each concurrency.
+//! (`bench/webhook.sql`) and the least SQL that does the same durable work
+//! (`bench/webhook-minimal.sql`) on the same PostgreSQL, at each concurrency.
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ pub async fn run(
         }
         rounds.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
         rows.push(row(concurrency, &rounds));
+        rows.push(minimal_row(concurrency, &rounds));
     }
     reference_listener.abort();
     let taken: i64 = sqlx::query_scalar("select last_value from bench_tokens")
@@ -70,6 +72,9 @@ struct Round {
     batches: f64,
     with_notify: f64,
     without_notify: f64,
+    /// pgbench running the least SQL that does the same durable work (bench/webhook-minimal.sql)
+    minimal: f64,
+    minimal_used: Usage,
 }
 
 async fn round(
@@ -118,7 +123,26 @@ async fn round(
         }
     }
     let [without_notify, with_notify] = reference;
+    settle(admin).await?;
+    let before = Usage::now(server.pid, admin, disk).await?;
+    let minimal = pgbench(
+        &args.pgbench,
+        &suite.ref_url,
+        &[
+            "-f",
+            "bench/webhook-minimal.sql",
+            "-D",
+            &format!("rows={}", args.rows),
+        ],
+        concurrency,
+        secs,
+    )?;
+    let minimal_used = Usage::now(server.pid, admin, disk)
+        .await?
+        .each(before, minimal * secs.as_secs_f64());
     Ok(Round {
+        minimal,
+        minimal_used,
         ratio: run.rate / with_notify,
         run,
         used,
@@ -127,6 +151,33 @@ async fn round(
         with_notify,
         without_notify,
     })
+}
+
+/// facepair against the minimal same-work SQL: the median round by rate ratio.
+fn minimal_row(concurrency: usize, rounds: &[Round]) -> Row {
+    let mut ratios: Vec<(f64, &Round)> =
+        rounds.iter().map(|r| (r.run.rate / r.minimal, r)).collect();
+    ratios.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (ratio, median) = ratios[ratios.len() / 2];
+    let pg = median.used.cpu.postgres / median.minimal_used.cpu.postgres;
+    Row {
+        scenario: format!("1. webhook ingest against the minimal SQL, concurrency {concurrency}"),
+        facepair: format!(
+            "{:.0}/s; PostgreSQL CPU each {:.3} ms",
+            median.run.rate, median.used.cpu.postgres
+        ),
+        reference: format!(
+            "{:.0}/s pgbench, bench/webhook-minimal.sql; PostgreSQL CPU each {:.3} ms",
+            median.minimal, median.minimal_used.cpu.postgres
+        ),
+        ratio: format!(
+            "{ratio:.2}x median of {} rounds ({:.2}-{:.2}); PostgreSQL CPU {pg:.2}x the reference's",
+            ratios.len(),
+            ratios[0].0,
+            ratios[ratios.len() - 1].0,
+        ),
+        target: ">= 0.8x; PostgreSQL CPU <= 1.25x".into(),
+    }
 }
 
 /// The median round of `rounds`, sorted by ratio, and their spread.
