@@ -112,6 +112,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         expiry_interval: Duration::from_secs(1),
         frame_ancestors: vec![format!("http://127.0.0.1:{}", args.demo_listen.port())],
         return_url: None,
+        platform_name: Some("Acme Desktop".into()),
         retention: Default::default(),
         limits: Default::default(),
         trusted_proxies: Default::default(),
