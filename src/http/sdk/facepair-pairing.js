@@ -30,9 +30,9 @@ ol { padding-inline-start: 1.4em; margin: 0; }
 li { margin-bottom: 10px; }
 .code-row { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 14px; margin: 8px 0 4px; }
 .code { direction: ltr; unicode-bidi: isolate; margin: 0; font-weight: 700; letter-spacing: .06em;
+  display: flex; flex-wrap: wrap; column-gap: .4em;
   font-size: var(--facepair-code-size, clamp(1.9rem, 9vw, 3rem)); font-variant-numeric: tabular-nums;
   font-family: ui-monospace, "SF Mono", Menlo, Consolas, "DejaVu Sans Mono", monospace; user-select: all; }
-.group + .group { margin-inline-start: .4em; }
 .countdown { color: var(--_muted); margin: 4px 0 0; }
 .countdown.soon { color: var(--_bad); font-weight: 600; }
 .notice { display: flex; gap: 10px; align-items: flex-start; margin: 16px 0 0; padding: 12px; border-radius: 10px;
