@@ -201,7 +201,7 @@ async fn demo_page() -> HttpResponse {
 }
 
 async fn demo_config(demo: web::Data<Demo>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "phone_url": demo.phone_url, "scan_ref": DEMO_SCAN_REF, "unverified_scan_ref": DEMO_UNVERIFIED_SCAN_REF }))
+    HttpResponse::Ok().json(serde_json::json!({ "phone_url": demo.phone_url, "facepair_url": demo.facepair_url, "scan_ref": DEMO_SCAN_REF, "unverified_scan_ref": DEMO_UNVERIFIED_SCAN_REF }))
 }
 
 /// The demo's backend calls facepair with the API key, as a platform's backend does; the

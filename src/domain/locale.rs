@@ -135,7 +135,18 @@ mod tests {
         assert_eq!(l("pt_br").as_str(), "pt-BR");
         assert_eq!(l("zh-hant-tw").as_str(), "zh-Hant-TW");
         assert_eq!(l("es-419").as_str(), "es-419");
-        for bad in ["", "e", "e1", "english", "de-", "de--AT", "de AT", "1de", "de-toolongsubtag", &"a-b".repeat(20)] {
+        for bad in [
+            "",
+            "e",
+            "e1",
+            "english",
+            "de-",
+            "de--AT",
+            "de AT",
+            "1de",
+            "de-toolongsubtag",
+            &"a-b".repeat(20),
+        ] {
             assert!(Locale::parse(bad).is_err(), "{bad:?}");
         }
     }

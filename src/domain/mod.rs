@@ -8,8 +8,8 @@ pub mod types;
 pub mod verdict;
 
 pub use events::EventKind;
-pub use state::{AttemptEvent, AttemptStatus, IdenfyOutcome, LoginStatus, Source};
 pub use locale::Locale;
+pub use state::{AttemptEvent, AttemptStatus, IdenfyOutcome, LoginStatus, Source};
 pub use types::{DigitString, Invalid, Lifetime, ScanRef, UserRef, WatchToken};
 pub use verdict::Verdict;
 

@@ -119,9 +119,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(watch::cancel))
                 .wrap(watch::cors()),
         )
-        .service(
-            resource("/sdk/v1/facepair-pairing.js", "GET").route(web::get().to(sdk::module)),
-        )
+        .service(resource("/sdk/v1/facepair-pairing.js", "GET").route(web::get().to(sdk::module)))
         .service(resource("/pair/assets/pair.css", "GET").route(web::get().to(pair::css)))
         .service(resource("/pair/assets/pair.js", "GET").route(web::get().to(pair::js)))
         .service(resource("/pair/{watch_token}", "GET").route(web::get().to(pair::page)))

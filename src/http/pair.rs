@@ -4,8 +4,8 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::domain::locale::{self, Locale};
 use crate::domain::WatchToken;
+use crate::domain::locale::{self, Locale};
 use crate::http::sdk::{self, MODULE};
 use crate::service::{self, Context};
 use crate::store::logins;

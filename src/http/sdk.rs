@@ -124,7 +124,10 @@ mod tests {
             let missing: Vec<_> = english.keys().filter(|k| !own.contains_key(*k)).collect();
             assert!(missing.is_empty(), "{language} lacks {missing:?}");
             let extra: Vec<_> = own.keys().filter(|k| !english.contains_key(*k)).collect();
-            assert!(extra.is_empty(), "{language} has keys English lacks: {extra:?}");
+            assert!(
+                extra.is_empty(),
+                "{language} has keys English lacks: {extra:?}"
+            );
             for (key, value) in &own {
                 let text = value.as_str().unwrap_or_else(|| panic!("{language}.{key}"));
                 assert!(!text.trim().is_empty(), "{language}.{key} is empty");
@@ -164,7 +167,11 @@ mod tests {
                 assert_ne!(text.as_str().unwrap(), key, "{language}.{key}");
             }
         }
-        assert!(MODULE.body.contains("\"fail_other\":\"La vérification du visage"));
+        assert!(
+            MODULE
+                .body
+                .contains("\"fail_other\":\"La vérification du visage")
+        );
         assert!(!MODULE.body.contains(PLACEHOLDER));
     }
 }

@@ -5,8 +5,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::state::{self, LoginFacts};
 use crate::domain::network::NetworkMatch;
+use crate::domain::state::{self, LoginFacts};
 use crate::domain::{AttemptStatus, LoginStatus};
 use crate::store::logins::{LoginRow, Parts};
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use thirtyfour::prelude::*;
 use thirtyfour::Key;
+use thirtyfour::prelude::*;
 
 use crate::e2e::Sandbox;
 use crate::helpers::*;
@@ -190,7 +190,6 @@ impl Browser {
     }
 }
 
-
 /// No animation is running, in the page or in a component's shadow root.
 const SETTLED: &str = "return [document, ...[...document.querySelectorAll('facepair-pairing')].map((e) => e.shadowRoot)].every((d) => d.getAnimations().every((a) => a.playState === 'finished'))";
 
@@ -265,7 +264,12 @@ async fn approved_without_reload(browser: &Browser, sb: &Sandbox, code: &str) {
 
 #[sqlx::test]
 async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
-    let sb = Sandbox::start_with(pool, |_| {}, |s| s.platform_name = Some("Acme Desktop".into())).await;
+    let sb = Sandbox::start_with(
+        pool,
+        |_| {},
+        |s| s.platform_name = Some("Acme Desktop".into()),
+    )
+    .await;
     let login = sb.app.login().await;
     let code = login["attempt"]["digit_string"].as_str().unwrap();
     let browser = Browser::start().await;
@@ -298,11 +302,17 @@ async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
             json!(true),
         )
         .await;
-    assert_eq!(browser.run(&part("platform")).await, json!("Signing in to Acme Desktop"));
-    let warning = browser.run(&shadow("return r.querySelector('.notice').textContent")).await;
+    assert_eq!(
+        browser.run(&part("platform")).await,
+        json!("Signing in to Acme Desktop")
+    );
+    let warning = browser
+        .run(&shadow("return r.querySelector('.notice').textContent"))
+        .await;
     let warning = warning.as_str().unwrap();
     assert!(
-        warning.contains("only into the iDenfy app") && warning.contains("on this computer yourself"),
+        warning.contains("only into the iDenfy app")
+            && warning.contains("on this computer yourself"),
         "{warning}"
     );
     assert_eq!(
@@ -311,7 +321,10 @@ async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
             .await,
         json!(["polite", "Waiting for your selfie in the iDenfy app."])
     );
-    assert_eq!(browser.run(&part("cancel-button")).await, json!("Cancel sign-in"));
+    assert_eq!(
+        browser.run(&part("cancel-button")).await,
+        json!("Cancel sign-in")
+    );
     browser.axe("pending").await;
     browser.screenshot("pairing-pending").await;
 
@@ -324,7 +337,9 @@ async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
     .await
     .unwrap();
     click_part(&browser, "copy-button").await;
-    browser.until(&part("copy-button"), json!("Code copied.")).await;
+    browser
+        .until(&part("copy-button"), json!("Code copied."))
+        .await;
     let copied = browser
         .driver()
         .execute_async(
@@ -359,7 +374,10 @@ async fn a_failure_is_explained_and_a_new_code_can_be_had(pool: PgPool) {
             .contains("did not match the person on record"),
         "{detail}"
     );
-    assert_eq!(browser.run(&part("new-code-button")).await, json!("Get a new code"));
+    assert_eq!(
+        browser.run(&part("new-code-button")).await,
+        json!("Get a new code")
+    );
     browser.axe("failed").await;
     browser.screenshot("pairing-failed").await;
 
@@ -395,7 +413,10 @@ async fn an_expired_code_says_so(pool: PgPool) {
         json!(true),
         "no reload"
     );
-    assert_eq!(browser.run(&part("new-code-button")).await, json!("Get a new code"));
+    assert_eq!(
+        browser.run(&part("new-code-button")).await,
+        json!("Get a new code")
+    );
     // the icon is drawn, not a glyph a font may lack
     assert_eq!(
         browser
@@ -443,7 +464,10 @@ async fn the_page_is_locked_down(pool: PgPool) {
         )),
         "the page loads the one component, pinned: {page}"
     );
-    assert!(!page.contains("<style") && !page.contains(" style="), "no inline style");
+    assert!(
+        !page.contains("<style") && !page.contains(" style="),
+        "no inline style"
+    );
     let framed = TestApp::spawn_with(app.pool.clone(), |s| {
         s.frame_ancestors = vec!["https://platform.example".into()]
     })
@@ -604,7 +628,9 @@ async fn the_component_works_on_a_page_of_another_origin_by_keyboard(pool: PgPoo
     let platform = MockServer::start().await;
     let login = sb
         .app
-        .login_with(json!({ "scan_ref": SCAN_REF, "state": "csrf-7Hq2", "client_ip": "198.51.100.7" }))
+        .login_with(
+            json!({ "scan_ref": SCAN_REF, "state": "csrf-7Hq2", "client_ip": "198.51.100.7" }),
+        )
         .await;
     let integrity = sb
         .app
@@ -669,8 +695,16 @@ async fn the_component_works_on_a_page_of_another_origin_by_keyboard(pool: PgPoo
         browser.run(&part("platform")).await,
         json!("Signing in to Acme Desktop")
     );
-    let place = browser.run(&shadow("return r.querySelector('.notice').textContent")).await;
-    assert!(place.as_str().unwrap().contains("started from Vilnius, Lithuania"), "{place}");
+    let place = browser
+        .run(&shadow("return r.querySelector('.notice').textContent"))
+        .await;
+    assert!(
+        place
+            .as_str()
+            .unwrap()
+            .contains("started from Vilnius, Lithuania"),
+        "{place}"
+    );
     browser.axe("embedded pending").await;
     browser.screenshot("component-embedded-pending").await;
 
@@ -696,7 +730,10 @@ async fn the_component_works_on_a_page_of_another_origin_by_keyboard(pool: PgPoo
     browser.axe("embedded failed").await;
     // the outcome took the focus (it was inside the component); Tab goes on to "Get a new code"
     browser
-        .until(&shadow("return r.activeElement && r.activeElement.tagName"), json!("H3"))
+        .until(
+            &shadow("return r.activeElement && r.activeElement.tagName"),
+            json!("H3"),
+        )
         .await;
     browser.keys(Key::Tab).await;
     browser
@@ -714,21 +751,29 @@ async fn the_component_works_on_a_page_of_another_origin_by_keyboard(pool: PgPoo
         .unwrap()
         .to_owned();
     browser.until(&code_text(), json!(new_code)).await;
-    browser.until(&focused, json!(["button copy-button", "solid"])).await;
+    browser
+        .until(&focused, json!(["button copy-button", "solid"]))
+        .await;
 
     sb.phone(&new_code, "SUCCESS", None).await;
     browser.until(&headline(), json!("Face confirmed")).await;
-    let events: Value =
-        serde_json::from_str(browser.run(EVENTS).await.as_str().unwrap()).unwrap();
+    let events: Value = serde_json::from_str(browser.run(EVENTS).await.as_str().unwrap()).unwrap();
     assert_eq!(
         events[1],
         json!(["facepair:approved", { "state": "csrf-7Hq2", "network_match": "different" }])
     );
-    assert_eq!(events.as_array().unwrap().len(), 2, "each outcome told once: {events}");
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        2,
+        "each outcome told once: {events}"
+    );
     let everything = browser
         .run(&shadow("return document.documentElement.outerHTML + r.innerHTML + JSON.stringify(window.__events) + performance.getEntriesByType('resource').map((e) => e.name).join(' ')"))
         .await;
-    assert!(!everything.as_str().unwrap().contains(id), "the login id never reaches the page");
+    assert!(
+        !everything.as_str().unwrap().contains(id),
+        "the login id never reaches the page"
+    );
     browser.axe("embedded approved").await;
     browser.screenshot("component-embedded-approved").await;
 }
@@ -755,8 +800,14 @@ async fn each_language_is_spoken_and_arabic_reads_right_to_left(pool: PgPool) {
             json!([language, dir, message(language, "title"), language, dir, "ltr"]),
             "{language}"
         );
-        assert_eq!(browser.run(&part("title")).await, json!(message(language, "title")));
-        assert_eq!(browser.run(&part("cancel-button")).await, json!(message(language, "cancel")));
+        assert_eq!(
+            browser.run(&part("title")).await,
+            json!(message(language, "title"))
+        );
+        assert_eq!(
+            browser.run(&part("cancel-button")).await,
+            json!(message(language, "cancel"))
+        );
         if language == "ar" {
             // right to left: the steps are indented from the right, where their numbers stand
             let sides = browser
@@ -765,7 +816,9 @@ async fn each_language_is_spoken_and_arabic_reads_right_to_left(pool: PgPool) {
             assert_eq!(sides, json!([true, true]));
             browser.axe("arabic").await;
         }
-        browser.screenshot(&format!("pairing-lang-{language}")).await;
+        browser
+            .screenshot(&format!("pairing-lang-{language}"))
+            .await;
     }
 }
 
@@ -773,14 +826,20 @@ async fn each_language_is_spoken_and_arabic_reads_right_to_left(pool: PgPool) {
 /// person can cancel; the simulated phone fits a 390-pixel screen.
 #[sqlx::test]
 async fn the_page_holds_at_320_pixels_and_200_percent_text(pool: PgPool) {
-    let sb = Sandbox::start_with(pool, |_| {}, |s| s.platform_name = Some("Acme Desktop".into())).await;
+    let sb = Sandbox::start_with(
+        pool,
+        |_| {},
+        |s| s.platform_name = Some("Acme Desktop".into()),
+    )
+    .await;
     let login = sb
         .app
         .login_with(json!({ "scan_ref": SCAN_REF, "locale": "de" }))
         .await;
     let browser = Browser::start().await;
     let cdp = browser.driver().cdp();
-    let width = |w: u32| json!({ "width": w, "height": 700, "deviceScaleFactor": 1, "mobile": true });
+    let width =
+        |w: u32| json!({ "width": w, "height": 700, "deviceScaleFactor": 1, "mobile": true });
     cdp.send_raw("Emulation.setDeviceMetricsOverride", width(320))
         .await
         .unwrap();
@@ -818,5 +877,22 @@ async fn the_page_holds_at_320_pixels_and_200_percent_text(pool: PgPool) {
             .await,
         json!([390, 390])
     );
+    // the canceled login's code: the phone does not call it a success
+    let input = browser.driver().find(By::Id("code")).await.unwrap();
+    input.send_keys(code).await.unwrap();
+    browser
+        .driver()
+        .find(By::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .until(
+            "return document.getElementById('result').textContent.startsWith('Not used: the sign-in on the computer had already ended')",
+            json!(true),
+        )
+        .await;
     browser.screenshot("simulated-phone-390px").await;
 }

@@ -83,7 +83,12 @@ async fn page(app: &TestApp, watch_url: &str, accept_language: Option<&str>) -> 
 /// Arabic reads right to left; a token nobody knows still gets the browser's language.
 #[sqlx::test]
 async fn the_page_speaks_the_logins_language_else_the_browsers(pool: PgPool) {
-    let sb = Sandbox::start_with(pool, |_| {}, |s| s.platform_name = Some("Acme <Desk>".into())).await;
+    let sb = Sandbox::start_with(
+        pool,
+        |_| {},
+        |s| s.platform_name = Some("Acme <Desk>".into()),
+    )
+    .await;
     let german = sb
         .app
         .login_with(json!({ "scan_ref": SCAN_REF, "locale": "de-AT" }))
@@ -91,8 +96,14 @@ async fn the_page_speaks_the_logins_language_else_the_browsers(pool: PgPool) {
     let url = german["watch_url"].as_str().unwrap();
     let html = page(&sb.app, url, Some("fr-FR,fr;q=0.9")).await;
     assert_eq!(lang_of(&html), ("de".into(), "ltr".into()));
-    assert!(html.contains("<title>Mit Ihrem Gesicht anmelden</title>"), "{html}");
-    assert!(html.contains("platform-name=\"Acme &lt;Desk&gt;\""), "escaped: {html}");
+    assert!(
+        html.contains("<title>Mit Ihrem Gesicht anmelden</title>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("platform-name=\"Acme &lt;Desk&gt;\""),
+        "escaped: {html}"
+    );
 
     let unspecified = sb.app.login_with(json!({ "scan_ref": SCAN_REF })).await;
     let url = unspecified["watch_url"].as_str().unwrap();
@@ -193,7 +204,13 @@ async fn the_watch_api_answers_other_origins_and_the_browser_may_cancel(pool: Pg
     );
 
     for _ in 0..2 {
-        let canceled = sb.app.http.post(format!("{watch}/cancel")).send().await.unwrap();
+        let canceled = sb
+            .app
+            .http
+            .post(format!("{watch}/cancel"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(canceled.status(), 200, "canceling twice is harmless");
         assert_eq!(canceled.headers()["access-control-allow-origin"], "*");
         let body: Value = canceled.json().await.unwrap();
@@ -201,15 +218,19 @@ async fn the_watch_api_answers_other_origins_and_the_browser_may_cancel(pool: Pg
         assert!(body.get("login_id").is_none() && body.get("scan_ref").is_none());
     }
     assert_eq!(sb.app.state(id).await["status"], "canceled");
-    // the phone's result for a canceled login changes nothing
+    // the phone's result for a canceled login changes nothing, and the simulated phone says so
     let code = login["attempt"]["digit_string"].as_str().unwrap();
-    sb.phone(code, "SUCCESS", None).await;
+    let phone: Value = sb.phone(code, "SUCCESS", None).await.json().await.unwrap();
+    assert_eq!(phone["receiverVerdict"], "late", "{phone}");
     assert_eq!(sb.app.state(id).await["status"], "canceled");
 
     let unknown = sb
         .app
         .http
-        .post(sb.app.url("/v1/watch/fpw_nobody_has_this_token_at_all_0000000/cancel"))
+        .post(
+            sb.app
+                .url("/v1/watch/fpw_nobody_has_this_token_at_all_0000000/cancel"),
+        )
         .send()
         .await
         .unwrap();
@@ -222,11 +243,21 @@ async fn the_watch_api_answers_other_origins_and_the_browser_may_cancel(pool: Pg
     let login = sb.app.login().await;
     let token = login["watch_token"].as_str().unwrap();
     let id = login["login_id"].as_str().unwrap();
-    sb.phone(login["attempt"]["digit_string"].as_str().unwrap(), "SUCCESS", None)
-        .await;
+    sb.phone(
+        login["attempt"]["digit_string"].as_str().unwrap(),
+        "SUCCESS",
+        None,
+    )
+    .await;
     let approved = sb.wait_for(id, "approved").await;
     assert_eq!(approved["attempt"]["network_match"], "different");
-    assert_eq!(sb.app.post(&format!("/v1/logins/{id}/redeem")).await.status(), 200);
+    assert_eq!(
+        sb.app
+            .post(&format!("/v1/logins/{id}/redeem"))
+            .await
+            .status(),
+        200
+    );
     let late = sb
         .app
         .http

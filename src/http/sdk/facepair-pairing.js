@@ -295,6 +295,8 @@ export class FacepairPairing extends HTMLElement {
     if (!d) return;
     const pending = d.status === 'pending';
     this.pending.hidden = !pending;
+    // beside an outcome the status line would repeat it: screen readers still hear it
+    this.status.classList.toggle('sr-only', !pending);
     this.outcome.hidden = pending;
     this.newCodeButton.hidden = pending || !d.can_request_new_code;
     this.cancelButton.hidden = !['pending', 'failed', 'expired'].includes(d.status);
@@ -378,6 +380,7 @@ export class FacepairPairing extends HTMLElement {
 
   notFound() {
     this.pending.hidden = true;
+    this.status.classList.add('sr-only');
     this.outcome.hidden = false;
     this.outcome.className = 'outcome bad';
     this.outcomeIcon.replaceChildren(icon('bad', 32));
