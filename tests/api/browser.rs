@@ -242,7 +242,7 @@ async fn click_part(browser: &Browser, name: &str) {
         .await
         .unwrap();
     let root = host.get_shadow_root().await.unwrap();
-    root.find(By::Css(&format!("[part~=\"{name}\"]")))
+    root.find(By::Css(format!("[part~=\"{name}\"]")))
         .await
         .unwrap()
         .click()
