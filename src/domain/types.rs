@@ -137,6 +137,22 @@ pub fn parse_state(s: String) -> Result<String, Invalid> {
     Ok(s)
 }
 
+/// Words the pairing page shows a person (`platform_name`, `desktop_place`): trimmed, 1 to
+/// `max` characters, none of them control characters.
+pub fn parse_display_text(field: &'static str, s: &str, max: usize) -> Result<String, Invalid> {
+    let s = s.trim();
+    if !(1..=max).contains(&s.chars().count()) {
+        return Err(Invalid::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Invalid::new(field, "must not contain control characters"));
+    }
+    Ok(s.to_owned())
+}
+
 /// The code iDenfy generated for the person to type into its app. Its format is not
 /// documented for face authentication (8 digits for KYC), so any short run of digits is taken.
 #[derive(Clone, PartialEq, Eq)]

@@ -26,7 +26,11 @@ pub async fn page(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> HttpResponse {
-    let login_locale = login_locale(&state, &path).await;
+    let login = login(&state, &path).await;
+    let login_locale = login
+        .as_ref()
+        .and_then(|row| row.locale.as_deref())
+        .and_then(|l| Locale::parse(l).ok());
     let accept = req
         .headers()
         .get("accept-language")
@@ -36,10 +40,10 @@ pub async fn page(
         "parent_origins": state.settings.frame_ancestors,
         "return_url": state.settings.return_url.as_ref().map(url::Url::as_str),
     });
-    let platform = state
-        .settings
-        .platform_name
-        .as_deref()
+    let platform = login
+        .as_ref()
+        .and_then(|row| row.platform_name.as_deref())
+        .or(state.settings.platform_name.as_deref())
         .map(|name| format!(" platform-name=\"{}\"", escape_attribute(name)))
         .unwrap_or_default();
     let title = sdk::MESSAGES[language]["title"]
@@ -78,16 +82,15 @@ pub async fn page(
         .body(body)
 }
 
-/// The locale the platform gave the login, if the token is one: an unknown token, or a
-/// database that does not answer, leaves the choice to the browser (the component then
-/// reports the token through the watch API, which counts unknown ones).
-async fn login_locale(state: &Context, raw: &str) -> Option<Locale> {
+/// The token's login, for its locale and platform name: an unknown token, or a database
+/// that does not answer, leaves the choice to the browser and the settings (the component
+/// then reports the token through the watch API, which counts unknown ones).
+async fn login(state: &Context, raw: &str) -> Option<std::sync::Arc<logins::LoginRow>> {
     let token = WatchToken::parse(raw)?;
     let id = logins::id_for_watch_hash(&state.pool, &token.hash())
         .await
         .ok()??;
-    let row = service::read_login(state, id).await.ok()??;
-    row.locale.as_deref().and_then(|l| Locale::parse(l).ok())
+    service::read_login(state, id).await.ok()?
 }
 
 pub async fn css() -> HttpResponse {

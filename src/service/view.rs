@@ -30,6 +30,12 @@ pub struct LoginState {
     /// The language tag given at creation; the pairing component speaks it when it can.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
+    /// The platform's name as given at creation, shown by the pairing component.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_name: Option<String>,
+    /// Where the desktop seems to be, as given at creation, shown by the pairing component.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desktop_place: Option<String>,
     /// While approved: the approval must be redeemed before this time, or the login reads
     /// `expired`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +153,8 @@ impl LoginState {
             status,
             state: row.state.clone(),
             locale: row.locale.clone(),
+            platform_name: row.platform_name.clone(),
+            desktop_place: row.desktop_place.clone(),
             approval_expires_at: row
                 .approval_expires_at
                 .filter(|_| status == LoginStatus::Approved),

@@ -834,7 +834,9 @@ async fn the_page_holds_at_320_pixels_and_200_percent_text(pool: PgPool) {
     .await;
     let login = sb
         .app
-        .login_with(json!({ "scan_ref": SCAN_REF, "locale": "de" }))
+        .login_with(
+            json!({ "scan_ref": SCAN_REF, "locale": "de", "desktop_place": "Vilnius, Litauen" }),
+        )
         .await;
     let browser = Browser::start().await;
     let cdp = browser.driver().cdp();
@@ -847,6 +849,17 @@ async fn the_page_holds_at_320_pixels_and_200_percent_text(pool: PgPool) {
     let code = login["attempt"]["digit_string"].as_str().unwrap();
     browser.until(&code_text(), json!(code)).await;
     const FITS: &str = "const r = document.querySelector('facepair-pairing').shadowRoot; const w = document.documentElement.clientWidth; const over = [...r.querySelectorAll('*')].filter((e) => e.getClientRects().length && (e.getBoundingClientRect().right > w + 0.5 || e.getBoundingClientRect().left < -0.5)).map((e) => e.className || e.tagName); return [w, document.documentElement.scrollWidth <= w, over]";
+    // the login's own place, from the watch document
+    let notice = browser
+        .run(&shadow("return r.querySelector('.notice').textContent"))
+        .await;
+    assert!(
+        notice
+            .as_str()
+            .unwrap()
+            .contains("Diese Anmeldung wurde von Vilnius, Litauen aus begonnen."),
+        "{notice}"
+    );
     assert_eq!(browser.run(FITS).await, json!([320, true, []]));
     browser.axe("320 px").await;
     browser.screenshot("pairing-320px").await;

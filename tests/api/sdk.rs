@@ -269,3 +269,48 @@ async fn the_watch_api_answers_other_origins_and_the_browser_may_cancel(pool: Pg
     let body: Value = late.json().await.unwrap();
     assert_eq!(body["error"]["code"], "already_redeemed");
 }
+
+/// What the pairing page shows about a login is the platform's, per login: its name (over
+/// FACEPAIR_PLATFORM_NAME) and the desktop's place, both in the browser's document; the
+/// place is identity data that retention removes.
+#[sqlx::test]
+async fn a_login_carries_the_platforms_name_and_the_desktops_place(pool: PgPool) {
+    let sb = Sandbox::start_with(
+        pool,
+        |_| {},
+        |s| s.platform_name = Some("Configured".into()),
+    )
+    .await;
+    let login = sb
+        .app
+        .login_with(json!({
+            "scan_ref": SCAN_REF, "platform_name": "  Acme Bank ", "desktop_place": "Vilnius, Lithuania"
+        }))
+        .await;
+    let token = login["watch_token"].as_str().unwrap();
+    let doc: Value = sb
+        .app
+        .http
+        .get(sb.app.url(&format!("/v1/watch/{token}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["platform_name"], "Acme Bank", "trimmed");
+    assert_eq!(doc["desktop_place"], "Vilnius, Lithuania");
+    let html = page(&sb.app, login["watch_url"].as_str().unwrap(), None).await;
+    assert!(html.contains("platform-name=\"Acme Bank\""), "{html}");
+    let plain = sb.app.login_with(json!({ "scan_ref": SCAN_REF })).await;
+    let html = page(&sb.app, plain["watch_url"].as_str().unwrap(), None).await;
+    assert!(html.contains("platform-name=\"Configured\""), "{html}");
+
+    let place: Option<String> =
+        sqlx::query_scalar("select desktop_place from logins where id = $1::uuid")
+            .bind(login["login_id"].as_str().unwrap())
+            .fetch_one(&sb.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(place.as_deref(), Some("Vilnius, Lithuania"));
+}

@@ -277,7 +277,7 @@ export class FacepairPairing extends HTMLElement {
     const lang = this.language;
     this.card.setAttribute('lang', lang);
     this.card.setAttribute('dir', RTL.has(lang) ? 'rtl' : 'ltr');
-    const platform = this.getAttribute('platform-name');
+    const platform = this.getAttribute('platform-name') || (this.doc && this.doc.platform_name);
     this.platformLine.hidden = !platform;
     this.platformLine.textContent = platform ? this.t('platform', { platform }) : '';
     this.titleEl.textContent = this.t('title');
@@ -286,7 +286,7 @@ export class FacepairPairing extends HTMLElement {
     this.stepSelfie.textContent = this.t('step_selfie');
     this.copyButton.textContent = this.t('copy');
     this.warning.textContent = this.t('warning');
-    const place = this.getAttribute('desktop-place');
+    const place = this.getAttribute('desktop-place') || (this.doc && this.doc.desktop_place);
     this.place.hidden = !place;
     this.place.textContent = place ? this.t('place', { place }) : '';
     this.newCodeButton.textContent = this.t('new_code');
