@@ -13,7 +13,7 @@ const SOURCE: &str = include_str!("sdk/facepair-pairing.js");
 const PLACEHOLDER: &str = "/*CATALOGS*/{}";
 
 /// Each language's catalog, as written. English is complete; the others may lack a message.
-pub const CATALOGS: [(&str, &str); 7] = [
+pub const CATALOGS: [(&str, &str); 12] = [
     ("en", include_str!("sdk/messages/en.json")),
     ("de", include_str!("sdk/messages/de.json")),
     ("fr", include_str!("sdk/messages/fr.json")),
@@ -21,6 +21,11 @@ pub const CATALOGS: [(&str, &str); 7] = [
     ("lt", include_str!("sdk/messages/lt.json")),
     ("pl", include_str!("sdk/messages/pl.json")),
     ("ar", include_str!("sdk/messages/ar.json")),
+    ("it", include_str!("sdk/messages/it.json")),
+    ("pt", include_str!("sdk/messages/pt.json")),
+    ("nl", include_str!("sdk/messages/nl.json")),
+    ("ru", include_str!("sdk/messages/ru.json")),
+    ("uk", include_str!("sdk/messages/uk.json")),
 ];
 
 /// The module as served, its ETag and its Subresource Integrity value.

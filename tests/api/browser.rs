@@ -338,7 +338,10 @@ async fn the_page_follows_a_login_to_success_without_reloading(pool: PgPool) {
     .unwrap();
     click_part(&browser, "copy-button").await;
     browser
-        .until(&part("copy-button"), json!("Code copied."))
+        .until(
+            &shadow("return r.querySelector('[role=status]').textContent"),
+            json!("Code copied."),
+        )
         .await;
     let copied = browser
         .driver()
@@ -784,7 +787,7 @@ async fn the_component_works_on_a_page_of_another_origin_by_keyboard(pool: PgPoo
 async fn each_language_is_spoken_and_arabic_reads_right_to_left(pool: PgPool) {
     let sb = Sandbox::start(pool).await;
     let browser = Browser::start().await;
-    for language in ["de", "fr", "es", "lt", "pl", "ar"] {
+    for language in facepair::domain::locale::PAGE_LANGUAGES {
         let login = sb
             .app
             .login_with(json!({ "scan_ref": SCAN_REF, "locale": language }))

@@ -266,9 +266,11 @@ export class FacepairPairing extends HTMLElement {
     if (this.doc && next.event_seq < this.doc.event_seq) return;
     this.doc = next;
     this.clockOffset = Date.parse(next.server_time) - Date.now();
+    // read before painting hides the focused button
+    const focused = Boolean(this.shadow.activeElement);
     this.problemText(null);
     this.paint();
-    this.announceOutcome();
+    this.announceOutcome(focused);
     if (this.settled() && this.events) { this.events.close(); this.events = null; }
   }
 
@@ -347,7 +349,7 @@ export class FacepairPairing extends HTMLElement {
   }
 
   /** Tells the page once per attempt and outcome, with what it may act on (never a login id). */
-  announceOutcome() {
+  announceOutcome(focused) {
     const d = this.doc;
     const [name, detail] = {
       approved: ['facepair:approved', () => ({ state: d.state ?? null, network_match: d.attempt.network_match ?? 'unknown' })],
@@ -361,7 +363,7 @@ export class FacepairPairing extends HTMLElement {
     if (!name || this.fired.has(key)) return;
     this.fired.add(key);
     this.dispatchEvent(new CustomEvent(name, { detail: detail(), bubbles: true, composed: true }));
-    if (this.shadow.activeElement || this.matches(':focus-within')) this.headline.focus();
+    if (focused) this.headline.focus();
   }
 
   failure(d) {
