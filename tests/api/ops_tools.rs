@@ -358,7 +358,9 @@ async fn retention_boundaries(pool: PgPool) {
         sb.app.count("select count(*) from deliveries").await as u64
     );
 
-    let rows: Vec<(String, Option<String>, Option<String>, bool, Option<String>)> = sqlx::query_as(
+    // id, scan_ref, user_ref, purged, desktop_place
+    type Row = (String, Option<String>, Option<String>, bool, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "select id::text, scan_ref, user_ref, purged_at is not null, desktop_place from logins",
     )
     .fetch_all(&sb.app.pool)
