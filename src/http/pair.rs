@@ -4,9 +4,10 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::domain::WatchToken;
 use crate::domain::locale::{self, Locale};
+use crate::http::Web;
 use crate::http::sdk::{self, MODULE};
+use crate::http::watch;
 use crate::service::{self, Context};
 use crate::store::logins;
 
@@ -23,10 +24,11 @@ const JS: &str = include_str!("pair/pair.js");
 )]
 pub async fn page(
     state: web::Data<Context>,
+    shared: web::Data<Web>,
     path: web::Path<String>,
     req: HttpRequest,
 ) -> HttpResponse {
-    let login = login(&state, &path).await;
+    let login = login(&state, &shared, &req, &path).await;
     let login_locale = login
         .as_ref()
         .and_then(|row| row.locale.as_deref())
@@ -82,14 +84,21 @@ pub async fn page(
         .body(body)
 }
 
-/// The token's login, for its locale and platform name: an unknown token, or a database
-/// that does not answer, leaves the choice to the browser and the settings (the component
-/// then reports the token through the watch API, which counts unknown ones).
-async fn login(state: &Context, raw: &str) -> Option<std::sync::Arc<logins::LoginRow>> {
-    let token = WatchToken::parse(raw)?;
-    let id = logins::id_for_watch_hash(&state.pool, &token.hash())
-        .await
-        .ok()??;
+/// The token's login, for its locale and platform name. Unknown tokens are counted against
+/// the browser's address as the watch API counts them, since the page's language would
+/// otherwise tell a valid token from a guess for free. An unknown or refused token, or a
+/// database that does not answer, leaves the choice to the browser and the settings.
+async fn login(
+    state: &Context,
+    shared: &Web,
+    req: &HttpRequest,
+    raw: &str,
+) -> Option<std::sync::Arc<logins::LoginRow>> {
+    let id = watch::resolve(state, shared, req, raw, |token| {
+        watch::by_hash(state, token)
+    })
+    .await
+    .ok()?;
     service::read_login(state, id).await.ok()?
 }
 

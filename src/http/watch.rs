@@ -43,14 +43,14 @@ impl Blocks {
     }
 }
 
-async fn by_hash(state: &Context, token: WatchToken) -> Result<Option<Uuid>, ApiError> {
+pub(crate) async fn by_hash(state: &Context, token: WatchToken) -> Result<Option<Uuid>, ApiError> {
     Ok(logins::id_for_watch_hash(&state.pool, &token.hash()).await?)
 }
 
 /// Resolves a watch token with `find`, counting unknown ones per browser address (IPv6 by /64):
 /// past the limit that address's unknown tokens get 429 for the window. Known tokens are always
 /// served, so an address blocked by others' guesses (a shared NAT) still follows its own logins.
-async fn resolve<F, Fut>(
+pub(crate) async fn resolve<F, Fut>(
     state: &Context,
     shared: &Web,
     req: &HttpRequest,

@@ -123,6 +123,31 @@ async fn the_page_speaks_the_logins_language_else_the_browsers(pool: PgPool) {
     );
 }
 
+/// The page's language tells a known token from a guess, so the page counts unknown tokens
+/// against the address as the watch API does: guessing through it is refused just the same.
+#[sqlx::test]
+async fn guessing_tokens_through_the_page_is_counted(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.limits.watch_misses_per_ip = 2).await;
+    for n in 0..3 {
+        let html = page(
+            &app,
+            &app.url(&format!("/pair/fpw_guess_{n}_000000000000000000000000000")),
+            Some("pl"),
+        )
+        .await;
+        assert_eq!(lang_of(&html).0, "pl", "the page itself is served");
+    }
+    let response = app
+        .http
+        .get(app.url("/v1/watch/fpw_guess_3_000000000000000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "watch_misses_per_ip");
+}
+
 /// A platform's language tag reaches iDenfy as iDenfy's own code, and a language iDenfy
 /// lacks is left out rather than have the session refused.
 #[sqlx::test]
