@@ -912,3 +912,49 @@ async fn the_page_holds_at_320_pixels_and_200_percent_text(pool: PgPool) {
         .await;
     browser.screenshot("simulated-phone-390px").await;
 }
+
+/// Given another login's `watch-url`, the element follows that login alone, by long-polling
+/// where no stream gets through: a poll still waiting for the first login does not hold up the
+/// second, and the first's outcome no longer shows.
+#[sqlx::test]
+async fn a_new_watch_url_is_followed_instead_of_the_old(pool: PgPool) {
+    let sb = Sandbox::start(pool).await;
+    let first = sb.app.login().await;
+    let second = sb
+        .app
+        .login_with(json!({ "scan_ref": SCAN_REF, "state": "second" }))
+        .await;
+    let browser = Browser::start().await;
+    let cdp = browser.driver().cdp();
+    cdp.network().enable().await.unwrap();
+    cdp.send_raw("Network.setBlockedURLs", json!({ "urls": ["*/events"] }))
+        .await
+        .unwrap();
+    browser.open(first["watch_url"].as_str().unwrap()).await;
+    let code = |login: &Value| {
+        login["attempt"]["digit_string"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    browser.until(&code_text(), json!(code(&first))).await;
+    const LONG_POLLED: &str =
+        "return performance.getEntriesByType('resource').some(e => e.name.endsWith('?wait=25'))";
+    browser.until(LONG_POLLED, json!(true)).await;
+    browser
+        .run(&format!(
+            "window.__events = []; const e = document.querySelector('facepair-pairing'); e.addEventListener('facepair:approved', (ev) => window.__events.push(ev.detail.state)); e.setAttribute('watch-url', '{}')",
+            second["watch_url"].as_str().unwrap()
+        ))
+        .await;
+    browser.until(&code_text(), json!(code(&second))).await;
+    sb.phone(&code(&first), "FAILED", None).await;
+    sb.wait_for(first["login_id"].as_str().unwrap(), "failed")
+        .await;
+    sb.phone(&code(&second), "SUCCESS", None).await;
+    browser.until(&headline(), json!("Face confirmed")).await;
+    assert_eq!(
+        browser.run("return window.__events").await,
+        json!(["second"])
+    );
+}

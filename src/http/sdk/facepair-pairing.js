@@ -220,7 +220,7 @@ export class FacepairPairing extends HTMLElement {
   }
 
   follow(generation) {
-    if (this.events || this.polling || this.settled()) return;
+    if (this.events || this.pollingFor === generation || this.settled()) return;
     if (!('EventSource' in window)) { this.poll(generation); return; }
     let opened = false;
     let failures = 0;
@@ -241,20 +241,22 @@ export class FacepairPairing extends HTMLElement {
   }
 
   async poll(generation) {
-    if (this.polling) return;
-    this.polling = true;
+    // one loop per generation: a loop of a stopped one ends at its next turn
+    if (this.pollingFor === generation) return;
+    this.pollingFor = generation;
     let etag = null;
     while (generation === this.generation && this.doc && !this.settled()) {
       const interval = this.doc.poll_interval_seconds || 2;
       const headers = etag ? { 'if-none-match': etag } : {};
       const response = await this.fetch('?wait=25', { headers });
       if (generation !== this.generation) break;
+      if (response && response.status === 404) { this.notFound(); break; }
       if (response && response.status === 200) { etag = response.headers.get('etag'); this.render(await response.json()); }
       if (!response || response.status >= 500) this.problemText('offline');
       const wait = response && response.status === 429 ? Number(response.headers.get('retry-after')) || interval : interval;
       await new Promise((ok) => setTimeout(ok, wait * 1000));
     }
-    this.polling = false;
+    if (this.pollingFor === generation) this.pollingFor = null;
   }
 
   settled() {
