@@ -165,7 +165,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
 
     println!(
         "\nfacepair sandbox is running (Ctrl-C stops everything)\n\n  \
-         demo platform   http://127.0.0.1:{demo_port}/      <- open this, click \"Log in with face\"\n  \
+         demo platform   http://127.0.0.1:{demo_port}/      <- open this, click \"Sign in with your face\"\n  \
          phone (iDenfy)  {}/_sim/app   <- enter the code here\n  \
          facepair API    {facepair_url}   (API key: {api_key})\n  \
          OpenAPI         {facepair_url}/openapi.json\n  \
