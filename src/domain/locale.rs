@@ -12,8 +12,8 @@ pub const IDENFY_LOCALES: [&str; 34] = [
 ];
 
 /// The languages the pairing page and the component have messages for, English first.
-pub const PAGE_LANGUAGES: [&str; 12] = [
-    "en", "de", "fr", "es", "lt", "pl", "ar", "it", "pt", "nl", "ru", "uk",
+pub const PAGE_LANGUAGES: [&str; 14] = [
+    "en", "de", "fr", "es", "lt", "pl", "ar", "it", "pt", "nl", "ru", "uk", "sv", "cs",
 ];
 
 /// A BCP 47 language tag as the platform gave it (`de`, `pt-BR`, `zh-Hant-TW`), in its
@@ -191,9 +191,9 @@ mod tests {
     fn the_login_locale_comes_first_then_the_browser_by_preference() {
         assert_eq!(negotiate(Some(&l("pl")), Some("de-DE,de;q=0.9")), "pl");
         assert_eq!(negotiate(Some(&l("fr-CA")), None), "fr");
-        // no messages for Swedish: the browser's choice is next
-        assert_eq!(negotiate(Some(&l("sv")), Some("es-ES")), "es");
-        assert_eq!(negotiate(None, Some("sv;q=1, lt;q=0.8, de;q=0.9")), "de");
+        // no messages for Danish: the browser's choice is next
+        assert_eq!(negotiate(Some(&l("da")), Some("es-ES")), "es");
+        assert_eq!(negotiate(None, Some("da;q=1, lt;q=0.8, de;q=0.9")), "de");
         assert_eq!(negotiate(None, Some("fr;q=0, ar")), "ar");
         assert_eq!(negotiate(None, Some("de;q=0.5,lt")), "lt");
         assert_eq!(negotiate(None, Some("en-GB,en;q=0.9")), "en");

@@ -13,7 +13,7 @@ const SOURCE: &str = include_str!("sdk/facepair-pairing.js");
 const PLACEHOLDER: &str = "/*CATALOGS*/{}";
 
 /// Each language's catalog, as written. English is complete; the others may lack a message.
-pub const CATALOGS: [(&str, &str); 12] = [
+pub const CATALOGS: [(&str, &str); 14] = [
     ("en", include_str!("sdk/messages/en.json")),
     ("de", include_str!("sdk/messages/de.json")),
     ("fr", include_str!("sdk/messages/fr.json")),
@@ -26,6 +26,8 @@ pub const CATALOGS: [(&str, &str); 12] = [
     ("nl", include_str!("sdk/messages/nl.json")),
     ("ru", include_str!("sdk/messages/ru.json")),
     ("uk", include_str!("sdk/messages/uk.json")),
+    ("sv", include_str!("sdk/messages/sv.json")),
+    ("cs", include_str!("sdk/messages/cs.json")),
 ];
 
 /// The module as served, its ETag and its Subresource Integrity value.
