@@ -248,6 +248,16 @@ pub struct ServeArgs {
     )]
     pub return_url: Option<Url>,
 
+    /// The platform's name as people know it, shown on the pairing page ("Sign in to ...")
+    /// so that a person can tell whose sign-in a code belongs to. 1 to 60 characters.
+    #[arg(
+        long,
+        env = "FACEPAIR_PLATFORM_NAME",
+        value_name = "FACEPAIR_PLATFORM_NAME",
+        value_parser = platform_name
+    )]
+    pub platform_name: Option<String>,
+
     /// Days after which a finished login's identity data (scan_ref, user_ref, IP addresses,
     /// user agent, clientId, selfie URL) is removed; outcomes stay. 1 to 36500.
     #[arg(
@@ -401,6 +411,8 @@ pub struct Settings {
     /// Origins as `scheme://host[:port]`.
     pub frame_ancestors: Vec<String>,
     pub return_url: Option<Url>,
+    /// Shown on the pairing page: whose sign-in the code belongs to.
+    pub platform_name: Option<String>,
     pub retention: Retention,
     /// `None`: expiry is recorded at once from the clock, without asking iDenfy.
     pub reconcile_after: Option<Duration>,
@@ -593,6 +605,19 @@ fn http_url(s: &str) -> Result<Url, String> {
     }
 }
 
+/// FACEPAIR_PLATFORM_NAME: printable, 1 to 60 characters, trimmed.
+fn platform_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let count = s.chars().count();
+    if !(1..=60).contains(&count) {
+        return Err(format!("must be 1 to 60 characters, not {count}"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(s.to_owned())
+}
+
 /// One entry of FACEPAIR_FRAME_ANCESTORS: an http(s) origin as CSP and postMessage expect it
 /// (`https://platform.example`, no path; `https://*.platform.example` for CSP). An empty
 /// entry (a stray comma) reads as "" and is skipped.
@@ -723,6 +748,7 @@ impl ServeArgs {
                 .cloned()
                 .collect(),
             return_url: self.return_url.clone(),
+            platform_name: self.platform_name.clone(),
             reconcile_after: self.reconcile_grace,
             limits: Limits {
                 logins_per_api_key_per_minute: self.logins_per_api_key_per_minute.max(1),

@@ -118,6 +118,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         expiry_interval: Duration::from_secs(1),
         frame_ancestors: vec![format!("http://127.0.0.1:{}", args.demo_listen.port())],
         return_url: None,
+        platform_name: Some("Acme Desktop".into()),
         retention: Default::default(),
         limits: Default::default(),
         trusted_proxies: Default::default(),
@@ -170,7 +171,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
 
     println!(
         "\nfacepair sandbox is running (Ctrl-C stops everything)\n\n  \
-         demo platform   http://127.0.0.1:{demo_port}/      <- open this, click \"Log in with face\"\n  \
+         demo platform   http://127.0.0.1:{demo_port}/      <- open this, click \"Sign in with your face\"\n  \
          phone (iDenfy)  {}/_sim/app   <- enter the code here\n  \
          facepair API    {facepair_url}   (API key: {api_key})\n  \
          OpenAPI         {facepair_url}/openapi.json\n  \
@@ -206,7 +207,7 @@ async fn demo_page() -> HttpResponse {
 }
 
 async fn demo_config(demo: web::Data<Demo>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "phone_url": demo.phone_url, "scan_ref": DEMO_SCAN_REF, "unverified_scan_ref": DEMO_UNVERIFIED_SCAN_REF }))
+    HttpResponse::Ok().json(serde_json::json!({ "phone_url": demo.phone_url, "facepair_url": demo.facepair_url, "scan_ref": DEMO_SCAN_REF, "unverified_scan_ref": DEMO_UNVERIFIED_SCAN_REF }))
 }
 
 /// The demo's backend calls facepair with the API key, as a platform's backend does; the

@@ -1,14 +1,16 @@
 //! Logins, attempts, the state machine and budgets. No I/O here.
 
 pub mod events;
+pub mod locale;
 pub mod network;
 pub mod state;
 pub mod types;
 pub mod verdict;
 
 pub use events::EventKind;
+pub use locale::Locale;
 pub use state::{AttemptEvent, AttemptStatus, IdenfyOutcome, LoginStatus, Source};
-pub use types::{DigitString, Invalid, Lifetime, Locale, ScanRef, UserRef, WatchToken};
+pub use types::{DigitString, Invalid, Lifetime, ScanRef, UserRef, WatchToken};
 pub use verdict::Verdict;
 
 /// Asserts that serde (JSON) and sqlx (a `text` column) both write `value` as `name`, so an

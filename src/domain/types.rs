@@ -79,27 +79,6 @@ impl UserRef {
     }
 }
 
-/// A two-letter language code passed to iDenfy as `locale`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Locale(String);
-
-impl Locale {
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
-        if s.len() == 2 && s.chars().all(|c| c.is_ascii_alphabetic()) {
-            Ok(Self(s.to_ascii_lowercase()))
-        } else {
-            Err(Invalid::new(
-                "locale",
-                "must be a two-letter language code such as \"en\"",
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// How long a code lives, in seconds; iDenfy accepts 1 to 2,592,000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime(u32);
@@ -156,6 +135,22 @@ pub fn parse_state(s: String) -> Result<String, Invalid> {
         return Err(Invalid::new("state", "must not contain control characters"));
     }
     Ok(s)
+}
+
+/// Words the pairing page shows a person (`platform_name`, `desktop_place`): trimmed, 1 to
+/// `max` characters, none of them control characters.
+pub fn parse_display_text(field: &'static str, s: &str, max: usize) -> Result<String, Invalid> {
+    let s = s.trim();
+    if !(1..=max).contains(&s.chars().count()) {
+        return Err(Invalid::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Invalid::new(field, "must not contain control characters"));
+    }
+    Ok(s.to_owned())
 }
 
 /// The code iDenfy generated for the person to type into its app. Its format is not
@@ -233,13 +228,6 @@ mod tests {
         assert!(ScanRef::parse("../admin").is_err());
         assert!(ScanRef::parse("a b").is_err());
         assert!(ScanRef::parse("a?method=X").is_err());
-    }
-
-    #[test]
-    fn locale_is_lowercased() {
-        assert_eq!(Locale::parse("EN").unwrap().as_str(), "en");
-        assert!(Locale::parse("eng").is_err());
-        assert!(Locale::parse("e1").is_err());
     }
 
     #[test]

@@ -15,10 +15,11 @@ const BY_LOGIN: [&str; 5] = [
     "redeemLogin",
 ];
 /// Operations reached from a login's `watch_token`.
-const BY_WATCH: [&str; 4] = [
+const BY_WATCH: [&str; 5] = [
     "getWatch",
     "streamWatchEvents",
     "newWatchAttempt",
+    "cancelWatch",
     "pairingPage",
 ];
 

@@ -10,6 +10,7 @@ pub mod pair;
 pub mod platform;
 pub mod poll;
 pub mod request;
+pub mod sdk;
 pub mod sse;
 pub mod watch;
 pub mod webhook;
@@ -98,15 +99,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource("/v1/logins/{login_id}/redeem", "POST")
                 .route(web::post().to(platform::redeem)),
         )
-        // browsers, with the watch token
-        .service(resource("/v1/watch/{watch_token}", "GET").route(web::get().to(watch::get_watch)))
+        // browsers, with the watch token, from any origin
         .service(
-            resource("/v1/watch/{watch_token}/events", "GET").route(web::get().to(watch::events)),
+            watch_resource("/v1/watch/{watch_token}", "GET, OPTIONS")
+                .route(web::get().to(watch::get_watch))
+                .wrap(watch::cors()),
         )
         .service(
-            resource("/v1/watch/{watch_token}/attempts", "POST")
-                .route(web::post().to(watch::new_attempt)),
+            watch_resource("/v1/watch/{watch_token}/events", "GET, OPTIONS")
+                .route(web::get().to(watch::events))
+                .wrap(watch::cors()),
         )
+        .service(
+            watch_resource("/v1/watch/{watch_token}/attempts", "POST, OPTIONS")
+                .route(web::post().to(watch::new_attempt))
+                .wrap(watch::cors()),
+        )
+        .service(
+            watch_resource("/v1/watch/{watch_token}/cancel", "POST, OPTIONS")
+                .route(web::post().to(watch::cancel))
+                .wrap(watch::cors()),
+        )
+        .service(resource("/sdk/v1/facepair-pairing.js", "GET").route(web::get().to(sdk::module)))
         .service(resource("/pair/assets/pair.css", "GET").route(web::get().to(pair::css)))
         .service(resource("/pair/assets/pair.js", "GET").route(web::get().to(pair::js)))
         .service(resource("/pair/{watch_token}", "GET").route(web::get().to(pair::page)))
@@ -120,6 +134,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::RouteNotFound)
         }));
+}
+
+/// A watch route answering CORS preflights; `watch::cors` adds the headers to every answer.
+fn watch_resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    resource(path, allow).route(web::method(actix_web::http::Method::OPTIONS).to(watch::preflight))
 }
 
 /// A route answering 405 with `Allow` for any other method.

@@ -30,9 +30,31 @@ pub struct CreateLogin {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
     )]
     pub user_ref: Option<String>,
-    /// Two-letter language for iDenfy's app, e.g. `en`.
-    #[schema(pattern = "^[A-Za-z]{2}$", example = "en")]
+    /// A language tag (BCP 47, e.g. `de`, `pt-BR`): the pairing page's language, and iDenfy's
+    /// app's, sent to iDenfy in its own code; a language iDenfy lacks is not sent.
+    #[schema(
+        max_length = 35,
+        pattern = "^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$",
+        example = "de"
+    )]
     pub locale: Option<String>,
+    /// The platform's name as the person knows it, shown on the pairing page ("Signing in to
+    /// ..."); else `FACEPAIR_PLATFORM_NAME`.
+    #[schema(
+        min_length = 1,
+        max_length = 60,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    pub platform_name: Option<String>,
+    /// Where the desktop that asked seems to be, as the platform sees it ("Vilnius,
+    /// Lithuania", "office network"): the pairing page shows it and tells the person not to
+    /// type the code if that is not where they are. Removed with the identity data.
+    #[schema(
+        min_length = 1,
+        max_length = 80,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    pub desktop_place: Option<String>,
     /// How long the code lives: 1 to 2,592,000 seconds; default 600.
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 2592000)]
     pub lifetime_seconds: Option<serde_json::Number>,
@@ -104,6 +126,16 @@ impl CreateLogin {
                 .map(types::parse_user_agent)
                 .transpose()?,
             state: self.state.map(types::parse_state).transpose()?,
+            platform_name: self
+                .platform_name
+                .as_deref()
+                .map(|s| types::parse_display_text("platform_name", s, 60))
+                .transpose()?,
+            desktop_place: self
+                .desktop_place
+                .as_deref()
+                .map(|s| types::parse_display_text("desktop_place", s, 80))
+                .transpose()?,
         })
     }
 }

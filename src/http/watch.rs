@@ -43,14 +43,14 @@ impl Blocks {
     }
 }
 
-async fn by_hash(state: &Context, token: WatchToken) -> Result<Option<Uuid>, ApiError> {
+pub(crate) async fn by_hash(state: &Context, token: WatchToken) -> Result<Option<Uuid>, ApiError> {
     Ok(logins::id_for_watch_hash(&state.pool, &token.hash()).await?)
 }
 
 /// Resolves a watch token with `find`, counting unknown ones per browser address (IPv6 by /64):
 /// past the limit that address's unknown tokens get 429 for the window. Known tokens are always
 /// served, so an address blocked by others' guesses (a shared NAT) still follows its own logins.
-async fn resolve<F, Fut>(
+pub(crate) async fn resolve<F, Fut>(
     state: &Context,
     shared: &Web,
     req: &HttpRequest,
@@ -251,4 +251,56 @@ pub async fn events(
         last_event_id(&req, &query),
     )
     .await
+}
+
+/// End the login from the browser that shows its code (the person pressed "Cancel"): the same
+/// as the platform's cancel, and as harmless to repeat.
+#[utoipa::path(
+    post, path = "/v1/watch/{watch_token}/cancel", operation_id = "cancelWatch", tag = "browser",
+    params(WatchPath),
+    responses(
+        (status = 200, body = LoginState, description = "the canceled login, without scan_ref or user_ref"),
+        (status = 404, body = ErrorBody, description = "watch_token_not_found"),
+        (status = 409, body = ErrorBody, description = "already_redeemed, login_finished"),
+        (status = 429, body = ErrorBody, description = "rate_limited (too many unknown tokens from this address)"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn cancel(
+    state: web::Data<Context>,
+    shared: web::Data<Web>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let login_id = resolve(&state, &shared, &req, &path, |token| by_hash(&state, token)).await?;
+    let row = service::cancel(&state, login_id).await?;
+    Ok(state_response(
+        HttpResponse::Ok(),
+        &state,
+        &row,
+        Audience::Browser,
+    ))
+}
+
+/// The watch API answers pages of any origin: the token in the path is the whole
+/// authority, no cookie is read, so CORS adds nothing an attacker with the token lacks.
+pub fn cors() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add(("access-control-allow-origin", "*"))
+        .add((
+            "access-control-expose-headers",
+            "etag, retry-after, x-request-id",
+        ))
+}
+
+/// A CORS preflight (a long poll's `If-None-Match`, a stream's `Last-Event-ID`).
+pub async fn preflight() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header(("access-control-allow-methods", "GET, POST"))
+        .insert_header((
+            "access-control-allow-headers",
+            "if-none-match, last-event-id",
+        ))
+        .insert_header(("access-control-max-age", "600"))
+        .finish()
 }

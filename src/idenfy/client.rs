@@ -237,7 +237,7 @@ impl IdenfyClient {
             method: METHOD,
             generate_digit_string: true,
             lifetime: req.lifetime.seconds(),
-            locale: req.locale.map(Locale::as_str),
+            locale: req.locale.and_then(Locale::idenfy),
         };
         let mut result = self.send(self.http.post(&url).json(&body)).await;
         if let Err(IdenfyError::Unreachable(e)) = &result

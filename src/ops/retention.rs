@@ -27,7 +27,8 @@ pub async fn purge(
     let logins = sqlx::query_scalar!(
         r#"
         update logins l
-        set scan_ref = null, user_ref = null, client_ip = null, user_agent = null, purged_at = now()
+        set scan_ref = null, user_ref = null, client_ip = null, user_agent = null,
+            desktop_place = null, purged_at = now()
         where l.purged_at is null
           and l.created_at < now() - make_interval(secs => $1)
           and l.status <> 'pending'

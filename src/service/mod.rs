@@ -41,6 +41,10 @@ pub struct NewLoginRequest {
     pub user_agent: Option<String>,
     /// The platform's opaque value, handed back to the browser.
     pub state: Option<String>,
+    /// Shown on the pairing page.
+    pub platform_name: Option<String>,
+    /// Shown on the pairing page.
+    pub desktop_place: Option<String>,
 }
 
 /// Checks eligibility at iDenfy, creates the session with a digit code, and stores the login
@@ -123,6 +127,8 @@ async fn create(
             api_key_id,
             watch_token_hash: &watch_token.hash(),
             state: req.state.as_deref(),
+            platform_name: req.platform_name.as_deref(),
+            desktop_place: req.desktop_place.as_deref(),
         },
         &new_attempt(
             attempt_id,

@@ -5,6 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::domain::network::NetworkMatch;
 use crate::domain::state::{self, LoginFacts};
 use crate::domain::{AttemptStatus, LoginStatus};
 use crate::store::logins::{LoginRow, Parts};
@@ -26,6 +27,15 @@ pub struct LoginState {
     /// The platform's opaque `state` from the login's creation, if it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// The language tag given at creation; the pairing component speaks it when it can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// The platform's name as given at creation, shown by the pairing component.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_name: Option<String>,
+    /// Where the desktop seems to be, as given at creation, shown by the pairing component.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desktop_place: Option<String>,
     /// While approved: the approval must be redeemed before this time, or the login reads
     /// `expired`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +81,10 @@ pub struct AttemptState {
     /// iDenfy's failReason for a failed attempt, e.g. `FACE_MISMATCH`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_reason: Option<String>,
+    /// Once the selfie came: how the phone's network relates to the desktop's. A phone on
+    /// another network may be a person tricked into typing someone else's code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_match: Option<NetworkMatch>,
 }
 
 /// The attempt and login status as of `now`, derived by the domain rules: a code or an
@@ -138,6 +152,9 @@ impl LoginState {
             login_id: platform.then_some(row.id),
             status,
             state: row.state.clone(),
+            locale: row.locale.clone(),
+            platform_name: row.platform_name.clone(),
+            desktop_place: row.desktop_place.clone(),
             approval_expires_at: row
                 .approval_expires_at
                 .filter(|_| status == LoginStatus::Approved),
@@ -162,6 +179,7 @@ impl LoginState {
                     .or((attempt_status != AttemptStatus::Pending)
                         .then_some(row.attempt.expires_at)),
                 fail_reason: row.attempt.fail_reason.clone(),
+                network_match: row.attempt.network_match,
             },
             attempts_used: row.budget_used(),
             max_attempts: row.max_attempts,

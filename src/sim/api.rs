@@ -212,7 +212,11 @@ async fn create_session(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes)
     };
     let locale = match body.get("locale") {
         None | Some(Value::Null) => None,
-        Some(Value::String(l)) if l.len() == 2 => Some(l.to_ascii_lowercase()),
+        Some(Value::String(l))
+            if crate::domain::locale::IDENFY_LOCALES.contains(&l.to_ascii_lowercase().as_str()) =>
+        {
+            Some(l.to_ascii_lowercase())
+        }
         Some(_) => {
             return error(
                 StatusCode::BAD_REQUEST,

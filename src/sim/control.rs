@@ -120,14 +120,38 @@ async fn enter(sim: web::Data<Sim>, req: HttpRequest, body: web::Json<Enter>) ->
             risk_tags: body.risk_tags.clone(),
         },
     ) {
-        Some(()) => {
+        Some(sent) => {
+            // what facepair made of it, so the phone does not call a selfie for a sign-in that
+            // had already ended a success (iDenfy's own app cannot know)
+            let verdict = if sent {
+                receiver_verdict(&sim, &token).await
+            } else {
+                None
+            };
             let state = sim.state.lock().unwrap();
             let s = &state.sessions[&token];
-            HttpResponse::Ok().json(json!({ "token": s.token, "scanRef": s.scan_ref, "status": s.status, "failReason": s.fail_reason }))
+            HttpResponse::Ok().json(json!({ "token": s.token, "scanRef": s.scan_ref, "status": s.status, "failReason": s.fail_reason, "receiverVerdict": verdict }))
         }
         None => {
             HttpResponse::NotFound().json(json!({ "error": "no pending session has this code" }))
         }
+    }
+}
+
+/// The receiver's verdict on the session's first webhook delivery, waiting up to 5 s for it.
+async fn receiver_verdict(sim: &Sim, token: &str) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let notified = sim.delivered.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(first) = sim.state.lock().unwrap().sessions[token]
+            .webhook_deliveries
+            .first()
+        {
+            return first.verdict.clone();
+        }
+        tokio::time::timeout_at(deadline, notified).await.ok()?;
     }
 }
 
@@ -144,7 +168,7 @@ async fn expire_now(sim: web::Data<Sim>, path: web::Path<String>) -> HttpRespons
         },
     );
     match finished {
-        Some(()) => HttpResponse::Ok().json(json!({ "token": path.as_str(), "status": "EXPIRED" })),
+        Some(_) => HttpResponse::Ok().json(json!({ "token": path.as_str(), "status": "EXPIRED" })),
         None => {
             HttpResponse::NotFound().json(json!({ "error": "no pending session has this token" }))
         }

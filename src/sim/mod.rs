@@ -188,6 +188,8 @@ pub(crate) struct Sim {
     /// Where webhooks go; settable after start, so tests can wire facepair's port in later.
     pub webhook_url: Mutex<Option<String>>,
     pub base_url: String,
+    /// Woken whenever a webhook delivery is logged.
+    pub delivered: tokio::sync::Notify,
 }
 
 /// A running simulator.
@@ -215,6 +217,7 @@ impl Simulator {
             state: Mutex::new(state),
             base_url: format!("http://{address}"),
             config,
+            delivered: tokio::sync::Notify::new(),
         });
         let stop = CancellationToken::new();
         tokio::spawn(webhooks::expiry_clock(sim.clone(), stop.clone()));

@@ -66,6 +66,9 @@ pub struct DeliveryLog {
     /// What fault, if any, shaped this delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<&'static str>,
+    /// The receiver's `verdict` (facepair answers one), if its answer had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

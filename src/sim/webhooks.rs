@@ -37,8 +37,9 @@ pub struct Finish {
     pub risk_tags: Option<Vec<String>>,
 }
 
-/// Ends a pending session and sends its webhook. `None` if there is no such pending session.
-pub fn finish(sim: &Arc<Sim>, token: &str, finish: Finish) -> Option<()> {
+/// Ends a pending session and sends its webhook: `Some(true)` if it is on its way now,
+/// `Some(false)` if a fault held or dropped it, `None` if there is no such pending session.
+pub fn finish(sim: &Arc<Sim>, token: &str, finish: Finish) -> Option<bool> {
     {
         let mut state = sim.state.lock().unwrap();
         let session = state
@@ -67,8 +68,7 @@ pub fn finish(sim: &Arc<Sim>, token: &str, finish: Finish) -> Option<()> {
             )
         });
     }
-    dispatch(sim, token);
-    Some(())
+    Some(dispatch(sim, token))
 }
 
 fn body_for(sim: &Sim, token: &str) -> Option<Vec<u8>> {
@@ -95,10 +95,11 @@ fn log(sim: &Sim, token: &str, entry: DeliveryLog) {
     if let Some(s) = sim.state.lock().unwrap().sessions.get_mut(token) {
         s.webhook_deliveries.push(entry);
     }
+    sim.delivered.notify_waiters();
 }
 
-/// Applies the delivery faults, then sends (in the background).
-fn dispatch(sim: &Arc<Sim>, token: &str) {
+/// Applies the delivery faults, then sends (in the background): whether it sends.
+fn dispatch(sim: &Arc<Sim>, token: &str) -> bool {
     let (drop, hold, duplicate, wrong_signature) = {
         let mut state = sim.state.lock().unwrap();
         let f = &mut state.faults;
@@ -128,16 +129,18 @@ fn dispatch(sim: &Arc<Sim>, token: &str) {
                 status: None,
                 error: None,
                 fault: Some("dropped"),
+                verdict: None,
             },
         );
-        return;
+        return false;
     }
     if hold {
-        return;
+        return false;
     }
     let sim = sim.clone();
     let token = token.to_owned();
     tokio::spawn(async move { send(&sim, &token, duplicate, wrong_signature).await });
+    true
 }
 
 /// Sends the held webhooks one after another, newest first when `reverse`.
@@ -164,6 +167,7 @@ async fn send(sim: &Sim, token: &str, duplicate: bool, wrong_signature: bool) {
                 status: None,
                 error: Some("no webhook URL configured".into()),
                 fault: None,
+                verdict: None,
             },
         );
         return;
@@ -190,8 +194,13 @@ async fn send(sim: &Sim, token: &str, duplicate: bool, wrong_signature: bool) {
                 .body(body.clone())
                 .send()
                 .await;
-            let (status, error) = match result {
-                Ok(r) => (Some(r.status().as_u16()), None),
+            let (status, error, verdict) = match result {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let answer = r.json::<serde_json::Value>().await.ok();
+                    let verdict = answer.and_then(|a| a["verdict"].as_str().map(str::to_owned));
+                    (Some(status), None, verdict)
+                }
                 Err(e) => (
                     None,
                     Some(if e.is_timeout() {
@@ -199,6 +208,7 @@ async fn send(sim: &Sim, token: &str, duplicate: bool, wrong_signature: bool) {
                     } else {
                         e.without_url().to_string()
                     }),
+                    None,
                 ),
             };
             let delivered = status.is_some_and(|s| (200..300).contains(&s));
@@ -212,6 +222,7 @@ async fn send(sim: &Sim, token: &str, duplicate: bool, wrong_signature: bool) {
                     status,
                     error,
                     fault,
+                    verdict,
                 },
             );
             if delivered {

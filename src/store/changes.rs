@@ -119,12 +119,12 @@ pub async fn create(
         Joined,
         r#"
         with released as (
-            delete from code_reservations where id = $23
+            delete from code_reservations where id = $25
         ), login as (
             insert into logins (id, scan_ref, user_ref, locale, lifetime_seconds, max_attempts,
                                 client_ip, user_agent, api_key_id, watch_token_hash, status,
-                                event_seq, state)
-            values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, $20, 1, $19)
+                                event_seq, state, platform_name, desktop_place)
+            values ($1, $2, $3, $4, $5, $6, $7::text::inet, $8, $9, $10, $20, 1, $19, $23, $24)
             returning *
         ), attempt as (
             insert into attempts (id, login_id, number, idenfy_token, digit_string,
@@ -140,7 +140,8 @@ pub async fn create(
                l.attempts_forgiven as "attempts_forgiven!", host(l.client_ip) as client_ip,
                l.status as "status!: LoginStatus", l.event_seq as "event_seq!",
                l.created_at as "created_at!", l.approved_at, l.approval_expires_at, l.redeemed_at,
-               l.canceled_at, l.state, a.id as "attempt_id!", a.number as "attempt_number!",
+               l.canceled_at, l.state, l.platform_name, l.desktop_place,
+               a.id as "attempt_id!", a.number as "attempt_number!",
                a.status as "attempt_status!: AttemptStatus", a.digit_string,
                a.idenfy_max_attempt_count, a.created_at as "attempt_created_at!",
                a.expires_at as "expires_at!", a.finished_at,
@@ -170,6 +171,8 @@ pub async fn create(
         LoginStatus::Pending as LoginStatus,
         EventKind::LoginCreated as EventKind,
         Source::Platform as Source,
+        l.platform_name,
+        l.desktop_place,
         reservation
     )
     .fetch_one(conn)

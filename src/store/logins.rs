@@ -31,6 +31,9 @@ pub struct LoginRow {
     pub canceled_at: Option<DateTime<Utc>>,
     /// The platform's opaque value, handed back to the browser.
     pub state: Option<String>,
+    /// What the pairing page shows, as the platform gave it.
+    pub platform_name: Option<String>,
+    pub desktop_place: Option<String>,
     pub attempt: AttemptRow,
     /// The documents made from this row, kept with it: a cached row is serialised once per
     /// reader and code status (`service::view::render`).
@@ -91,6 +94,8 @@ impl LoginRow {
             redeemed_at: None,
             canceled_at: None,
             state: None,
+            platform_name: None,
+            desktop_place: None,
             attempt: AttemptRow {
                 id,
                 number: 1,
@@ -127,7 +132,7 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
         select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
                host(l.client_ip) as client_ip, l.status as "status: LoginStatus", l.event_seq,
                l.created_at, l.approved_at, l.approval_expires_at, l.redeemed_at, l.canceled_at,
-               l.state, a.id as "attempt_id!", a.number as "attempt_number!",
+               l.state, l.platform_name, l.desktop_place, a.id as "attempt_id!", a.number as "attempt_number!",
                a.status as "attempt_status!: AttemptStatus", a.digit_string,
                a.idenfy_max_attempt_count, a.created_at as "attempt_created_at!",
                a.expires_at as "expires_at!", a.finished_at,
@@ -165,6 +170,8 @@ pub(crate) struct Joined {
     pub redeemed_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
     pub state: Option<String>,
+    pub platform_name: Option<String>,
+    pub desktop_place: Option<String>,
     pub attempt_id: Uuid,
     pub attempt_number: i32,
     pub attempt_status: AttemptStatus,
@@ -200,6 +207,8 @@ impl Joined {
             redeemed_at: self.redeemed_at,
             canceled_at: self.canceled_at,
             state: self.state,
+            platform_name: self.platform_name,
+            desktop_place: self.desktop_place,
             attempt: AttemptRow {
                 id: self.attempt_id,
                 number: self.attempt_number,
@@ -259,6 +268,8 @@ pub struct NewLogin<'a> {
     pub api_key_id: &'a str,
     pub watch_token_hash: &'a [u8],
     pub state: Option<&'a str>,
+    pub platform_name: Option<&'a str>,
+    pub desktop_place: Option<&'a str>,
 }
 
 /// Approved logins whose approval expired and is not recorded yet, oldest first.

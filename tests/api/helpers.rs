@@ -55,6 +55,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         expiry_interval: Duration::from_millis(200),
         frame_ancestors: Vec::new(),
         return_url: None,
+        platform_name: None,
         retention: Default::default(),
         limits: facepair::config::Limits {
             logins_per_api_key_per_minute: 100_000,

@@ -17,6 +17,7 @@ mod ops;
 mod ops_tools;
 mod outage;
 mod pool;
+mod sdk;
 mod sim_conformance;
 mod watch;
 mod webhook;

@@ -336,6 +336,10 @@ async fn retention_boundaries(pool: PgPool) {
     let pending_old: Value = sb.app.login_with(json!({ "scan_ref": SCAN_REF, "user_ref": "still-waiting", "lifetime_seconds": 86400 * 30 })).await;
     // age everything but the young login by 40 days
     sqlx::query("update logins set created_at = created_at - interval '40 days' where user_ref is distinct from 'young'").execute(&sb.app.pool).await.unwrap();
+    sqlx::query("update logins set desktop_place = 'Vilnius, Lithuania'")
+        .execute(&sb.app.pool)
+        .await
+        .unwrap();
     sqlx::query("update deliveries set received_at = received_at - interval '40 days'")
         .execute(&sb.app.pool)
         .await
@@ -354,16 +358,24 @@ async fn retention_boundaries(pool: PgPool) {
         sb.app.count("select count(*) from deliveries").await as u64
     );
 
-    let rows: Vec<(String, Option<String>, Option<String>, bool)> =
-        sqlx::query_as("select id::text, scan_ref, user_ref, purged_at is not null from logins")
-            .fetch_all(&sb.app.pool)
-            .await
-            .unwrap();
-    for (id, scan_ref, user_ref, purged) in rows {
+    // id, scan_ref, user_ref, purged, desktop_place
+    type Row = (String, Option<String>, Option<String>, bool, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select id::text, scan_ref, user_ref, purged_at is not null, desktop_place from logins",
+    )
+    .fetch_all(&sb.app.pool)
+    .await
+    .unwrap();
+    for (id, scan_ref, user_ref, purged, place) in rows {
         let keep = id == young["login_id"].as_str().unwrap()
             || id == pending_old["login_id"].as_str().unwrap();
         assert_eq!(purged, !keep, "{id}");
         assert_eq!(scan_ref.is_some(), keep, "{id}");
+        assert_eq!(
+            place.is_some(),
+            keep,
+            "the desktop's place is identity data: {id}"
+        );
         if id == pending_old["login_id"].as_str().unwrap() {
             assert_eq!(
                 user_ref.as_deref(),
