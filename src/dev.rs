@@ -116,6 +116,7 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         limits: Default::default(),
         trusted_proxies: Default::default(),
         workers: None,
+        events: Default::default(),
         reconcile_after: Some(Duration::from_secs(5)),
     };
     let app = Application::build(settings, pool)

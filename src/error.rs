@@ -24,6 +24,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("`after` must be a cursor this feed gave (a whole number of 0 or more)")]
+    InvalidCursor,
+    #[error("`types` names an unknown event type: {0:?}")]
+    InvalidEventType(String),
+    #[error("`limit` must be a whole number from 1 to 1000")]
+    InvalidLimit,
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("{0}")]
@@ -118,6 +124,9 @@ pub struct ErrorDetail {
 pub enum Code {
     MalformedJson,
     MalformedQuery,
+    InvalidCursor,
+    InvalidEventType,
+    InvalidLimit,
     InvalidField,
     UnsupportedMediaType,
     PayloadTooLarge,
@@ -149,9 +158,12 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 30] = [
+    pub const ALL: [Code; 33] = [
         Code::MalformedJson,
         Code::MalformedQuery,
+        Code::InvalidCursor,
+        Code::InvalidEventType,
+        Code::InvalidLimit,
         Code::InvalidField,
         Code::UnsupportedMediaType,
         Code::PayloadTooLarge,
@@ -194,6 +206,21 @@ impl Code {
                 "malformed_query",
                 400,
                 "the query string has wrongly typed parameters",
+            ),
+            Code::InvalidCursor => (
+                "invalid_cursor",
+                400,
+                "the events feed's `after` is not a cursor it gave",
+            ),
+            Code::InvalidEventType => (
+                "invalid_event_type",
+                400,
+                "the events feed's `types` names an unknown event type; the message names it",
+            ),
+            Code::InvalidLimit => (
+                "invalid_limit",
+                400,
+                "the events feed's `limit` is not a whole number from 1 to 1000",
             ),
             Code::InvalidField => (
                 "invalid_field",
@@ -312,6 +339,9 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) | Self::MismatchedJson { .. } => Code::MalformedJson,
             Self::MalformedQuery(_) => Code::MalformedQuery,
+            Self::InvalidCursor => Code::InvalidCursor,
+            Self::InvalidEventType(_) => Code::InvalidEventType,
+            Self::InvalidLimit => Code::InvalidLimit,
             Self::InvalidField(_) => Code::InvalidField,
             Self::UnsupportedMediaType => Code::UnsupportedMediaType,
             Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,

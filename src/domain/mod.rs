@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod network;
+pub mod outbound;
 pub mod state;
 pub mod types;
 pub mod verdict;

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod ops;
 pub mod pair;
 pub mod platform;
@@ -97,6 +98,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource("/v1/logins/{login_id}/redeem", "POST")
                 .route(web::post().to(platform::redeem)),
         )
+        .service(resource("/v1/events", "GET").route(web::get().to(events::feed)))
         // browsers, with the watch token
         .service(resource("/v1/watch/{watch_token}", "GET").route(web::get().to(watch::get_watch)))
         .service(

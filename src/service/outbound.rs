@@ -1,0 +1,436 @@
+//! Telling platforms: the events feed and the push of each event to the endpoints as a
+//! Standard Webhooks request, claimed in PostgreSQL so any number of instances share the work.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::outbound::{self, EventType, WebhookSecret};
+use crate::domain::{EventKind, LoginStatus};
+use crate::error::ApiError;
+use crate::service::Context;
+use crate::store::outbound::{self as store, Claimed, Next, OutboundRow, Tried};
+
+/// One event as the feed lists it and as it is pushed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutboundEvent {
+    /// The event's id: the `webhook-id` of its pushes, the same on every retry and replay.
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "login.approved")]
+    pub kind: EventType,
+    /// When the change happened.
+    pub timestamp: DateTime<Utc>,
+    pub data: EventData,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventData {
+    pub login_id: Uuid,
+    /// The login's event number, as in its Server-Sent Events' `id:`.
+    pub seq: i32,
+    /// The login's status after the change.
+    pub status: LoginStatus,
+    pub attempt_id: Option<Uuid>,
+    pub attempt_number: Option<i32>,
+    /// iDenfy's failReason, for `login.failed` and `login.exhausted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
+    /// For `login.expired`: `code` (the code went unused) or `approval` (not redeemed in time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired: Option<&'static str>,
+}
+
+impl From<&OutboundRow> for OutboundEvent {
+    fn from(r: &OutboundRow) -> Self {
+        let failed = matches!(r.kind, EventType::Failed | EventType::Exhausted);
+        Self {
+            id: r.id,
+            kind: r.kind,
+            timestamp: r.created_at,
+            data: EventData {
+                login_id: r.login_id,
+                seq: r.seq,
+                status: r.login_status,
+                attempt_id: r.attempt_id,
+                attempt_number: r.attempt_number,
+                fail_reason: r.fail_reason.clone().filter(|_| failed),
+                expired: (r.kind == EventType::Expired).then_some(
+                    match r.event_kind {
+                        EventKind::ApprovalExpired | EventKind::AttemptSucceeded => "approval",
+                        _ => "code",
+                    },
+                ),
+            },
+        }
+    }
+}
+
+/// A page of the feed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub data: Vec<OutboundEvent>,
+    /// Pass as `after` for the next page: the last event's cursor, or the one asked with.
+    pub next_cursor: String,
+    /// More events are waiting past this page.
+    pub has_more: bool,
+}
+
+/// How many events one sequencer statement numbers.
+const SEQUENCE_BATCH: i64 = 1000;
+
+/// Numbers every committed event, batch after batch.
+async fn sequence_all(ctx: &Context) -> Result<(), sqlx::Error> {
+    while store::sequence(&ctx.pool, SEQUENCE_BATCH).await? == SEQUENCE_BATCH as u64 {}
+    Ok(())
+}
+
+/// Events after `after` in commit order; with `wait`, holds the request until one comes,
+/// time is up, or the instance begins to stop.
+pub async fn feed(
+    ctx: &Context,
+    after: i64,
+    types: Option<Vec<String>>,
+    limit: i64,
+    wait: Duration,
+) -> Result<EventPage, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        sequence_all(ctx).await?;
+        let rows = store::after(&ctx.pool, after, types.as_deref(), limit + 1).await?;
+        let done = !rows.is_empty()
+            || tokio::time::Instant::now() >= deadline
+            || ctx.shutdown.is_cancelled();
+        if done {
+            let has_more = rows.len() as i64 > limit;
+            let data: Vec<OutboundEvent> = rows
+                .iter()
+                .take(limit as usize)
+                .map(OutboundEvent::from)
+                .collect();
+            let next = rows
+                .iter()
+                .take(limit as usize)
+                .last()
+                .map_or(after, |r| r.position);
+            return Ok(EventPage {
+                data,
+                next_cursor: next.to_string(),
+                has_more,
+            });
+        }
+        let nap = ctx.settings.events.poll_interval;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + nap)) => {}
+            _ = ctx.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Deliveries one instance sends at once, and at most to one endpoint: a hanging endpoint
+/// holds only its own share.
+const IN_FLIGHT: usize = 32;
+const IN_FLIGHT_PER_ENDPOINT: usize = 8;
+/// The most of a response kept with its attempt.
+const EXCERPT_BYTES: usize = 256;
+
+/// The instance's delivery worker: numbers committed events, leases due deliveries and sends
+/// them, until `stop`. Requests in flight finish (each is bounded by the timeout).
+pub async fn run(ctx: Context, stop: CancellationToken) {
+    let events = ctx.settings.events.clone();
+    let client = match client(&events) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %crate::error::error_chain(&e), "event pushes are off: no HTTP client");
+            return;
+        }
+    };
+    let secrets: Arc<[WebhookSecret]> = events.secrets.clone().into();
+    let urls: Vec<String> = events.endpoints.iter().map(|u| u.to_string()).collect();
+    let mut synced = false;
+    let mut in_flight: JoinSet<Uuid> = JoinSet::new();
+    let mut per_endpoint: HashMap<Uuid, usize> = HashMap::new();
+    let mut backlog_read = Instant::now() - Duration::from_secs(60);
+    // a lease outlives the request and the time to record its outcome
+    let lease = events.timeout + Duration::from_secs(20);
+    let mut tick = tokio::time::interval(events.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // the last claim took all it asked for: more may be due at once
+    let mut more_due = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                if !synced {
+                    synced = sync(&ctx, &urls).await;
+                }
+                if let Err(e) = sequence_all(&ctx).await {
+                    tracing::warn!(error = %crate::error::error_chain(&e), "could not number new events");
+                    continue;
+                }
+                if backlog_read.elapsed() >= Duration::from_secs(5) {
+                    backlog_read = Instant::now();
+                    if let Ok((oldest, disabled)) = store::backlog(&ctx.pool).await {
+                        ctx.metrics.event_oldest_undelivered.set(oldest.max(0.0) as u64);
+                        ctx.metrics.event_endpoints_disabled.set(disabled.max(0) as u64);
+                    }
+                }
+            }
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(endpoint) = done {
+                    release(&mut per_endpoint, endpoint);
+                }
+                if !more_due {
+                    continue;
+                }
+            }
+        }
+        let room = IN_FLIGHT.saturating_sub(in_flight.len());
+        if room == 0 {
+            continue;
+        }
+        let busy: Vec<Uuid> = per_endpoint
+            .iter()
+            .filter(|(_, n)| **n >= IN_FLIGHT_PER_ENDPOINT)
+            .map(|(id, _)| *id)
+            .collect();
+        let claimed = match store::claim(&ctx.pool, room as i64, lease.as_secs_f64(), &busy).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::error_chain(&e), "could not claim event deliveries");
+                continue;
+            }
+        };
+        more_due = claimed.len() == room;
+        for c in claimed {
+            *per_endpoint.entry(c.endpoint_id).or_default() += 1;
+            let push = Push {
+                ctx: ctx.clone(),
+                client: client.clone(),
+                secrets: secrets.clone(),
+                lease_ends: Instant::now() + lease,
+            };
+            in_flight.spawn(async move {
+                let endpoint = c.endpoint_id;
+                push.deliver(c).await;
+                endpoint
+            });
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        if let Ok(endpoint) = done {
+            release(&mut per_endpoint, endpoint);
+        }
+    }
+}
+
+fn release(per_endpoint: &mut HashMap<Uuid, usize>, endpoint: Uuid) {
+    if let Some(n) = per_endpoint.get_mut(&endpoint) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            per_endpoint.remove(&endpoint);
+        }
+    }
+}
+
+async fn sync(ctx: &Context, urls: &[String]) -> bool {
+    let done = async {
+        let mut conn = ctx.pool.acquire().await?;
+        store::sync_configured(&mut conn, urls, None).await
+    };
+    match done.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %crate::error::error_chain(&e), "could not record the configured event endpoints");
+            false
+        }
+    }
+}
+
+/// The pushes' HTTP client: no redirects followed, a bounded timeout, and names resolved
+/// only to public addresses unless private ones are allowed.
+pub fn client(events: &crate::config::Events) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(events.timeout)
+        .connect_timeout(events.timeout)
+        .user_agent(concat!("facepair/", env!("CARGO_PKG_VERSION"), " (Standard Webhooks)"))
+        .dns_resolver(Arc::new(PublicOnly {
+            allow_private: events.allow_private_http,
+        }))
+        .build()
+}
+
+/// Resolves a name and refuses it if any address is not public: a name that points inside
+/// the network (or is rebound to do so after the URL was checked) reaches nothing.
+struct PublicOnly {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .collect();
+            if !allow_private && addrs.iter().any(|a| !outbound::is_public(a.ip())) {
+                return Err(format!("{host} resolves to a loopback, private or link-local address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+struct Push {
+    ctx: Context,
+    client: reqwest::Client,
+    secrets: Arc<[WebhookSecret]>,
+    lease_ends: Instant,
+}
+
+impl Push {
+    #[tracing::instrument(skip_all, fields(endpoint = %c.endpoint_id, event = %c.event_id, attempt = c.attempts))]
+    async fn deliver(self, c: Claimed) {
+        let endpoint = c.endpoint_id.to_string();
+        if c.stale {
+            // the approval could no longer be used: its login.expired follows
+            self.settle(&c, None, Next::Skipped).await;
+            self.ctx.metrics.event_push(&endpoint, "skipped", None);
+            return;
+        }
+        let row = match store::find(&self.ctx.pool, c.event_id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::error_chain(&e), "could not read the event to push");
+                return;
+            }
+        };
+        let body = serde_json::to_vec(&OutboundEvent::from(&row)).expect("events serialize");
+        let id = row.id.to_string();
+        let timestamp = Utc::now().timestamp();
+        let started = Instant::now();
+        let sent = self
+            .client
+            .post(&c.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                outbound::signature_header(&self.secrets, &id, timestamp, &body),
+            )
+            .body(body)
+            .send()
+            .await;
+        let (tried, retry_after, endpoint_down) = match sent {
+            Ok(mut response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let excerpt = excerpt(&mut response).await;
+                let tried = Tried {
+                    status_code: Some(i32::from(status.as_u16())),
+                    latency_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
+                    error: None,
+                    response_excerpt: excerpt,
+                };
+                let down = status.is_server_error() || status.as_u16() == 429;
+                (tried, retry_after, down)
+            }
+            Err(e) => {
+                let reason = if e.is_timeout() {
+                    "timed out".to_owned()
+                } else if e.is_connect() {
+                    format!("could not connect: {}", crate::error::error_chain(&e))
+                } else {
+                    crate::error::error_chain(&e).to_string()
+                };
+                let tried = Tried {
+                    status_code: None,
+                    latency_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
+                    error: Some(reason.chars().take(500).collect()),
+                    response_excerpt: None,
+                };
+                (tried, None, true)
+            }
+        };
+        let took = started.elapsed();
+        let next = match tried.status_code {
+            Some(s) if (200..300).contains(&s) => Next::Delivered,
+            Some(410) => Next::Gone,
+            _ => match outbound::retry_delay(
+                &self.ctx.settings.events.retry_schedule,
+                c.attempts.max(1) as usize,
+                retry_after,
+                rand::random::<f64>(),
+            ) {
+                Some(after) => Next::Retry {
+                    after_seconds: after.as_secs_f64(),
+                    endpoint_too: endpoint_down,
+                },
+                None => Next::Failed,
+            },
+        };
+        let outcome = match next {
+            Next::Delivered => "delivered",
+            Next::Gone => "gone",
+            Next::Retry { .. } => "retry",
+            Next::Failed => "failed",
+            Next::Skipped => "skipped",
+        };
+        self.ctx.metrics.event_push(&endpoint, outcome, Some(took));
+        if next == Next::Gone {
+            tracing::warn!("the event endpoint answered 410 Gone: it is disabled");
+        } else if next != Next::Delivered {
+            tracing::info!(status = ?tried.status_code, error = ?tried.error, outcome, "an event push failed");
+        }
+        self.settle(&c, Some(&tried), next).await;
+    }
+
+    /// Records the outcome, trying again while PostgreSQL is away and the lease holds; past
+    /// it the delivery is sent again (same `webhook-id`) by whichever instance claims it.
+    async fn settle(&self, c: &Claimed, tried: Option<&Tried>, next: Next) {
+        loop {
+            match store::settle(&self.ctx.pool, c.endpoint_id, c.event_id, tried, next).await {
+                Ok(()) => return,
+                Err(e) if Instant::now() + Duration::from_millis(500) < self.lease_ends => {
+                    tracing::warn!(error = %crate::error::error_chain(&e), "could not record an event push; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::error_chain(&e), "could not record an event push; it will be sent again");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The start of the answer's body, as text, for the attempt's record.
+async fn excerpt(response: &mut reqwest::Response) -> Option<String> {
+    let mut kept = Vec::new();
+    while kept.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    kept.truncate(EXCERPT_BYTES);
+    let text = String::from_utf8_lossy(&kept).into_owned();
+    (!text.is_empty()).then_some(text)
+}
