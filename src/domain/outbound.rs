@@ -133,7 +133,12 @@ impl WebhookSecret {
 }
 
 /// The `webhook-signature` header: one entry per secret, space-separated.
-pub fn signature_header(secrets: &[WebhookSecret], id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn signature_header(
+    secrets: &[WebhookSecret],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     secrets
         .iter()
         .map(|s| s.sign(id, timestamp, body))
@@ -157,7 +162,6 @@ pub fn retry_delay(
 
 /// A `Retry-After` longer than this is read as this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
 
 /// An address an endpoint may resolve to: not loopback, private, link-local, shared (CGNAT),
 /// unspecified, multicast or documentation space, nor such an address mapped into IPv6.
@@ -235,14 +239,32 @@ mod tests {
     fn attempt_endings_are_told_by_the_login_status_after_them() {
         use EventKind as K;
         use LoginStatus as L;
-        assert_eq!(EventType::of(K::AttemptSucceeded, L::Approved), Some(EventType::Approved));
-        assert_eq!(EventType::of(K::AttemptFailed, L::Failed), Some(EventType::Failed));
-        assert_eq!(EventType::of(K::AttemptFailed, L::Exhausted), Some(EventType::Exhausted));
-        assert_eq!(EventType::of(K::AttemptExpired, L::Expired), Some(EventType::Expired));
+        assert_eq!(
+            EventType::of(K::AttemptSucceeded, L::Approved),
+            Some(EventType::Approved)
+        );
+        assert_eq!(
+            EventType::of(K::AttemptFailed, L::Failed),
+            Some(EventType::Failed)
+        );
+        assert_eq!(
+            EventType::of(K::AttemptFailed, L::Exhausted),
+            Some(EventType::Exhausted)
+        );
+        assert_eq!(
+            EventType::of(K::AttemptExpired, L::Expired),
+            Some(EventType::Expired)
+        );
         assert_eq!(EventType::of(K::AttemptCanceled, L::Canceled), None);
         assert_eq!(EventType::of(K::AttemptSuperseded, L::Pending), None);
-        assert_eq!(EventType::of(K::ApprovalExpired, L::Expired), Some(EventType::Expired));
-        assert_eq!(EventType::of(K::LoginRedeemed, L::Redeemed), Some(EventType::Redeemed));
+        assert_eq!(
+            EventType::of(K::ApprovalExpired, L::Expired),
+            Some(EventType::Expired)
+        );
+        assert_eq!(
+            EventType::of(K::LoginRedeemed, L::Redeemed),
+            Some(EventType::Redeemed)
+        );
     }
 
     /// The example of the Standard Webhooks specification's reference libraries.
@@ -264,7 +286,13 @@ mod tests {
         assert!(WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(WebhookSecret::parse("whsec_not base64!").is_err());
         assert!(WebhookSecret::parse("whsec_c2hvcnQ=").is_err());
-        assert!(!format!("{:?}", WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()).contains("MfKQ"));
+        assert!(
+            !format!(
+                "{:?}",
+                WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
+            )
+            .contains("MfKQ")
+        );
     }
 
     #[test]
@@ -296,7 +324,10 @@ mod tests {
         let s = [Duration::from_secs(10), Duration::from_secs(100)];
         assert_eq!(retry_delay(&s, 1, None, 0.5), Some(Duration::from_secs(10)));
         assert_eq!(retry_delay(&s, 2, None, 0.0), Some(Duration::from_secs(80)));
-        assert_eq!(retry_delay(&s, 2, None, 1.0), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_delay(&s, 2, None, 1.0),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(retry_delay(&s, 3, None, 0.5), None);
         assert_eq!(
             retry_delay(&s, 1, Some(Duration::from_secs(60)), 0.5),

@@ -88,9 +88,7 @@ pub async fn feed(
     let after = query.after()?;
     let types = query.types()?;
     let limit = query.limit()?;
-    let wait = std::time::Duration::from_secs(
-        query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS).into(),
-    );
+    let wait = std::time::Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS).into());
     let page = outbound::feed(&state, after, types, limit, wait).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

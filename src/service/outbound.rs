@@ -63,12 +63,10 @@ impl From<&OutboundRow> for OutboundEvent {
                 attempt_id: r.attempt_id,
                 attempt_number: r.attempt_number,
                 fail_reason: r.fail_reason.clone().filter(|_| failed),
-                expired: (r.kind == EventType::Expired).then_some(
-                    match r.event_kind {
-                        EventKind::ApprovalExpired | EventKind::AttemptSucceeded => "approval",
-                        _ => "code",
-                    },
-                ),
+                expired: (r.kind == EventType::Expired).then_some(match r.event_kind {
+                    EventKind::ApprovalExpired | EventKind::AttemptSucceeded => "approval",
+                    _ => "code",
+                }),
             },
         }
     }
@@ -110,17 +108,11 @@ pub async fn feed(
             || tokio::time::Instant::now() >= deadline
             || ctx.shutdown.is_cancelled();
         if done {
+            let mut rows = rows;
             let has_more = rows.len() as i64 > limit;
-            let data: Vec<OutboundEvent> = rows
-                .iter()
-                .take(limit as usize)
-                .map(OutboundEvent::from)
-                .collect();
-            let next = rows
-                .iter()
-                .take(limit as usize)
-                .last()
-                .map_or(after, |r| r.position);
+            rows.truncate(limit as usize);
+            let next = rows.last().map_or(after, |r| r.position);
+            let data: Vec<OutboundEvent> = rows.iter().map(OutboundEvent::from).collect();
             return Ok(EventPage {
                 data,
                 next_cursor: next.to_string(),
@@ -136,8 +128,8 @@ pub async fn feed(
 }
 
 /// Deliveries one instance sends at once, and at most to one endpoint: a hanging endpoint
-/// holds only its own share.
-const IN_FLIGHT: usize = 32;
+/// holds only its own share, until its timeouts make it back off.
+const IN_FLIGHT: usize = 64;
 const IN_FLIGHT_PER_ENDPOINT: usize = 8;
 /// The most of a response kept with its attempt.
 const EXCERPT_BYTES: usize = 256;
@@ -197,12 +189,19 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
         if room == 0 {
             continue;
         }
-        let busy: Vec<Uuid> = per_endpoint
+        let rooms: Vec<(Uuid, i64)> = per_endpoint
             .iter()
-            .filter(|(_, n)| **n >= IN_FLIGHT_PER_ENDPOINT)
-            .map(|(id, _)| *id)
+            .map(|(id, n)| (*id, IN_FLIGHT_PER_ENDPOINT.saturating_sub(*n) as i64))
             .collect();
-        let claimed = match store::claim(&ctx.pool, room as i64, lease.as_secs_f64(), &busy).await {
+        let claimed = match store::claim(
+            &ctx.pool,
+            room as i64,
+            lease.as_secs_f64(),
+            IN_FLIGHT_PER_ENDPOINT as i64,
+            &rooms,
+        )
+        .await
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %crate::error::error_chain(&e), "could not claim event deliveries");
@@ -225,12 +224,15 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
             });
         }
     }
-    while let Some(done) = in_flight.join_next().await {
-        if let Ok(endpoint) = done {
-            release(&mut per_endpoint, endpoint);
-        }
+    // pushes in flight get a moment to finish; one cut short is sent again after its lease
+    let drain = async { while in_flight.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        in_flight.shutdown().await;
     }
 }
+
+/// How long a stopping instance lets its pushes in flight finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 fn release(per_endpoint: &mut HashMap<Uuid, usize>, endpoint: Uuid) {
     if let Some(n) = per_endpoint.get_mut(&endpoint) {
@@ -262,7 +264,11 @@ pub fn client(events: &crate::config::Events) -> reqwest::Result<reqwest::Client
         .redirect(reqwest::redirect::Policy::none())
         .timeout(events.timeout)
         .connect_timeout(events.timeout)
-        .user_agent(concat!("facepair/", env!("CARGO_PKG_VERSION"), " (Standard Webhooks)"))
+        .user_agent(concat!(
+            "facepair/",
+            env!("CARGO_PKG_VERSION"),
+            " (Standard Webhooks)"
+        ))
         .dns_resolver(Arc::new(PublicOnly {
             allow_private: events.allow_private_http,
         }))
@@ -280,11 +286,13 @@ impl reqwest::dns::Resolve for PublicOnly {
         let allow_private = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !allow_private && addrs.iter().any(|a| !outbound::is_public(a.ip())) {
-                return Err(format!("{host} resolves to a loopback, private or link-local address").into());
+                return Err(format!(
+                    "{host} resolves to a loopback, private or link-local address"
+                )
+                .into());
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -316,6 +324,22 @@ impl Push {
                 return;
             }
         };
+        let allow_private = self.ctx.settings.events.allow_private_http;
+        if let Err(refused) = url::Url::parse(&c.url)
+            .map_err(|_| "is not a URL")
+            .and_then(|u| outbound::check_endpoint_url(&u, allow_private))
+        {
+            let tried = Tried {
+                status_code: None,
+                latency_ms: 0,
+                error: Some(format!("the endpoint URL {refused}")),
+                response_excerpt: None,
+            };
+            let next = self.after_failure(&c, None, true);
+            self.ctx.metrics.event_push(&endpoint, next.outcome(), None);
+            self.settle(&c, Some(&tried), next).await;
+            return;
+        }
         let body = serde_json::to_vec(&OutboundEvent::from(&row)).expect("events serialize");
         let id = row.id.to_string();
         let timestamp = Utc::now().timestamp();
@@ -373,26 +397,9 @@ impl Push {
         let next = match tried.status_code {
             Some(s) if (200..300).contains(&s) => Next::Delivered,
             Some(410) => Next::Gone,
-            _ => match outbound::retry_delay(
-                &self.ctx.settings.events.retry_schedule,
-                c.attempts.max(1) as usize,
-                retry_after,
-                rand::random::<f64>(),
-            ) {
-                Some(after) => Next::Retry {
-                    after_seconds: after.as_secs_f64(),
-                    endpoint_too: endpoint_down,
-                },
-                None => Next::Failed,
-            },
+            _ => self.after_failure(&c, retry_after, endpoint_down),
         };
-        let outcome = match next {
-            Next::Delivered => "delivered",
-            Next::Gone => "gone",
-            Next::Retry { .. } => "retry",
-            Next::Failed => "failed",
-            Next::Skipped => "skipped",
-        };
+        let outcome = next.outcome();
         self.ctx.metrics.event_push(&endpoint, outcome, Some(took));
         if next == Next::Gone {
             tracing::warn!("the event endpoint answered 410 Gone: it is disabled");
@@ -400,6 +407,27 @@ impl Push {
             tracing::info!(status = ?tried.status_code, error = ?tried.error, outcome, "an event push failed");
         }
         self.settle(&c, Some(&tried), next).await;
+    }
+
+    /// The next step after a failed try: a retry by the schedule, or `failed` once it is spent.
+    fn after_failure(
+        &self,
+        c: &Claimed,
+        retry_after: Option<Duration>,
+        endpoint_down: bool,
+    ) -> Next {
+        match outbound::retry_delay(
+            &self.ctx.settings.events.retry_schedule,
+            c.attempts.max(1) as usize,
+            retry_after,
+            rand::random::<f64>(),
+        ) {
+            Some(after) => Next::Retry {
+                after_seconds: after.as_secs_f64(),
+                endpoint_too: endpoint_down,
+            },
+            None => Next::Failed,
+        }
     }
 
     /// Records the outcome, trying again while PostgreSQL is away and the lease holds; past

@@ -168,29 +168,40 @@ pub struct Claimed {
 }
 
 /// Leases up to `limit` due deliveries for `lease_seconds`, skipping rows another instance
-/// holds, endpoints backing off or in `busy`, and any delivery behind an earlier one of the
-/// same login to the same endpoint (one login's events arrive in order).
+/// holds and endpoints backing off; at most `room` of them per endpoint (`rooms` lists the
+/// endpoints with less, this instance having some in flight). A delivery behind an earlier
+/// one of the same login to the same endpoint waits: one login's events arrive in order.
 pub async fn claim(
     pool: &PgPool,
     limit: i64,
     lease_seconds: f64,
-    busy: &[Uuid],
+    room: i64,
+    rooms: &[(Uuid, i64)],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (ids, left): (Vec<Uuid>, Vec<i64>) = rooms.iter().copied().unzip();
     sqlx::query_as!(
         Claimed,
         r#"
-        with due as (
-            select d.endpoint_id, d.event_id
+        with candidates as (
+            select d.endpoint_id, d.event_id,
+                   row_number() over (partition by d.endpoint_id
+                                      order by d.next_attempt_at, d.position) as rank
             from event_deliveries d
             join event_endpoints e on e.id = d.endpoint_id
             where d.state = 'pending' and d.next_attempt_at <= now()
               and (d.leased_until is null or d.leased_until < now())
               and e.disabled_at is null and (e.retry_at is null or e.retry_at <= now())
-              and d.endpoint_id <> all($3::uuid[])
               and not exists (
                   select 1 from event_deliveries p
                   where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
                     and p.state = 'pending' and p.position < d.position)
+        ), due as (
+            select d.endpoint_id, d.event_id
+            from event_deliveries d
+            join candidates c on c.endpoint_id = d.endpoint_id and c.event_id = d.event_id
+            left join unnest($4::uuid[], $5::int8[]) as r(id, left_) on r.id = d.endpoint_id
+            where c.rank <= coalesce(r.left_, $3)
+              and d.state = 'pending' and (d.leased_until is null or d.leased_until < now())
             order by d.next_attempt_at, d.position
             limit $1
             for update of d skip locked
@@ -210,7 +221,9 @@ pub async fn claim(
         "#,
         limit,
         lease_seconds,
-        busy
+        room,
+        &ids,
+        &left
     )
     .fetch_all(pool)
     .await
@@ -230,12 +243,28 @@ pub struct Tried {
 pub enum Next {
     Delivered,
     /// Tried again after this many seconds; the endpoint waits as long.
-    Retry { after_seconds: f64, endpoint_too: bool },
+    Retry {
+        after_seconds: f64,
+        endpoint_too: bool,
+    },
     Failed,
     /// The endpoint answered 410: it is disabled, the delivery stays pending.
     Gone,
     /// No longer matters; nothing was sent.
     Skipped,
+}
+
+impl Next {
+    /// Its name in metrics and logs.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Next::Delivered => "delivered",
+            Next::Gone => "gone",
+            Next::Retry { .. } => "retry",
+            Next::Failed => "failed",
+            Next::Skipped => "skipped",
+        }
+    }
 }
 
 /// Records a try (none when `tried` is `None`) and what follows, ending the lease.
