@@ -171,7 +171,7 @@ fn database_url(pool: &PgPool) -> String {
     format!("{}/{db}", base.rsplit_once('/').unwrap().0)
 }
 
-fn cli(pool: &PgPool, args: &[&str]) -> String {
+pub(crate) fn cli(pool: &PgPool, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_facepair"))
         .args(args)
         .env("DATABASE_URL", database_url(pool))

@@ -23,7 +23,7 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const OLD_SECRET: &str = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3";
 
 /// Pushes to `receivers`, signed with both secrets, retried every second, checked often.
-fn pushing_to(receivers: &[&MockServer]) -> impl FnOnce(&mut Settings) {
+pub(crate) fn pushing_to(receivers: &[&MockServer]) -> impl FnOnce(&mut Settings) {
     let urls: Vec<url::Url> = receivers
         .iter()
         .map(|r| format!("{}/hooks", r.uri()).parse().unwrap())
@@ -110,14 +110,14 @@ fn the_verifier_accepts_the_specifications_example() {
 
 /// One request as a receiver saw it.
 #[derive(Clone, Debug)]
-struct Received {
+pub(crate) struct Received {
     headers: HashMap<String, String>,
     body: Value,
-    verified: Result<(), String>,
+    pub(crate) verified: Result<(), String>,
 }
 
 impl Received {
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.headers["webhook-id"]
     }
     fn kind(&self) -> &str {
@@ -125,18 +125,18 @@ impl Received {
     }
 }
 
-type Answer = dyn Fn(usize, &Received) -> ResponseTemplate + Send + Sync;
+pub(crate) type Answer = dyn Fn(usize, &Received) -> ResponseTemplate + Send + Sync;
 
 /// Records every request, verifies it, and answers with what `answer` says for the n-th
 /// request (0-based).
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     seen: Arc<Mutex<Vec<Received>>>,
     answer: Arc<Answer>,
 }
 
 impl Receiver {
-    fn new(answer: impl Fn(usize, &Received) -> ResponseTemplate + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(answer: impl Fn(usize, &Received) -> ResponseTemplate + Send + Sync + 'static) -> Self {
         Self {
             seen: Default::default(),
             answer: Arc::new(answer),
@@ -147,7 +147,7 @@ impl Receiver {
         Self::new(|_, _| ResponseTemplate::new(204))
     }
 
-    async fn start(&self) -> MockServer {
+    pub(crate) async fn start(&self) -> MockServer {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
             .respond_with(self.clone())
@@ -156,7 +156,7 @@ impl Receiver {
         server
     }
 
-    fn seen(&self) -> Vec<Received> {
+    pub(crate) fn seen(&self) -> Vec<Received> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -865,4 +865,67 @@ fn the_configuration_refuses_unsafe_endpoints() {
     ])
     .unwrap();
     assert!(ok.events.allow_private_http);
+}
+
+/// Ops read deliveries and attempts with `facepair events` and send an event again: the
+/// receiver gets it with the same `webhook-id`.
+#[sqlx::test]
+async fn ops_list_attempts_and_replay_from_the_command_line(pool: PgPool) {
+    let receiver = Receiver::new(|n, _| match n {
+        0 => ResponseTemplate::new(500).set_body_string("try later"),
+        _ => ResponseTemplate::new(200).set_body_string("ok"),
+    });
+    let server = receiver.start().await;
+    let app = TestApp::spawn_with(pool, pushing_to(&[&server])).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    app.post(&format!("/v1/logins/{}/cancel", login_id(&login)))
+        .await;
+    app.eventually(Duration::from_secs(15), || async {
+        app.count("select count(*) from event_deliveries where state = 'delivered'")
+            .await
+            == 2
+    })
+    .await;
+    let cli = |args: &[&str]| crate::ops_tools::cli(&app.pool, args);
+    let list: Value = serde_json::from_str(&cli(&["events", "list", "--json"])).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["type"], "login.canceled");
+    assert_eq!(list[1]["type"], "login.created");
+    assert_eq!(list[1]["attempts"], 2);
+    assert_eq!(list[1]["last_status_code"], 200);
+    let created = list[1]["event_id"].as_str().unwrap().to_owned();
+    let attempts: Value =
+        serde_json::from_str(&cli(&["events", "attempts", &created, "--json"])).unwrap();
+    let statuses: Vec<(i64, &str)> = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["status_code"].as_i64().unwrap(),
+                a["response_excerpt"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(statuses, [(500, "try later"), (200, "ok")]);
+    assert!(cli(&["events", "list"]).contains("login.canceled"));
+    assert!(cli(&["events", "attempts", &created]).contains("try later"));
+
+    // one event again, then everything of the last hour
+    assert!(cli(&["events", "replay", &created]).starts_with("1 deliveries"));
+    app.eventually(Duration::from_secs(10), || async {
+        receiver.seen().len() == 4
+    })
+    .await;
+    assert!(cli(&["events", "replay-since", "1h"]).starts_with("2 deliveries"));
+    app.eventually(Duration::from_secs(10), || async {
+        receiver.seen().len() == 6
+    })
+    .await;
+    let seen = receiver.seen();
+    let created_pushes = seen.iter().filter(|r| r.id() == created).count();
+    assert_eq!(created_pushes, 4, "2 tries, a replay, a replay since");
+    assert!(seen.iter().all(|r| r.verified.is_ok()));
 }
