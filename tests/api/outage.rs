@@ -344,7 +344,7 @@ async fn postgres_restarts_mid_delivery() {
     let receiver = Receiver::new(|n, _| {
         let answer = wiremock::ResponseTemplate::new(200);
         if n == 0 {
-            answer.set_delay(Duration::from_secs(2))
+            answer.set_delay(Duration::from_secs(5))
         } else {
             answer
         }
@@ -352,7 +352,7 @@ async fn postgres_restarts_mid_delivery() {
     let server = receiver.start().await;
     let app = TestApp::spawn_with(pool, |s| {
         pushing_to(&[&server])(s);
-        s.events.timeout = Duration::from_secs(5);
+        s.events.timeout = Duration::from_secs(10);
     })
     .await;
     app.mock_eligible().await;
