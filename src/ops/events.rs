@@ -84,7 +84,9 @@ pub async fn attempts(pool: &PgPool, event_id: Uuid) -> Result<Vec<AttemptLine>,
 }
 
 pub fn render_list(rows: &[DeliveryLine]) -> String {
-    let mut out = String::from("POSITION  EVENT                                 TYPE               STATE      TRIES  LAST  ENDPOINT\n");
+    let mut out = String::from(
+        "POSITION  EVENT                                 TYPE               STATE      TRIES  LAST  ENDPOINT\n",
+    );
     for r in rows {
         let _ = writeln!(
             out,
@@ -103,7 +105,8 @@ pub fn render_list(rows: &[DeliveryLine]) -> String {
 }
 
 pub fn render_attempts(rows: &[AttemptLine]) -> String {
-    let mut out = String::from("ATTEMPTED AT                    STATUS  MS     ENDPOINT / ERROR / ANSWER\n");
+    let mut out =
+        String::from("ATTEMPTED AT                    STATUS  MS     ENDPOINT / ERROR / ANSWER\n");
     for r in rows {
         let _ = writeln!(
             out,

@@ -136,7 +136,9 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    pub(crate) fn new(answer: impl Fn(usize, &Received) -> ResponseTemplate + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        answer: impl Fn(usize, &Received) -> ResponseTemplate + Send + Sync + 'static,
+    ) -> Self {
         Self {
             seen: Default::default(),
             answer: Arc::new(answer),
