@@ -85,9 +85,10 @@ pub struct EventPage {
 /// How many events one sequencer statement numbers.
 const SEQUENCE_BATCH: i64 = 1000;
 
-/// Numbers every committed event, batch after batch.
-async fn sequence_all(ctx: &Context) -> Result<(), sqlx::Error> {
-    while store::sequence(&ctx.pool, SEQUENCE_BATCH).await? == SEQUENCE_BATCH as u64 {}
+/// Numbers every committed event, batch after batch; with `wait`, after any other instance
+/// doing it, so that nothing committed before the call is left unnumbered.
+async fn sequence_all(ctx: &Context, wait: bool) -> Result<(), sqlx::Error> {
+    while store::sequence(&ctx.pool, SEQUENCE_BATCH, wait).await? == SEQUENCE_BATCH as u64 {}
     Ok(())
 }
 
@@ -102,7 +103,7 @@ pub async fn feed(
 ) -> Result<EventPage, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        sequence_all(ctx).await?;
+        sequence_all(ctx, true).await?;
         let rows = store::after(&ctx.pool, after, types.as_deref(), limit + 1).await?;
         let done = !rows.is_empty()
             || tokio::time::Instant::now() >= deadline
@@ -164,7 +165,7 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
                 if !synced {
                     synced = sync(&ctx, &urls).await;
                 }
-                if let Err(e) = sequence_all(&ctx).await {
+                if let Err(e) = sequence_all(&ctx, false).await {
                     tracing::warn!(error = %crate::error::error_chain(&e), "could not number new events");
                     continue;
                 }

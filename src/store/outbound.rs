@@ -15,8 +15,10 @@ fn sequencer_key() -> i64 {
 
 /// Numbers committed, unnumbered events in insert order (one login's in its order, since
 /// each change holds the login's row lock until it commits) and queues a delivery of each
-/// to every enabled endpoint that takes its type. Another instance already doing it: 0.
-pub async fn sequence(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
+/// to every enabled endpoint that takes its type. Another instance doing it already: with
+/// `wait`, numbers what is left once it is done (a reader then sees every event committed
+/// before it asked); without, returns 0.
+pub async fn sequence(pool: &PgPool, limit: i64, wait: bool) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar!(
         r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
@@ -24,8 +26,14 @@ pub async fn sequence(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
     )
     .fetch_one(&mut *tx)
     .await?;
-    if !locked {
+    if !locked && !wait {
         return Ok(0);
+    }
+    if !locked {
+        // a statement of its own inside the transaction: a dropped wait still rolls back
+        sqlx::query!("select pg_advisory_xact_lock($1)", sequencer_key())
+            .execute(&mut *tx)
+            .await?;
     }
     // the statement's snapshot is taken after the lock: it sees every number given before
     let numbered = sqlx::query_scalar!(
@@ -126,8 +134,9 @@ pub async fn find(
     .await
 }
 
-/// Makes the configured endpoints exist and enabled-or-not as they were; an endpoint no
-/// longer configured is disabled. Its type filter is the configured one.
+/// Makes the configured endpoints exist: new ones enabled, one configured again after it was
+/// dropped enabled again, one disabled by a 410 still disabled; an endpoint no longer
+/// configured is disabled.
 pub async fn sync_configured(
     conn: &mut PgConnection,
     urls: &[String],
@@ -137,7 +146,12 @@ pub async fn sync_configured(
         r#"
         insert into event_endpoints (url, origin, types)
         select u, 'config', $2 from unnest($1::text[]) as u
-        on conflict (url) do update set types = excluded.types
+        on conflict (url) do update
+        set origin = 'config', types = excluded.types,
+            disabled_at = case when event_endpoints.disabled_reason = 'no longer configured'
+                               then null else event_endpoints.disabled_at end,
+            disabled_reason = case when event_endpoints.disabled_reason = 'no longer configured'
+                                   then null else event_endpoints.disabled_reason end
         "#,
         urls,
         types
