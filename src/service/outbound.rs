@@ -156,7 +156,7 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
     let lease = events.timeout + Duration::from_secs(20);
     let mut tick = tokio::time::interval(events.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // the last claim took all it asked for: more may be due at once
+    // the last claim found work: more may be due at once
     let mut more_due = false;
     loop {
         tokio::select! {
@@ -200,6 +200,7 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
             lease.as_secs_f64(),
             IN_FLIGHT_PER_ENDPOINT as i64,
             &rooms,
+            &urls,
         )
         .await
         {
@@ -209,7 +210,9 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
                 continue;
             }
         };
-        more_due = claimed.len() == room;
+        // work was found: a push that ends makes room for the next at once, rather than at
+        // the next tick (an endpoint's 8 in flight would otherwise cap it at 8 per tick)
+        more_due = !claimed.is_empty();
         for c in claimed {
             *per_endpoint.entry(c.endpoint_id).or_default() += 1;
             let push = Push {
@@ -378,6 +381,8 @@ impl Push {
                 (tried, retry_after, down)
             }
             Err(e) => {
+                // the URL may carry a platform's token: neither the log nor ops need it
+                let e = e.without_url();
                 let reason = if e.is_timeout() {
                     "timed out".to_owned()
                 } else if e.is_connect() {

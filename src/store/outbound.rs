@@ -182,7 +182,8 @@ pub struct Claimed {
 }
 
 /// Leases up to `limit` due deliveries for `lease_seconds`, skipping rows another instance
-/// holds and endpoints backing off; at most `room` of them per endpoint (`rooms` lists the
+/// holds, endpoints backing off and configured endpoints not in this instance's
+/// `configured` list (its secrets sign for those); at most `room` of them per endpoint (`rooms` lists the
 /// endpoints with less, this instance having some in flight). A delivery behind an earlier
 /// one of the same login to the same endpoint waits: one login's events arrive in order.
 pub async fn claim(
@@ -191,6 +192,7 @@ pub async fn claim(
     lease_seconds: f64,
     room: i64,
     rooms: &[(Uuid, i64)],
+    configured: &[String],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let (ids, left): (Vec<Uuid>, Vec<i64>) = rooms.iter().copied().unzip();
     sqlx::query_as!(
@@ -205,6 +207,7 @@ pub async fn claim(
             where d.state = 'pending' and d.next_attempt_at <= now()
               and (d.leased_until is null or d.leased_until < now())
               and e.disabled_at is null and (e.retry_at is null or e.retry_at <= now())
+              and (e.origin <> 'config' or e.url = any($6::text[]))
               and not exists (
                   select 1 from event_deliveries p
                   where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
@@ -237,7 +240,8 @@ pub async fn claim(
         lease_seconds,
         room,
         &ids,
-        &left
+        &left,
+        configured
     )
     .fetch_all(pool)
     .await
@@ -345,7 +349,7 @@ pub async fn settle(
                             else now() + make_interval(secs => $2) end,
             disabled_at = case when $3 then now() else disabled_at end,
             disabled_reason = case when $3 then 'answered 410 Gone' else disabled_reason end
-        where id = $1
+        where id = $1 and (retry_at is not null or $2::float8 is not null or $3)
         "#,
         endpoint_id,
         endpoint_wait,

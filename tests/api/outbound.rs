@@ -574,6 +574,15 @@ async fn a_failing_receiver_gets_the_same_event_again(pool: PgPool) {
     .await
     .unwrap();
     assert!(gap >= 2.0, "retried after {gap} s");
+    let metrics = app.metrics().await;
+    for series in [
+        "outcome=\"retry\"} 2",
+        "outcome=\"delivered\"} 1",
+        "facepair_event_push_duration_seconds_count 3",
+        "facepair_event_oldest_undelivered_seconds ",
+    ] {
+        assert!(metrics.contains(series), "{series} not in:\n{metrics}");
+    }
     let view: (String, i32, Option<i32>) =
         sqlx::query_as("select state, attempts, last_status_code from event_delivery_status")
             .fetch_one(&app.pool)

@@ -21,6 +21,10 @@ pub async fn run(
     server: &Server,
     next_token: &mut usize,
 ) -> anyhow::Result<Vec<Row>> {
+    let secs = suite.secs();
+    // first without an endpoint, before one exists
+    settle(&suite.admin).await?;
+    let without = webhooks(&server.url, next_token, CONCURRENCY, secs).await?;
     let (url, received) = receiver().await?;
     let pushing = suite
         .start_server_with(&[
@@ -34,9 +38,6 @@ pub async fn run(
         ])
         .await?
         .0;
-    let secs = suite.secs();
-    settle(&suite.admin).await?;
-    let without = webhooks(&server.url, next_token, CONCURRENCY, secs).await?;
     settle(&suite.admin).await?;
     let started = Instant::now();
     let before = received.load(Ordering::Relaxed);
