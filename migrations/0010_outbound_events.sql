@@ -25,19 +25,22 @@ create index outbound_events_unpositioned_idx on outbound_events (serial) where 
 create index outbound_events_created_idx on outbound_events (created_at);
 
 -- Where events are pushed. `config` endpoints come from FACEPAIR_EVENT_ENDPOINTS (their
--- secrets from FACEPAIR_EVENT_SECRETS, never stored); `types` null means every type.
+-- secrets from FACEPAIR_EVENT_SECRETS, never stored); `api` ones from POST
+-- /v1/event-endpoints, with their own secrets (whsec_...). `types` null means every type.
 create table event_endpoints (
     id              uuid        primary key default gen_random_uuid(),
     url             text        not null,
     origin          text        not null default 'config',
     types           text[],
+    secrets         text[],
     created_at      timestamptz not null default now(),
     -- a failing endpoint waits until then before its next delivery (per-endpoint backoff)
     retry_at        timestamptz,
     disabled_at     timestamptz,
     disabled_reason text,
     constraint event_endpoints_url_key unique (url),
-    constraint event_endpoints_origin_check check (origin in ('config', 'api'))
+    constraint event_endpoints_origin_check check (origin in ('config', 'api')),
+    constraint event_endpoints_secrets_check check ((origin = 'api') = (secrets is not null))
 );
 
 -- One event to one endpoint. `state`: pending (due at next_attempt_at; leased while an

@@ -38,6 +38,10 @@ pub enum ApiError {
     LoginNotFound,
     #[error("no login for this watch token")]
     WatchTokenNotFound,
+    #[error("no event endpoint with this id")]
+    EndpointNotFound,
+    #[error("an event endpoint with this URL exists already")]
+    EndpointExists,
     #[error("no such route")]
     RouteNotFound,
     #[error("this route does not take that method")]
@@ -134,6 +138,8 @@ pub enum Code {
     InvalidSignature,
     LoginNotFound,
     WatchTokenNotFound,
+    EndpointNotFound,
+    EndpointExists,
     RouteNotFound,
     MethodNotAllowed,
     UnknownScanRef,
@@ -158,7 +164,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 33] = [
+    pub const ALL: [Code; 35] = [
         Code::MalformedJson,
         Code::MalformedQuery,
         Code::InvalidCursor,
@@ -171,6 +177,8 @@ impl Code {
         Code::InvalidSignature,
         Code::LoginNotFound,
         Code::WatchTokenNotFound,
+        Code::EndpointNotFound,
+        Code::EndpointExists,
         Code::RouteNotFound,
         Code::MethodNotAllowed,
         Code::UnknownScanRef,
@@ -248,6 +256,12 @@ impl Code {
                 "watch_token_not_found",
                 404,
                 "no login for this watch token",
+            ),
+            Code::EndpointNotFound => ("endpoint_not_found", 404, "no event endpoint with this id"),
+            Code::EndpointExists => (
+                "endpoint_exists",
+                409,
+                "an event endpoint with this URL exists already",
             ),
             Code::RouteNotFound => ("route_not_found", 404, "no such route"),
             Code::MethodNotAllowed => (
@@ -349,6 +363,8 @@ impl ApiError {
             Self::InvalidSignature(_) => Code::InvalidSignature,
             Self::LoginNotFound => Code::LoginNotFound,
             Self::WatchTokenNotFound => Code::WatchTokenNotFound,
+            Self::EndpointNotFound => Code::EndpointNotFound,
+            Self::EndpointExists => Code::EndpointExists,
             Self::RouteNotFound => Code::RouteNotFound,
             Self::MethodNotAllowed { .. } => Code::MethodNotAllowed,
             Self::UnknownScanRef => Code::UnknownScanRef,

@@ -1,15 +1,18 @@
-//! The events feed, `GET /v1/events`: every public event in commit order, for the platform.
+//! The events feed, `GET /v1/events`: every public event in commit order, for the platform;
+//! and the endpoints events are pushed to, `/v1/event-endpoints`.
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::domain::outbound::EventType;
+use crate::domain::outbound::{self as rules, EventType, WebhookSecret};
+use crate::domain::types::Invalid;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::JsonBody;
 use crate::http::auth::ApiKey;
 use crate::service::Context;
-use crate::service::outbound::{self, EventPage};
+use crate::service::outbound::{self, Endpoint, EndpointCreated, EventPage};
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct FeedQuery {
@@ -93,4 +96,119 @@ pub async fn feed(
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(page))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    /// An https URL that resolves to public addresses only.
+    #[schema(value_type = String, required = true, example = "https://platform.example/hooks/facepair")]
+    pub url: Option<String>,
+    /// Event types to push, e.g. `["login.approved", "login.failed"]`; absent: all.
+    pub types: Option<Vec<String>>,
+    /// `whsec_` and the base64 of 24-64 bytes; absent: facepair makes one and shows it once.
+    pub secret: Option<String>,
+}
+
+/// Add an endpoint: from the next event on, every event of its types is pushed to it as a
+/// Standard Webhooks request signed with its secret.
+#[utoipa::path(
+    post, path = "/v1/event-endpoints", tag = "platform",
+    request_body = CreateEndpoint,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, body = EndpointCreated, description = "created; keep `secret`, it is not shown again"),
+        (status = 400, body = ErrorBody, description = "malformed_json"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 409, body = ErrorBody, description = "endpoint_exists"),
+        (status = 413, body = ErrorBody, description = "payload_too_large"),
+        (status = 415, body = ErrorBody, description = "unsupported_media_type"),
+        (status = 422, body = ErrorBody, description = "invalid_field (`url`, `types`, `secret`)"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn create_endpoint(
+    state: web::Data<Context>,
+    _key: ApiKey,
+    JsonBody(body): JsonBody<CreateEndpoint>,
+) -> Result<HttpResponse, ApiError> {
+    let url = body
+        .url
+        .as_deref()
+        .ok_or_else(|| Invalid::new("url", "is required"))?;
+    let url: url::Url = url
+        .parse()
+        .map_err(|_| Invalid::new("url", "is not an absolute URL"))?;
+    rules::check_endpoint_url(&url, state.settings.events.allow_private_http)
+        .map_err(|e| Invalid::new("url", e))?;
+    let types = body
+        .types
+        .map(|list| {
+            if list.is_empty() {
+                return Err(Invalid::new(
+                    "types",
+                    "must name at least one type, or be left out",
+                ));
+            }
+            list.iter()
+                .map(|t| {
+                    EventType::parse(t).ok_or_else(|| {
+                        Invalid::new(
+                            "types",
+                            format!(
+                                "{:?} is not an event type",
+                                t.chars().take(64).collect::<String>()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    if let Some(secret) = &body.secret {
+        WebhookSecret::parse(secret).map_err(|e| Invalid::new("secret", e))?;
+    }
+    let created = outbound::create_endpoint(&state, &url, types, body.secret).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(created))
+}
+
+/// Every endpoint events are pushed to, configured or made with this API; no secrets.
+#[utoipa::path(
+    get, path = "/v1/event-endpoints", tag = "platform",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Vec<Endpoint>),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn list_endpoints(
+    state: web::Data<Context>,
+    _key: ApiKey,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(outbound::endpoints(&state).await?))
+}
+
+/// Stop pushing to an endpoint: nothing more is queued or sent to it. Disabling twice is
+/// harmless.
+#[utoipa::path(
+    post, path = "/v1/event-endpoints/{endpoint_id}/disable", tag = "platform",
+    params(("endpoint_id" = Uuid, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Endpoint),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "endpoint_not_found"),
+        (status = 503, body = ErrorBody, description = "database_unavailable"),
+    )
+)]
+pub async fn disable_endpoint(
+    state: web::Data<Context>,
+    _key: ApiKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: uuid::Uuid = path.parse().map_err(|_| ApiError::EndpointNotFound)?;
+    Ok(HttpResponse::Ok().json(outbound::disable_endpoint(&state, id).await?))
 }

@@ -99,6 +99,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(platform::redeem)),
         )
         .service(resource("/v1/events", "GET").route(web::get().to(events::feed)))
+        .service(
+            resource("/v1/event-endpoints", "GET, POST")
+                .route(web::get().to(events::list_endpoints))
+                .route(web::post().to(events::create_endpoint)),
+        )
+        .service(
+            resource("/v1/event-endpoints/{endpoint_id}/disable", "POST")
+                .route(web::post().to(events::disable_endpoint)),
+        )
         // browsers, with the watch token
         .service(resource("/v1/watch/{watch_token}", "GET").route(web::get().to(watch::get_watch)))
         .service(

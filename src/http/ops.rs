@@ -55,7 +55,7 @@ pub async fn openapi() -> HttpResponse {
     info(title = "facepair", description = "Log people in on desktop platforms with iDenfy face authentication and a short digit code."),
     paths(
         platform::create_login, platform::get_login, platform::events, platform::new_attempt, platform::cancel, platform::redeem,
-        events::feed,
+        events::feed, events::create_endpoint, events::list_endpoints, events::disable_endpoint,
         watch::get_watch, watch::events, watch::new_attempt, pair::page,
         webhook::receive,
         live, ready, metrics, openapi,

@@ -356,7 +356,7 @@ impl Push {
             .header("webhook-timestamp", timestamp.to_string())
             .header(
                 "webhook-signature",
-                outbound::signature_header(&self.secrets, &id, timestamp, &body),
+                outbound::signature_header(&self.secrets_for(&c), &id, timestamp, &body),
             )
             .body(body)
             .send()
@@ -415,6 +415,17 @@ impl Push {
         self.settle(&c, Some(&tried), next).await;
     }
 
+    /// An API endpoint's own secrets, else the configured ones.
+    fn secrets_for(&self, c: &Claimed) -> Vec<WebhookSecret> {
+        match &c.secrets {
+            Some(own) => own
+                .iter()
+                .filter_map(|s| WebhookSecret::parse(s).ok())
+                .collect(),
+            None => self.secrets.to_vec(),
+        }
+    }
+
     /// The next step after a failed try: a retry by the schedule, or `failed` once it is spent.
     fn after_failure(
         &self,
@@ -467,4 +478,90 @@ async fn excerpt(response: &mut reqwest::Response) -> Option<String> {
     kept.truncate(EXCERPT_BYTES);
     let text = String::from_utf8_lossy(&kept).into_owned();
     (!text.is_empty()).then_some(text)
+}
+
+/// An event endpoint as the API shows it; its secrets are never shown again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub url: String,
+    /// `api` (made with this API) or `config` (FACEPAIR_EVENT_ENDPOINTS).
+    pub origin: String,
+    /// The event types pushed to it; `null`: all.
+    pub types: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// `answered 410 Gone`, `disabled by the platform` or `no longer configured`.
+    pub disabled_reason: Option<String>,
+}
+
+impl From<store::EndpointRow> for Endpoint {
+    fn from(r: store::EndpointRow) -> Self {
+        Self {
+            id: r.id,
+            url: r.url,
+            origin: r.origin,
+            types: r.types,
+            created_at: r.created_at,
+            disabled_at: r.disabled_at,
+            disabled_reason: r.disabled_reason,
+        }
+    }
+}
+
+/// A new endpoint and the secret its pushes are signed with, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointCreated {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// `whsec_` and base64: verify every push with it.
+    pub secret: String,
+}
+
+/// Stores an endpoint made by the platform; from the next numbered event on it is pushed
+/// every event of `types` (all when `None`), signed with `secret` (a new one when `None`).
+pub async fn create_endpoint(
+    ctx: &Context,
+    url: &url::Url,
+    types: Option<Vec<EventType>>,
+    secret: Option<String>,
+) -> Result<EndpointCreated, ApiError> {
+    let secret = secret.unwrap_or_else(|| {
+        use base64::Engine as _;
+        let key: [u8; 32] = rand::random();
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    });
+    let types: Option<Vec<String>> =
+        types.map(|t| t.iter().map(|t| t.as_str().to_owned()).collect());
+    let row = store::create_endpoint(
+        &ctx.pool,
+        url.as_str(),
+        types.as_deref(),
+        std::slice::from_ref(&secret),
+    )
+    .await?
+    .ok_or(ApiError::EndpointExists)?;
+    tracing::info!(endpoint = %row.id, "event endpoint created");
+    Ok(EndpointCreated {
+        endpoint: row.into(),
+        secret,
+    })
+}
+
+pub async fn endpoints(ctx: &Context) -> Result<Vec<Endpoint>, ApiError> {
+    Ok(store::endpoints(&ctx.pool)
+        .await?
+        .into_iter()
+        .map(Endpoint::from)
+        .collect())
+}
+
+pub async fn disable_endpoint(ctx: &Context, id: Uuid) -> Result<Endpoint, ApiError> {
+    let row = store::disable_endpoint(&ctx.pool, id)
+        .await?
+        .ok_or(ApiError::EndpointNotFound)?;
+    Ok(row.into())
 }

@@ -147,7 +147,7 @@ pub async fn sync_configured(
         insert into event_endpoints (url, origin, types)
         select u, 'config', $2 from unnest($1::text[]) as u
         on conflict (url) do update
-        set origin = 'config', types = excluded.types,
+        set origin = 'config', types = excluded.types, secrets = null,
             disabled_at = case when event_endpoints.disabled_reason = 'no longer configured'
                                then null else event_endpoints.disabled_at end,
             disabled_reason = case when event_endpoints.disabled_reason = 'no longer configured'
@@ -175,6 +175,8 @@ pub async fn sync_configured(
 pub struct Claimed {
     pub endpoint_id: Uuid,
     pub url: String,
+    /// An API endpoint's own secrets; `None` for a configured one.
+    pub secrets: Option<Vec<String>>,
     pub event_id: Uuid,
     pub attempts: i32,
     /// The event is `login.approved` and its approval has expired meanwhile.
@@ -228,7 +230,7 @@ pub async fn claim(
             from due where d.endpoint_id = due.endpoint_id and d.event_id = due.event_id
             returning d.endpoint_id, d.event_id, d.attempts, d.login_id
         )
-        select l.endpoint_id, e.url, l.event_id, l.attempts,
+        select l.endpoint_id, e.url, e.secrets, l.event_id, l.attempts,
                (o.type = 'login.approved'
                 and coalesce(g.approval_expires_at <= now(), true)) as "stale!"
         from leased l
@@ -402,4 +404,73 @@ pub async fn backlog(conn: impl sqlx::PgExecutor<'_>) -> Result<(f64, i64), sqlx
     .fetch_one(conn)
     .await?;
     Ok((row.oldest, row.disabled))
+}
+
+/// An endpoint as the API shows it (never its secrets).
+#[derive(Debug, Clone)]
+pub struct EndpointRow {
+    pub id: Uuid,
+    pub url: String,
+    pub origin: String,
+    pub types: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+}
+
+/// A new API endpoint; `None` if one has that URL already.
+pub async fn create_endpoint(
+    conn: impl sqlx::PgExecutor<'_>,
+    url: &str,
+    types: Option<&[String]>,
+    secrets: &[String],
+) -> Result<Option<EndpointRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EndpointRow,
+        r#"
+        insert into event_endpoints (url, origin, types, secrets)
+        values ($1, 'api', $2, $3)
+        on conflict (url) do nothing
+        returning id, url, origin, types, created_at, disabled_at, disabled_reason
+        "#,
+        url,
+        types,
+        secrets
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Every endpoint, oldest first.
+pub async fn endpoints(conn: impl sqlx::PgExecutor<'_>) -> Result<Vec<EndpointRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EndpointRow,
+        r#"
+        select id, url, origin, types, created_at, disabled_at, disabled_reason
+        from event_endpoints order by created_at, url
+        "#
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Disables an endpoint (nothing more is queued or sent to it); disabling twice keeps the
+/// first time. `None` if there is no such endpoint.
+pub async fn disable_endpoint(
+    conn: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<EndpointRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EndpointRow,
+        r#"
+        update event_endpoints
+        set disabled_at = coalesce(disabled_at, now()),
+            disabled_reason = coalesce(disabled_reason, 'disabled by the platform')
+        where id = $1
+        returning id, url, origin, types, created_at, disabled_at, disabled_reason
+        "#,
+        id
+    )
+    .fetch_optional(conn)
+    .await
 }

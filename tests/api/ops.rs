@@ -126,6 +126,8 @@ async fn openapi_covers_every_route_and_error_code(pool: PgPool) {
         "/v1/logins/{login_id}/cancel",
         "/v1/logins/{login_id}/redeem",
         "/v1/events",
+        "/v1/event-endpoints",
+        "/v1/event-endpoints/{endpoint_id}/disable",
         "/v1/watch/{watch_token}",
         "/v1/watch/{watch_token}/attempts",
         "/v1/webhooks/idenfy",

@@ -112,6 +112,8 @@ fn the_verifier_accepts_the_specifications_example() {
 #[derive(Clone, Debug)]
 pub(crate) struct Received {
     headers: HashMap<String, String>,
+    path: String,
+    raw: Vec<u8>,
     body: Value,
     pub(crate) verified: Result<(), String>,
 }
@@ -174,6 +176,8 @@ impl Respond for Receiver {
             verified: verify(SECRET, &headers, &request.body)
                 .and_then(|_| verify(OLD_SECRET, &headers, &request.body)),
             headers,
+            path: request.url.path().to_owned(),
+            raw: request.body.clone(),
             body: serde_json::from_slice(&request.body).unwrap_or(Value::Null),
         };
         let mut seen = self.seen.lock().unwrap();
@@ -939,4 +943,155 @@ async fn ops_list_attempts_and_replay_from_the_command_line(pool: PgPool) {
     let created_pushes = seen.iter().filter(|r| r.id() == created).count();
     assert_eq!(created_pushes, 4, "2 tries, a replay, a replay since");
     assert!(seen.iter().all(|r| r.verified.is_ok()));
+}
+
+/// The platform adds an endpoint by API with a type filter: it is pushed only those types,
+/// signed with its own secret (shown once, never listed); disabled, it is queued nothing more.
+#[sqlx::test]
+async fn endpoints_made_by_api_get_their_types_signed_with_their_secret(pool: PgPool) {
+    let receiver = Receiver::new(|_, _| ResponseTemplate::new(200));
+    let server = receiver.start().await;
+    let app = TestApp::spawn_with(pool, |s| {
+        s.events.allow_private_http = true;
+        s.events.poll_interval = Duration::from_millis(50);
+    })
+    .await;
+    app.mock_eligible().await;
+    let endpoints = app.url("/v1/event-endpoints");
+    let create = |body: Value| {
+        app.http
+            .post(&endpoints)
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+    };
+    let url = format!("{}/hooks", server.uri());
+    let response = create(json!({"url": url, "types": ["login.canceled"], "secret": SECRET}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["secret"], SECRET);
+    assert_eq!(created["origin"], "api");
+    assert_eq!(created["types"], json!(["login.canceled"]));
+    let id = created["id"].as_str().unwrap().to_owned();
+    // a second endpoint, with a secret made by facepair
+    let other: Value = create(json!({"url": format!("{}/other", server.uri())}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(other["secret"].as_str().unwrap().starts_with("whsec_"));
+    WebhookSecret::parse(other["secret"].as_str().unwrap()).unwrap();
+
+    for (body, status, code, field) in [
+        (json!({"url": url}), 409, "endpoint_exists", None),
+        (json!({}), 422, "invalid_field", Some("url")),
+        (
+            json!({"url": "ftp://x.example/"}),
+            422,
+            "invalid_field",
+            Some("url"),
+        ),
+        (
+            json!({"url": "https://y.example/", "types": ["login.nope"]}),
+            422,
+            "invalid_field",
+            Some("types"),
+        ),
+        (
+            json!({"url": "https://y.example/", "types": []}),
+            422,
+            "invalid_field",
+            Some("types"),
+        ),
+        (
+            json!({"url": "https://y.example/", "secret": "hunter2"}),
+            422,
+            "invalid_field",
+            Some("secret"),
+        ),
+        (
+            json!({"url": "https://y.example/", "extra": 1}),
+            400,
+            "malformed_json",
+            None,
+        ),
+    ] {
+        let response = create(body.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{body}");
+        if let Some(field) = field {
+            assert_eq!(error["error"]["field"], field, "{body}");
+        }
+    }
+    let no_key = app.http.get(&endpoints).send().await.unwrap();
+    assert_eq!(no_key.status(), 401);
+
+    let login = app.login().await;
+    app.post(&format!("/v1/logins/{}/cancel", login_id(&login)))
+        .await;
+    app.eventually(Duration::from_secs(10), || async {
+        receiver.seen().len() == 3
+    })
+    .await;
+    let seen = receiver.seen();
+    let generated = other["secret"].as_str().unwrap();
+    for r in &seen {
+        let secret = if r.path == "/hooks" {
+            SECRET
+        } else {
+            generated
+        };
+        assert_eq!(verify(secret, &r.headers, &r.raw), Ok(()), "{}", r.path);
+    }
+    let kinds = |path: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.kind().to_owned())
+            .collect()
+    };
+    assert_eq!(kinds("/hooks"), ["login.canceled"]);
+    assert_eq!(kinds("/other"), ["login.created", "login.canceled"]);
+    let listed: Value = app
+        .http
+        .get(&endpoints)
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains("whsec_"), "{listed}");
+
+    let disable = |id: String| {
+        app.http
+            .post(app.url(&format!("/v1/event-endpoints/{id}/disable")))
+            .bearer_auth(API_KEY)
+            .send()
+    };
+    let disabled: Value = disable(id.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(disabled["disabled_reason"], "disabled by the platform");
+    for unknown in [uuid::Uuid::new_v4().to_string(), "nope".into()] {
+        let response = disable(unknown).await.unwrap();
+        assert_eq!(response.status(), 404);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "endpoint_not_found");
+    }
+    let second = app.login().await;
+    app.post(&format!("/v1/logins/{}/cancel", login_id(&second)))
+        .await;
+    let page: Value = feed(&app, "?after=2&wait=5").await.json().await.unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    let queued: i64 =
+        sqlx::query_scalar("select count(*) from event_deliveries where endpoint_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(queued, 1, "nothing queued after it was disabled");
 }
