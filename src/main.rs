@@ -128,7 +128,14 @@ enum EventsCommand {
         #[arg(long)]
         endpoint: Option<String>,
     },
-    /// Send every event written since a time again (after an endpoint's outage).
+    /// Enable an endpoint again (after it answered 410, or was disabled); then replay-since
+    /// sends what it missed.
+    Enable {
+        /// The endpoint's URL, as `facepair events list` shows it.
+        url: String,
+    },
+    /// Send every event written since a time again (after an endpoint's outage), also those
+    /// never queued for an endpoint while it was disabled.
     ReplaySince {
         /// An RFC 3339 time or a duration ago (2h, 1d).
         since: String,
@@ -307,6 +314,12 @@ async fn events(database: DatabaseArgs, command: EventsCommand) -> anyhow::Resul
                 anyhow::bail!("no delivery of event {event_id} to replay");
             }
             println!("{n} deliveries will be sent again");
+        }
+        EventsCommand::Enable { url } => {
+            if !events::enable_endpoint(&pool, &url).await? {
+                anyhow::bail!("no event endpoint {url}");
+            }
+            println!("enabled {url}");
         }
         EventsCommand::ReplaySince { since, endpoint } => {
             let since = parse_since(&since).map_err(|e| anyhow::anyhow!("since: {e}"))?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use crate::store::outbound::replay;
+pub use crate::store::outbound::{enable_endpoint, replay};
 
 /// One event's delivery to one endpoint, as the view shows it.
 #[derive(Debug, Serialize)]

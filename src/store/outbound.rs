@@ -362,8 +362,10 @@ pub async fn settle(
     tx.commit().await
 }
 
-/// Puts deliveries back to be sent now (`event` alone, or every one since `since`), to one
-/// endpoint or all, keeping their event ids. Returns how many.
+/// Queues events to be sent now (`event` alone, or every one written since `since`) to every
+/// enabled endpoint that takes their type, or to the one with `endpoint_url`: deliveries that
+/// exist go back to pending, missing ones (an endpoint added or disabled meanwhile) are
+/// added. Event ids stay the same. Returns how many.
 pub async fn replay(
     conn: impl sqlx::PgExecutor<'_>,
     event: Option<Uuid>,
@@ -372,13 +374,16 @@ pub async fn replay(
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
         r#"
-        update event_deliveries d
-        set state = 'pending', next_attempt_at = now(), leased_until = null, finished_at = null
-        from outbound_events o, event_endpoints e
-        where o.id = d.event_id and e.id = d.endpoint_id
-          and ($1::uuid is null or d.event_id = $1)
+        insert into event_deliveries (endpoint_id, event_id, login_id, position)
+        select e.id, o.id, o.login_id, o.position
+        from outbound_events o
+        join event_endpoints e on e.disabled_at is null and (e.types is null or o.type = any(e.types))
+        where o.position is not null
+          and ($1::uuid is null or o.id = $1)
           and ($2::timestamptz is null or o.created_at >= $2)
           and ($3::text is null or e.url = $3)
+        on conflict (endpoint_id, event_id) do update
+        set state = 'pending', next_attempt_at = now(), leased_until = null, finished_at = null
         "#,
         event,
         since,
@@ -387,6 +392,24 @@ pub async fn replay(
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Enables the endpoint with `url` again (after a 410, or disabled by the platform), its
+/// backoff cleared. Whether there was one.
+pub async fn enable_endpoint(
+    conn: impl sqlx::PgExecutor<'_>,
+    url: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        update event_endpoints set disabled_at = null, disabled_reason = null, retry_at = null
+        where url = $1
+        "#,
+        url
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// Ops figures: the age of the oldest undelivered event, endpoints disabled.

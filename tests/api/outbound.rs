@@ -635,7 +635,7 @@ async fn a_hanging_receiver_delays_no_other_endpoint(pool: PgPool) {
 /// 410 Gone disables the endpoint: its delivery stays pending for ops, and it is sent no more.
 #[sqlx::test]
 async fn a_receiver_answering_410_is_disabled(pool: PgPool) {
-    let receiver = Receiver::new(|_, _| ResponseTemplate::new(410));
+    let receiver = Receiver::new(|n, _| ResponseTemplate::new(if n == 0 { 410 } else { 200 }));
     let server = receiver.start().await;
     let app = TestApp::spawn_with(pool, pushing_to(&[&server])).await;
     app.mock_eligible().await;
@@ -659,6 +659,15 @@ async fn a_receiver_answering_410_is_disabled(pool: PgPool) {
     assert_eq!(receiver.seen().len(), 1);
     app.eventually(Duration::from_secs(10), || async {
         app.metric("facepair_event_endpoints_disabled").await == 1.0
+    })
+    .await;
+    // ops enable it again and send what it missed, the event never queued for it included
+    let cli = |args: &[&str]| crate::ops_tools::cli(&app.pool, args);
+    let url = format!("{}/hooks", server.uri());
+    assert!(cli(&["events", "enable", &url]).starts_with("enabled"));
+    assert!(cli(&["events", "replay-since", "1h"]).starts_with("2 deliveries"));
+    app.eventually(Duration::from_secs(10), || async {
+        receiver.seen().len() == 3
     })
     .await;
 }
