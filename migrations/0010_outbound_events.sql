@@ -65,7 +65,9 @@ create table event_deliveries (
     constraint event_deliveries_state_check check (state in
         ('pending', 'delivered', 'failed', 'skipped'))
 );
-create index event_deliveries_due_idx on event_deliveries (next_attempt_at) where state = 'pending';
+-- each endpoint's due deliveries, in the order they are claimed
+create index event_deliveries_due_idx on event_deliveries (endpoint_id, next_attempt_at, position)
+    where state = 'pending';
 create index event_deliveries_login_idx on event_deliveries (endpoint_id, login_id, position)
     where state = 'pending';
 create index event_deliveries_event_idx on event_deliveries (event_id);

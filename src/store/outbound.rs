@@ -200,28 +200,34 @@ pub async fn claim(
     sqlx::query_as!(
         Claimed,
         r#"
-        with candidates as (
-            select d.endpoint_id, d.event_id,
-                   row_number() over (partition by d.endpoint_id
-                                      order by d.next_attempt_at, d.position) as rank
-            from event_deliveries d
-            join event_endpoints e on e.id = d.endpoint_id
-            where d.state = 'pending' and d.next_attempt_at <= now()
-              and (d.leased_until is null or d.leased_until < now())
-              and e.disabled_at is null and (e.retry_at is null or e.retry_at <= now())
+        with eligible as (
+            select e.id, coalesce(r.left_, $3) as room
+            from event_endpoints e
+            left join unnest($4::uuid[], $5::int8[]) as r(id, left_) on r.id = e.id
+            where e.disabled_at is null and (e.retry_at is null or e.retry_at <= now())
               and (e.origin <> 'config' or e.url = any($6::text[]))
-              and not exists (
-                  select 1 from event_deliveries p
-                  where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
-                    and p.state = 'pending' and p.position < d.position)
+        ), candidates as (
+            -- each endpoint's first due deliveries, up to its room, from its own index range
+            select c.endpoint_id, c.event_id, c.next_attempt_at, c.position
+            from eligible e cross join lateral (
+                select d.endpoint_id, d.event_id, d.next_attempt_at, d.position
+                from event_deliveries d
+                where d.endpoint_id = e.id and d.state = 'pending'
+                  and d.next_attempt_at <= now()
+                  and (d.leased_until is null or d.leased_until < now())
+                  and not exists (
+                      select 1 from event_deliveries p
+                      where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
+                        and p.state = 'pending' and p.position < d.position)
+                order by d.next_attempt_at, d.position
+                limit e.room
+            ) c
         ), due as (
             select d.endpoint_id, d.event_id
             from event_deliveries d
             join candidates c on c.endpoint_id = d.endpoint_id and c.event_id = d.event_id
-            left join unnest($4::uuid[], $5::int8[]) as r(id, left_) on r.id = d.endpoint_id
-            where c.rank <= coalesce(r.left_, $3)
-              and d.state = 'pending' and (d.leased_until is null or d.leased_until < now())
-            order by d.next_attempt_at, d.position
+            where d.state = 'pending' and (d.leased_until is null or d.leased_until < now())
+            order by c.next_attempt_at, c.position
             limit $1
             for update of d skip locked
         ), leased as (
