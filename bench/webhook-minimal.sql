@@ -1,6 +1,7 @@
 -- pgbench's second reference for scenario 1: the least SQL that does a webhook's durable work,
--- whatever facepair itself sends: store the delivery, move the attempt, append the event, commit
--- (one statement, so one round trip), then NOTIFY after the commit.
+-- whatever facepair itself sends: store the delivery, move the attempt, append the event and its
+-- public event (for the feed and pushes), commit (one statement, so one round trip), then NOTIFY
+-- after the commit.
 -- Variables: rows (seeded attempts). Attempts are taken in order, as in bench/webhook.sql.
 \set body random(1, 2000000000)
 WITH attempt AS (
@@ -26,6 +27,8 @@ WITH attempt AS (
     SELECT login.id, event_seq, 'attempt_succeeded', 'webhook', status, attempt_id, delivery.id,
            '{"attempt_number": 1, "idenfy_status": "SUCCESS", "risk_tags": []}'
     FROM login JOIN delivery ON delivery.login_id = login.id
+), outbound AS (
+    INSERT INTO outbound_events (login_id, seq, type) SELECT id, event_seq, 'login.approved' FROM login
 )
 SELECT id AS login_id FROM login \gset
 SELECT set_config('synchronous_commit', 'off', true), pg_notify('facepair_events', :login_id);

@@ -25,7 +25,7 @@ SELECT l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempt
        a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip, a.network_match
 FROM logins l JOIN LATERAL (SELECT * FROM attempts WHERE login_id = l.id ORDER BY number DESC LIMIT 1) a ON true
 WHERE l.id = :login_id;
--- 4. the change: attempt, login and event in one statement
+-- 4. the change: attempt, login, event and outbound event in one statement
 WITH finished AS (
     UPDATE attempts SET status = 'succeeded', outcome_source = 'webhook', finished_at = now(), digit_string = NULL,
            idenfy_status = 'SUCCESS', fail_reason = NULL, risk_tags = '{}', idenfy_session_id = 'bench',
@@ -35,11 +35,17 @@ WITH finished AS (
     UPDATE logins SET status = 'approved', event_seq = event_seq + 1, updated_at = now(), approved_at = now(),
            redeemed_at = redeemed_at, canceled_at = canceled_at, attempts_forgiven = attempts_forgiven
     WHERE id = :login_id RETURNING id, event_seq, status
+), event AS (
+    INSERT INTO events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
+    SELECT id, event_seq, 'attempt_succeeded', 'webhook', status, :attempt_id, gen_random_uuid(),
+           '{"attempt_number": 1, "idenfy_status": "SUCCESS", "risk_tags": []}' FROM changed
+    RETURNING login_id, seq
+), outbound AS (
+    -- its public event (login.approved), for the feed and pushes
+    INSERT INTO outbound_events (login_id, seq, type)
+    SELECT login_id, seq, 'login.approved' FROM event
 )
-INSERT INTO events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
-SELECT id, event_seq, 'attempt_succeeded', 'webhook', status, :attempt_id, gen_random_uuid(),
-       '{"attempt_number": 1, "idenfy_status": "SUCCESS", "risk_tags": []}' FROM changed
-RETURNING seq;
+SELECT seq FROM event;
 -- 5. the delivery, raw, with its verdict
 INSERT INTO deliveries (id, body, body_sha256, content_type, event_type, signing_key_index, token, idenfy_status,
                         verdict, attempt_id, login_id, detail)

@@ -89,6 +89,7 @@ impl Application {
                 stop.clone(),
             )),
             tokio::spawn(service::expiry::run(state.clone(), stop.clone())),
+            tokio::spawn(service::outbound::run(state.clone(), stop.clone())),
             tokio::spawn(crate::memory::return_freed(
                 state.hub.cache.clone(),
                 crate::memory::EVERY,

@@ -12,6 +12,7 @@ use url::Url;
 
 use crate::domain::Lifetime;
 use crate::domain::network::TrustedProxies;
+use crate::domain::outbound::WebhookSecret;
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -369,6 +370,71 @@ pub struct ServeArgs {
     )]
     pub client_ip_header: Option<String>,
 
+    /// Comma-separated https URLs that every event is pushed to (Standard Webhooks).
+    #[arg(
+        long,
+        env = "FACEPAIR_EVENT_ENDPOINTS",
+        value_name = "FACEPAIR_EVENT_ENDPOINTS",
+        value_delimiter = ',',
+        value_parser = http_url
+    )]
+    pub event_endpoints: Vec<Url>,
+
+    /// Comma-separated signing secrets (`whsec_` and base64) for pushed events; each signs
+    /// every request, so a secret can be rotated. Required with FACEPAIR_EVENT_ENDPOINTS.
+    #[arg(
+        long,
+        env = "FACEPAIR_EVENT_SECRETS",
+        value_name = "FACEPAIR_EVENT_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub event_secrets: Vec<SecretString>,
+
+    /// Lets event endpoints be plain http and resolve to loopback, private or link-local
+    /// addresses: for the sandbox and tests only.
+    #[arg(
+        long,
+        env = "FACEPAIR_EVENT_ALLOW_PRIVATE_HTTP",
+        value_name = "FACEPAIR_EVENT_ALLOW_PRIVATE_HTTP",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub event_allow_private_http: bool,
+
+    /// Timeout of one pushed event's request, 1 to 30 seconds.
+    #[arg(
+        long = "event-timeout-seconds",
+        env = "FACEPAIR_EVENT_TIMEOUT_SECONDS",
+        value_name = "FACEPAIR_EVENT_TIMEOUT_SECONDS",
+        value_parser = Unit::Seconds.range(1..=30),
+        default_value = "10"
+    )]
+    pub event_timeout: Duration,
+
+    /// Comma-separated waits before each retry of a failed push (each spread by ±20 %, never
+    /// shorter than the endpoint's Retry-After); once spent the delivery is `failed`.
+    #[arg(
+        long = "event-retry-schedule-seconds",
+        env = "FACEPAIR_EVENT_RETRY_SCHEDULE_SECONDS",
+        value_name = "FACEPAIR_EVENT_RETRY_SCHEDULE_SECONDS",
+        value_delimiter = ',',
+        value_parser = Unit::Seconds.range(1..=86_400),
+        default_value = "5s,30s,2m,10m,30m,1h,3h,6h,12h"
+    )]
+    pub event_retry_schedule: Vec<Duration>,
+
+    /// How often each instance looks for events to number and deliveries due, in
+    /// milliseconds (10 to 10000).
+    #[arg(
+        long = "event-poll-interval-ms",
+        env = "FACEPAIR_EVENT_POLL_INTERVAL_MS",
+        value_name = "FACEPAIR_EVENT_POLL_INTERVAL_MS",
+        value_parser = Unit::Milliseconds.range(10..=10_000),
+        default_value = "200"
+    )]
+    pub event_poll_interval: Duration,
+
     /// HTTP worker threads; default: one per CPU.
     #[arg(long, env = "FACEPAIR_WORKERS", value_name = "FACEPAIR_WORKERS")]
     pub workers: Option<usize>,
@@ -420,6 +486,33 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// HTTP worker threads; `None`: one per CPU.
     pub workers: Option<usize>,
+    pub events: Events,
+}
+
+/// Outbound events: where they are pushed, how they are signed, retried and timed.
+#[derive(Debug, Clone)]
+pub struct Events {
+    pub endpoints: Vec<Url>,
+    pub secrets: Vec<WebhookSecret>,
+    pub allow_private_http: bool,
+    pub timeout: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub poll_interval: Duration,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            secrets: Vec::new(),
+            allow_private_http: false,
+            timeout: Duration::from_secs(10),
+            retry_schedule: [5, 30, 120, 600, 1800, 3600, 10_800, 21_600, 43_200]
+                .map(Duration::from_secs)
+                .to_vec(),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
 }
 
 /// Abuse limits, counted in PostgreSQL across instances.
@@ -687,6 +780,38 @@ fn key_list(
 }
 
 impl ServeArgs {
+    fn events(&self) -> Result<Events, ConfigError> {
+        use secrecy::ExposeSecret;
+        let secrets = self
+            .event_secrets
+            .iter()
+            .filter(|s| !s.expose_secret().trim().is_empty())
+            .enumerate()
+            .map(|(i, s)| {
+                WebhookSecret::parse(s.expose_secret())
+                    .map_err(|e| bad("FACEPAIR_EVENT_SECRETS", format!("entry {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !self.event_endpoints.is_empty() && secrets.is_empty() {
+            return Err(bad(
+                "FACEPAIR_EVENT_SECRETS",
+                "is required with FACEPAIR_EVENT_ENDPOINTS",
+            ));
+        }
+        for url in &self.event_endpoints {
+            crate::domain::outbound::check_endpoint_url(url, self.event_allow_private_http)
+                .map_err(|e| bad("FACEPAIR_EVENT_ENDPOINTS", format!("{url}: {e}")))?;
+        }
+        Ok(Events {
+            endpoints: self.event_endpoints.clone(),
+            secrets,
+            allow_private_http: self.event_allow_private_http,
+            timeout: self.event_timeout,
+            retry_schedule: self.event_retry_schedule.clone(),
+            poll_interval: self.event_poll_interval,
+        })
+    }
+
     /// The settings, after the checks that span several variables or concern secrets; each
     /// variable's own range and form were checked as it was parsed.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
@@ -723,6 +848,7 @@ impl ServeArgs {
                 "must be at least FACEPAIR_MAX_ATTEMPTS_PER_SCAN_REF_HOUR",
             ));
         }
+        let events = self.events()?;
         let days = |d: Duration| chrono::Duration::from_std(d).expect("at most 36500 days");
         Ok(Settings {
             listen: self.listen,
@@ -759,6 +885,7 @@ impl ServeArgs {
             },
             trusted_proxies,
             workers: self.workers.filter(|w| *w > 0),
+            events,
             retention: Retention {
                 identity: days(self.retention),
                 delivery_bodies: days(self.delivery_body_retention),

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use crate::app::Application;
 use crate::config::Settings;
 use crate::domain::Lifetime;
+use crate::domain::outbound::WebhookSecret;
 use crate::sim::state::Eligibility;
 use crate::sim::{SimConfig, Simulator};
 
@@ -78,6 +79,12 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
     let idenfy_key = secret("sim_key_");
     let idenfy_secret = secret("sim_secret_");
     let signing_key = args.signing_key.unwrap_or_else(|| secret("sim_signing_"));
+    let mut event_key = [0u8; 32];
+    rand::rng().fill_bytes(&mut event_key);
+    let event_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(event_key)
+    );
 
     let mut sim_config = SimConfig::for_tests(&idenfy_key, &idenfy_secret, &signing_key);
     sim_config.listen = args.sim_listen;
@@ -123,6 +130,16 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         limits: Default::default(),
         trusted_proxies: Default::default(),
         workers: None,
+        // the demo platform's backend is told of every event, signed with a secret of its own
+        events: crate::config::Events {
+            endpoints: vec![
+                format!("http://127.0.0.1:{}/demo/events", args.demo_listen.port()).parse()?,
+            ],
+            secrets: vec![WebhookSecret::parse(&event_secret).map_err(anyhow::Error::msg)?],
+            allow_private_http: true,
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
         reconcile_after: Some(Duration::from_secs(5)),
     };
     let app = Application::build(settings, pool)
@@ -143,6 +160,8 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
         api_key: SecretString::from(api_key.clone()),
         http: reqwest::Client::new(),
         phone_url: format!("{}/_sim/app", sim.base_url()),
+        event_secret: WebhookSecret::parse(&event_secret).map_err(anyhow::Error::msg)?,
+        inbox: Default::default(),
     };
     let demo_server = HttpServer::new({
         let demo = web::Data::new(demo);
@@ -154,6 +173,8 @@ pub async fn run(args: DevArgs, pool: PgPool) -> anyhow::Result<()> {
                 .route("/demo/logins", web::post().to(demo_create))
                 .route("/demo/logins/{id}", web::get().to(demo_get))
                 .route("/demo/logins/{id}/{action}", web::post().to(demo_action))
+                .route("/demo/events", web::post().to(demo_event))
+                .route("/demo/events", web::get().to(demo_inbox))
         }
     })
     .bind(args.demo_listen)
@@ -198,6 +219,59 @@ struct Demo {
     api_key: SecretString,
     http: reqwest::Client,
     phone_url: String,
+    /// The secret facepair signs pushed events with, as the platform's backend keeps it.
+    event_secret: WebhookSecret,
+    /// The last events pushed, newest first, each with its signature check.
+    inbox: std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>,
+}
+
+/// The demo backend's event receiver: checks the Standard Webhooks signature and timestamp
+/// as a platform would, keeps the event for the page, and answers 204 (401 if refused).
+async fn demo_event(demo: web::Data<Demo>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (id, timestamp, signatures) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let problem = match timestamp.parse::<i64>() {
+        Err(_) => Some("no webhook-timestamp"),
+        Ok(t) if (chrono::Utc::now().timestamp() - t).abs() > 300 => Some("timestamp too old"),
+        Ok(t) => {
+            let expected = demo.event_secret.sign(&id, t, &body);
+            let matched = signatures.split(' ').any(|s| {
+                use subtle::ConstantTimeEq as _;
+                s.len() == expected.len() && bool::from(s.as_bytes().ct_eq(expected.as_bytes()))
+            });
+            (!matched).then_some("no signature matches")
+        }
+    };
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut inbox = demo.inbox.lock().expect("inbox");
+    inbox.push_front(serde_json::json!({
+        "received_at": chrono::Utc::now(),
+        "id": id,
+        "type": event["type"],
+        "login_id": event["data"]["login_id"],
+        "verified": problem.is_none(),
+        "problem": problem,
+    }));
+    inbox.truncate(50);
+    match problem {
+        None => HttpResponse::NoContent().finish(),
+        Some(p) => HttpResponse::Unauthorized().body(p),
+    }
+}
+
+async fn demo_inbox(demo: web::Data<Demo>) -> HttpResponse {
+    let inbox = demo.inbox.lock().expect("inbox");
+    HttpResponse::Ok().json(inbox.iter().collect::<Vec<_>>())
 }
 
 async fn demo_page() -> HttpResponse {

@@ -24,6 +24,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("`after` must be a cursor this feed gave (a whole number of 0 or more)")]
+    InvalidCursor,
+    #[error("`types` names an unknown event type: {0:?}")]
+    InvalidEventType(String),
+    #[error("`limit` must be a whole number from 1 to 1000")]
+    InvalidLimit,
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("{0}")]
@@ -32,6 +38,10 @@ pub enum ApiError {
     LoginNotFound,
     #[error("no login for this watch token")]
     WatchTokenNotFound,
+    #[error("no event endpoint with this id")]
+    EndpointNotFound,
+    #[error("an event endpoint with this URL exists already")]
+    EndpointExists,
     #[error("no such route")]
     RouteNotFound,
     #[error("this route does not take that method")]
@@ -118,6 +128,9 @@ pub struct ErrorDetail {
 pub enum Code {
     MalformedJson,
     MalformedQuery,
+    InvalidCursor,
+    InvalidEventType,
+    InvalidLimit,
     InvalidField,
     UnsupportedMediaType,
     PayloadTooLarge,
@@ -125,6 +138,8 @@ pub enum Code {
     InvalidSignature,
     LoginNotFound,
     WatchTokenNotFound,
+    EndpointNotFound,
+    EndpointExists,
     RouteNotFound,
     MethodNotAllowed,
     UnknownScanRef,
@@ -149,9 +164,12 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 30] = [
+    pub const ALL: [Code; 35] = [
         Code::MalformedJson,
         Code::MalformedQuery,
+        Code::InvalidCursor,
+        Code::InvalidEventType,
+        Code::InvalidLimit,
         Code::InvalidField,
         Code::UnsupportedMediaType,
         Code::PayloadTooLarge,
@@ -159,6 +177,8 @@ impl Code {
         Code::InvalidSignature,
         Code::LoginNotFound,
         Code::WatchTokenNotFound,
+        Code::EndpointNotFound,
+        Code::EndpointExists,
         Code::RouteNotFound,
         Code::MethodNotAllowed,
         Code::UnknownScanRef,
@@ -195,6 +215,21 @@ impl Code {
                 400,
                 "the query string has wrongly typed parameters",
             ),
+            Code::InvalidCursor => (
+                "invalid_cursor",
+                400,
+                "the events feed's `after` is not a cursor it gave",
+            ),
+            Code::InvalidEventType => (
+                "invalid_event_type",
+                400,
+                "the events feed's `types` names an unknown event type; the message names it",
+            ),
+            Code::InvalidLimit => (
+                "invalid_limit",
+                400,
+                "the events feed's `limit` is not a whole number from 1 to 1000",
+            ),
             Code::InvalidField => (
                 "invalid_field",
                 422,
@@ -221,6 +256,12 @@ impl Code {
                 "watch_token_not_found",
                 404,
                 "no login for this watch token",
+            ),
+            Code::EndpointNotFound => ("endpoint_not_found", 404, "no event endpoint with this id"),
+            Code::EndpointExists => (
+                "endpoint_exists",
+                409,
+                "an event endpoint with this URL exists already",
             ),
             Code::RouteNotFound => ("route_not_found", 404, "no such route"),
             Code::MethodNotAllowed => (
@@ -312,6 +353,9 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) | Self::MismatchedJson { .. } => Code::MalformedJson,
             Self::MalformedQuery(_) => Code::MalformedQuery,
+            Self::InvalidCursor => Code::InvalidCursor,
+            Self::InvalidEventType(_) => Code::InvalidEventType,
+            Self::InvalidLimit => Code::InvalidLimit,
             Self::InvalidField(_) => Code::InvalidField,
             Self::UnsupportedMediaType => Code::UnsupportedMediaType,
             Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
@@ -319,6 +363,8 @@ impl ApiError {
             Self::InvalidSignature(_) => Code::InvalidSignature,
             Self::LoginNotFound => Code::LoginNotFound,
             Self::WatchTokenNotFound => Code::WatchTokenNotFound,
+            Self::EndpointNotFound => Code::EndpointNotFound,
+            Self::EndpointExists => Code::EndpointExists,
             Self::RouteNotFound => Code::RouteNotFound,
             Self::MethodNotAllowed { .. } => Code::MethodNotAllowed,
             Self::UnknownScanRef => Code::UnknownScanRef,

@@ -47,6 +47,13 @@ enum Command {
         #[command(subcommand)]
         command: LoginsCommand,
     },
+    /// Read pushed events, their deliveries and attempts, and send them again (ops).
+    Events {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Remove identity data and raw webhook bodies past their retention window.
     Purge {
         #[command(flatten)]
@@ -92,6 +99,52 @@ enum LoginsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Deliveries of events to endpoints, newest event first.
+    List {
+        /// Events written at or after: an RFC 3339 time or a duration ago (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// pending, delivered, failed or skipped.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every request sent for one event: status, latency, error, the answer's first bytes.
+    Attempts {
+        event_id: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one event again, with the same webhook-id, to every endpoint or one.
+    Replay {
+        event_id: uuid::Uuid,
+        /// Only to the endpoint with this URL.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Enable an endpoint again (after it answered 410, or was disabled); then replay-since
+    /// sends what it missed.
+    Enable {
+        /// The endpoint's URL, as `facepair events list` shows it.
+        url: String,
+    },
+    /// Send every event written since a time again (after an endpoint's outage), also those
+    /// never queued for an endpoint while it was disabled.
+    ReplaySince {
+        /// An RFC 3339 time or a duration ago (2h, 1d).
+        since: String,
+        /// Only to the endpoint with this URL.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -101,6 +154,7 @@ async fn main() -> ExitCode {
         Command::Dev { database, dev } => sandbox(database, dev).await,
         Command::Sim(args) => simulate(*args).await,
         Command::Logins { database, command } => logins(database, command).await,
+        Command::Events { database, command } => events(database, command).await,
         Command::Purge {
             database,
             older_than,
@@ -224,6 +278,63 @@ async fn logins(database: DatabaseArgs, command: LoginsCommand) -> anyhow::Resul
             } else {
                 print!("{}", report::render_show(&summary, &timeline));
             }
+        }
+    }
+    Ok(())
+}
+
+async fn events(database: DatabaseArgs, command: EventsCommand) -> anyhow::Result<()> {
+    use facepair::ops::{events, parse_since};
+    let pool = connect(&database).await?;
+    match command {
+        EventsCommand::List {
+            since,
+            state,
+            limit,
+            json,
+        } => {
+            let since = since
+                .as_deref()
+                .map(parse_since)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            if let Some(s) = state.as_deref()
+                && !["pending", "delivered", "failed", "skipped"].contains(&s)
+            {
+                anyhow::bail!("--state: {s:?} is not pending, delivered, failed or skipped");
+            }
+            let rows = events::list(&pool, since, state.as_deref(), limit.clamp(1, 10_000)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", events::render_list(&rows));
+            }
+        }
+        EventsCommand::Attempts { event_id, json } => {
+            let rows = events::attempts(&pool, event_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", events::render_attempts(&rows));
+            }
+        }
+        EventsCommand::Replay { event_id, endpoint } => {
+            let n = events::replay(&pool, Some(event_id), None, endpoint.as_deref()).await?;
+            if n == 0 {
+                anyhow::bail!("no delivery of event {event_id} to replay");
+            }
+            println!("{n} deliveries will be sent again");
+        }
+        EventsCommand::Enable { url } => {
+            if !events::enable_endpoint(&pool, &url).await? {
+                anyhow::bail!("no event endpoint {url}");
+            }
+            println!("enabled {url}");
+        }
+        EventsCommand::ReplaySince { since, endpoint } => {
+            let since = parse_since(&since).map_err(|e| anyhow::anyhow!("since: {e}"))?;
+            let n = events::replay(&pool, None, Some(since), endpoint.as_deref()).await?;
+            println!("{n} deliveries will be sent again");
         }
     }
     Ok(())

@@ -54,6 +54,12 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushLabels {
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FinishedLabels {
     outcome: &'static str,
     fail_reason: String,
@@ -86,6 +92,11 @@ pub struct Metrics {
     sse_streams_open: Level,
     pool_open: Level,
     pool_idle: Level,
+    event_pushes: Family<PushLabels, Counter>,
+    event_push_latency: Histogram,
+    /// Seconds since the oldest event still to be delivered to an enabled endpoint was written.
+    pub event_oldest_undelivered: Level,
+    pub event_endpoints_disabled: Level,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
@@ -209,6 +220,30 @@ impl Default for Metrics {
             "Database pool connections by state",
             pool.clone(),
         );
+        let event_pushes = Family::default();
+        registry.register(
+            "facepair_event_pushes",
+            "Requests sent to event endpoints, by endpoint id and outcome (delivered, retry, failed, gone, skipped)",
+            event_pushes.clone(),
+        );
+        let event_push_latency = latency_histogram();
+        registry.register(
+            "facepair_event_push_duration_seconds",
+            "Time to an event endpoint's answer",
+            event_push_latency.clone(),
+        );
+        let event_oldest_undelivered = Level::default();
+        registry.register(
+            "facepair_event_oldest_undelivered_seconds",
+            "Age of the oldest event not yet delivered to an enabled endpoint",
+            event_oldest_undelivered.clone(),
+        );
+        let event_endpoints_disabled = Level::default();
+        registry.register(
+            "facepair_event_endpoints_disabled",
+            "Event endpoints disabled (410 Gone, or no longer configured)",
+            event_endpoints_disabled.clone(),
+        );
         let pool_open = pool.get_or_create_owned(&StateLabel { state: "open" });
         let pool_idle = pool.get_or_create_owned(&StateLabel { state: "idle" });
         Self {
@@ -235,6 +270,10 @@ impl Default for Metrics {
             sse_streams_open,
             pool_open,
             pool_idle,
+            event_pushes,
+            event_push_latency,
+            event_oldest_undelivered,
+            event_endpoints_disabled,
         }
     }
 }
@@ -260,6 +299,20 @@ impl Metrics {
             .get_or_create(&FinishedLabels {
                 outcome: outcome.as_str(),
                 fail_reason,
+            })
+            .inc();
+    }
+
+    /// A pushed event's try ended: `outcome` is what became of the delivery; `took` is `None`
+    /// when nothing was sent.
+    pub fn event_push(&self, endpoint: &str, outcome: &'static str, took: Option<Duration>) {
+        if let Some(took) = took {
+            self.event_push_latency.observe(took.as_secs_f64());
+        }
+        self.event_pushes
+            .get_or_create(&PushLabels {
+                endpoint: endpoint.to_owned(),
+                outcome,
             })
             .inc();
     }

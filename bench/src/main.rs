@@ -19,7 +19,7 @@ use sqlx::PgPool;
 
 use crate::db::{recreate, seed};
 use crate::report::{print_table, redact};
-use crate::scenario::{Suite, creation, ingest, polls, startup, streams};
+use crate::scenario::{Suite, creation, events, ingest, polls, startup, streams};
 use crate::server::start_simulator;
 
 #[derive(Parser)]
@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Which scenarios to run, e.g. `1,3`; all by default.
-    #[arg(long, value_delimiter = ',', default_values_t = [1u8, 2, 3, 4, 5])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1u8, 2, 3, 4, 5, 6])]
     scenarios: Vec<u8>,
     /// The webhook ingest concurrencies to measure, e.g. `8`.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32])]
@@ -146,6 +146,9 @@ async fn run(args: Args, batch: bool) -> anyhow::Result<()> {
     let mut next_token = 0usize;
     if suite.runs(1) {
         rows.extend(ingest::run(&suite, &server, &mut next_token).await?);
+    }
+    if suite.runs(6) {
+        rows.extend(events::run(&suite, &server, &mut next_token).await?);
     }
     if suite.runs(2) {
         rows.extend(polls::run(&suite, &server, next_token).await?);

@@ -44,6 +44,7 @@ impl Server {
         db: &str,
         sim_url: &str,
         log: Option<&std::path::Path>,
+        env: &[(&str, String)],
     ) -> anyhow::Result<(Server, Duration)> {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path)?),
@@ -75,6 +76,7 @@ impl Server {
             .env("FACEPAIR_LOGINS_PER_API_KEY_PER_MINUTE", "100000000")
             .env("FACEPAIR_LOGINS_PER_CLIENT_IP_PER_HOUR", "100000000")
             .env("FACEPAIR_EXPIRY_INTERVAL_MS", "1000")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -3,6 +3,7 @@
 pub mod events;
 pub mod locale;
 pub mod network;
+pub mod outbound;
 pub mod state;
 pub mod types;
 pub mod verdict;

@@ -65,6 +65,13 @@ pub fn complete(document: &mut Value) {
             by_path(&BY_WATCH, "watch_token"),
         );
     }
+    let disable = links(
+        &["disableEventEndpoint"],
+        "endpoint_id",
+        "$response.body#/id",
+    )
+    .collect();
+    link(document, "/v1/event-endpoints", "post", "201", disable);
     for path in [
         "/v1/logins/{login_id}/events",
         "/v1/watch/{watch_token}/events",

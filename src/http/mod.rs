@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod document;
 pub mod error;
+pub mod events;
 pub mod ops;
 pub mod pair;
 pub mod platform;
@@ -98,6 +99,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/v1/logins/{login_id}/redeem", "POST")
                 .route(web::post().to(platform::redeem)),
+        )
+        .service(resource("/v1/events", "GET").route(web::get().to(events::feed)))
+        .service(
+            resource("/v1/event-endpoints", "GET, POST")
+                .route(web::get().to(events::list_endpoints))
+                .route(web::post().to(events::create_endpoint)),
+        )
+        .service(
+            resource("/v1/event-endpoints/{endpoint_id}/disable", "POST")
+                .route(web::post().to(events::disable_endpoint)),
         )
         // browsers, with the watch token, from any origin
         .service(

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ApiError, Code, ErrorBody, ErrorDetail};
 use crate::http::Web;
-use crate::http::{pair, platform, sdk, watch, webhook};
+use crate::http::{events, pair, platform, sdk, watch, webhook};
 use crate::service::Context;
 
 /// Alive: answers without touching any dependency.
@@ -55,6 +55,7 @@ pub async fn openapi() -> HttpResponse {
     info(title = "facepair", description = "Log people in on desktop platforms with iDenfy face authentication and a short digit code."),
     paths(
         platform::create_login, platform::get_login, platform::events, platform::new_attempt, platform::cancel, platform::redeem,
+        events::feed, events::create_endpoint, events::list_endpoints, events::disable_endpoint,
         watch::get_watch, watch::events, watch::new_attempt, watch::cancel, pair::page, sdk::module,
         webhook::receive,
         live, ready, metrics, openapi,

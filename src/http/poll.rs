@@ -58,7 +58,7 @@ pub(crate) fn state_response(
         .json(doc)
 }
 
-const MAX_WAIT_SECONDS: u32 = 60;
+pub(crate) const MAX_WAIT_SECONDS: u32 = 60;
 
 /// Answers with the login's state: 304 when it matches `If-None-Match`; with `wait`, holds the
 /// request until it differs, time is up, or the instance begins to stop (answering before the

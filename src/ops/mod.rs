@@ -1,5 +1,7 @@
-//! Ops tools that read and tend the database: the `facepair logins` reports and retention.
+//! Ops tools that read and tend the database: the `facepair logins` and `facepair events`
+//! reports, replays and retention.
 
+pub mod events;
 pub mod report;
 pub mod retention;
 

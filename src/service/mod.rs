@@ -6,6 +6,7 @@
 pub mod codes;
 mod context;
 pub mod expiry;
+pub mod outbound;
 pub mod view;
 pub mod webhook;
 

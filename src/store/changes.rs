@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::network::NetworkMatch;
+use crate::domain::outbound::EventType;
 use crate::domain::{AttemptStatus, EventKind, LoginStatus, Source};
 use crate::store::attempts::{IdenfyReport, NewAttempt};
 use crate::store::logins::{Joined, LoginRow, NewLogin};
@@ -46,8 +47,8 @@ pub struct Change<'a> {
     pub event: NewEvent,
 }
 
-/// Applies a change to a login whose row lock the caller holds. Returns the event's sequence
-/// number.
+/// Applies a change to a login whose row lock the caller holds, with its public event (if
+/// platforms are told of it) in the outbox. Returns the event's sequence number.
 pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::Error> {
     let f = c.finish.as_ref();
     let report = f.map(|f| f.report);
@@ -73,10 +74,15 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
                 attempts_forgiven = attempts_forgiven + case when $6 then 1 else 0 end
             where id = $1
             returning id, event_seq, status
+        ), event as (
+            insert into events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
+            select id, event_seq, $18, $19, status, $20, $21, $22 from changed
+            returning login_id, seq
+        ), outbound as (
+            insert into outbound_events (login_id, seq, type)
+            select login_id, seq, $23 from event where $23::text is not null
         )
-        insert into events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
-        select id, event_seq, $18, $19, status, $20, $21, $22 from changed
-        returning seq
+        select seq as "seq!" from event
         "#,
         c.login_id,
         c.status as LoginStatus,
@@ -99,7 +105,8 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
         c.event.source as Source,
         c.event.attempt_id,
         c.event.delivery_id,
-        c.event.detail
+        c.event.detail,
+        EventType::of(c.event.kind, c.status) as Option<EventType>
     )
     .fetch_one(conn)
     .await
@@ -134,6 +141,8 @@ pub async fn create(
         ), event as (
             insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
             values ($1, 1, $21, $22, $20, $11, $16)
+        ), outbound as (
+            insert into outbound_events (login_id, seq, type) values ($1, 1, $26)
         )
         select l.id as "id!", l.scan_ref, l.user_ref, l.locale,
                l.lifetime_seconds as "lifetime_seconds!", l.max_attempts as "max_attempts!",
@@ -173,7 +182,8 @@ pub async fn create(
         Source::Platform as Source,
         l.platform_name,
         l.desktop_place,
-        reservation
+        reservation,
+        EventType::Created as EventType
     )
     .fetch_one(conn)
     .await

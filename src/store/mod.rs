@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod events;
 pub mod limits;
 pub mod logins;
+pub mod outbound;
 pub mod probe;
 pub mod reservations;
 

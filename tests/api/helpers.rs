@@ -66,6 +66,7 @@ pub fn settings(idenfy_uri: &str) -> Settings {
         },
         trusted_proxies: Default::default(),
         workers: None,
+        events: Default::default(),
         reconcile_after: None,
     }
 }

@@ -16,6 +16,7 @@ mod model;
 mod ops;
 mod ops_tools;
 mod outage;
+mod outbound;
 mod pool;
 mod sdk;
 mod sim_conformance;

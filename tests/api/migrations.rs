@@ -97,6 +97,7 @@ async fn check_constraints_admit_exactly_the_enums_names(pool: PgPool) {
     let sources = stored(&pool, Source::ALL).await;
     let verdicts = stored(&pool, Verdict::ALL).await;
     let matches = stored(&pool, NetworkMatch::ALL).await;
+    let event_types = stored(&pool, facepair::domain::outbound::EventType::ALL).await;
     for (constraint, names) in [
         ("logins_status_check", &logins),
         ("attempts_status_check", &attempts),
@@ -104,6 +105,7 @@ async fn check_constraints_admit_exactly_the_enums_names(pool: PgPool) {
         ("events_source_check", &sources),
         ("deliveries_verdict_check", &verdicts),
         ("attempts_network_match_check", &matches),
+        ("outbound_events_type_check", &event_types),
     ] {
         assert_eq!(&admitted(&pool, constraint).await, names, "{constraint}");
     }

@@ -171,7 +171,7 @@ fn database_url(pool: &PgPool) -> String {
     format!("{}/{db}", base.rsplit_once('/').unwrap().0)
 }
 
-fn cli(pool: &PgPool, args: &[&str]) -> String {
+pub(crate) fn cli(pool: &PgPool, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_facepair"))
         .args(args)
         .env("DATABASE_URL", database_url(pool))
@@ -423,6 +423,13 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
     let idenfy = wiremock::MockServer::start().await;
     mock_check_status(&idenfy, "AUTHENTICATION").await;
     mock_sessions(&idenfy).await;
+    // event pushes that fail, to URLs carrying a token: one answers 500, one refuses
+    let receiver = crate::outbound::Receiver::new(|_, _| wiremock::ResponseTemplate::new(500));
+    let receiver_server = receiver.start().await;
+    let endpoints = format!(
+        "{}/hooks?token=URLTOKEN123,http://127.0.0.1:9/refused?token=URLTOKEN456",
+        receiver_server.uri()
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -437,6 +444,10 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         .env("FACEPAIR_IDENFY_API_KEY", "idenfy-key")
         .env("FACEPAIR_IDENFY_API_SECRET", "idenfy-secret")
         .env("FACEPAIR_IDENFY_SIGNING_KEYS", SIGNING_KEY)
+        .env("FACEPAIR_EVENT_ENDPOINTS", &endpoints)
+        .env("FACEPAIR_EVENT_SECRETS", crate::outbound::SECRET)
+        .env("FACEPAIR_EVENT_ALLOW_PRIVATE_HTTP", "true")
+        .env("FACEPAIR_EVENT_POLL_INTERVAL_MS", "50")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -510,6 +521,23 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         .await
         .unwrap();
 
+    // both endpoints have been tried (and failed) before the stop
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let endpoints_tried: i64 =
+            sqlx::query_scalar("select count(distinct endpoint_id) from event_delivery_attempts")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if endpoints_tried == 2 && !receiver.seen().is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event push was tried"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // stopped as an orchestrator stops it: every line is written before it exits
     let stopped = std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
@@ -581,6 +609,10 @@ async fn logs_are_structured_and_carry_no_secrets(pool: PgPool) {
         SIGNING_KEY,
         sig.as_str(),
         "idenfy-secret",
+        "URLTOKEN123",
+        "URLTOKEN456",
+        crate::outbound::SECRET,
+        &crate::outbound::SECRET[6..],
     ] {
         assert!(
             !logs.contains(secret),

@@ -325,3 +325,69 @@ async fn graceful_shutdown_under_load(pool: PgPool) {
         committed
     );
 }
+
+/// PostgreSQL stops while a push is in flight, its answer comes while PostgreSQL is away, and
+/// PostgreSQL starts again: without a restart of facepair every event is delivered and
+/// recorded once; a push whose outcome could not be recorded in time would be sent again
+/// with the same `webhook-id`, so the receiver sees only the events' own ids.
+#[tokio::test]
+async fn postgres_restarts_mid_delivery() {
+    use crate::outbound::{Receiver, pushing_to};
+    let (cluster, url) = Cluster::start();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await
+        .unwrap();
+    facepair::MIGRATOR.run(&pool).await.unwrap();
+    let receiver = Receiver::new(|n, _| {
+        let answer = wiremock::ResponseTemplate::new(200);
+        if n == 0 {
+            answer.set_delay(Duration::from_secs(5))
+        } else {
+            answer
+        }
+    });
+    let server = receiver.start().await;
+    let app = TestApp::spawn_with(pool, |s| {
+        pushing_to(&[&server])(s);
+        s.events.timeout = Duration::from_secs(10);
+    })
+    .await;
+    app.mock_eligible().await;
+    for _ in 0..10 {
+        app.login().await;
+    }
+    app.eventually(Duration::from_secs(10), || async {
+        !receiver.seen().is_empty()
+    })
+    .await;
+    cluster.pg("stop");
+    // the first push is answered 2xx while PostgreSQL is away
+    app.eventually(Duration::from_secs(10), || async {
+        app.metrics().await.contains("outcome=\"delivered\"} ")
+    })
+    .await;
+    cluster.pg("start");
+    app.eventually(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from event_deliveries where state = 'delivered'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or(0)
+            == 10
+    })
+    .await;
+    let events: Vec<String> = sqlx::query_scalar("select id::text from outbound_events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let seen = receiver.seen();
+    let ids: std::collections::HashSet<&str> = seen.iter().map(|r| r.id()).collect();
+    let expected: std::collections::HashSet<&str> = events.iter().map(String::as_str).collect();
+    assert_eq!(ids, expected);
+    assert!(seen.iter().all(|r| r.verified.is_ok()));
+    drop(cluster);
+}

@@ -227,7 +227,7 @@ fn row(concurrency: usize, rounds: &[Round]) -> Row {
 /// one per transaction.
 const NOTIFY_BATCHES: &str = "facepair_notify_batches_total";
 
-async fn webhooks(
+pub async fn webhooks(
     url: &str,
     next: &mut usize,
     concurrency: usize,

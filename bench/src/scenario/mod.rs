@@ -1,6 +1,7 @@
 //! The scenarios, one module each; every one returns its rows of the table.
 
 pub mod creation;
+pub mod events;
 pub mod ingest;
 pub mod polls;
 pub mod startup;
@@ -40,12 +41,21 @@ impl Suite {
 
     /// A facepair process on the seeded database, and how long it took to become ready.
     pub async fn start_server(&self) -> anyhow::Result<(Server, Duration)> {
+        self.start_server_with(&[]).await
+    }
+
+    /// The same, with more settings in its environment.
+    pub async fn start_server_with(
+        &self,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<(Server, Duration)> {
         let started = Server::start(
             &self.args.facepair,
             self.batch,
             &self.app_url,
             &self.sim_url,
             self.args.server_log.as_deref(),
+            env,
         )
         .await;
         // past start-up's allocations before anything is measured
