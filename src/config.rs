@@ -788,7 +788,7 @@ impl ServeArgs {
             .filter(|s| !s.expose_secret().trim().is_empty())
             .enumerate()
             .map(|(i, s)| {
-                WebhookSecret::parse(s.expose_secret())
+                WebhookSecret::parse(s.expose_secret().trim())
                     .map_err(|e| bad("FACEPAIR_EVENT_SECRETS", format!("entry {}: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;

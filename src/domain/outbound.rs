@@ -106,10 +106,7 @@ impl std::fmt::Debug for WebhookSecret {
 
 impl WebhookSecret {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let encoded = s
-            .trim()
-            .strip_prefix("whsec_")
-            .ok_or("must start with whsec_")?;
+        let encoded = s.strip_prefix("whsec_").ok_or("must start with whsec_")?;
         let key = BASE64
             .decode(encoded)
             .map_err(|_| "must be whsec_ followed by base64")?;

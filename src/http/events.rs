@@ -18,8 +18,10 @@ use crate::service::outbound::{self, Endpoint, EndpointCreated, EventPage};
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// The `next_cursor` of the previous page; absent or `0`: from the first event kept.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub after: Option<String>,
     /// Comma-separated event types to list, e.g. `login.approved,login.failed`; absent: all.
+    #[param(schema_with = type_list)]
     pub types: Option<String>,
     /// Events per page, 1 to 1000; default 100.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
@@ -29,6 +31,32 @@ pub struct FeedQuery {
     #[param(schema_with = crate::http::poll::whole_number)]
     #[serde(default, deserialize_with = "crate::http::poll::saturating")]
     pub wait: Option<u64>,
+}
+
+/// The public event types as a JSON Schema enum.
+fn type_names() -> Vec<&'static str> {
+    EventType::ALL.iter().map(|t| t.as_str()).collect()
+}
+
+/// A comma-separated list of event types, as a pattern.
+fn type_list() -> utoipa::openapi::schema::Object {
+    let one = type_names().join("|").replace('.', r"\.");
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(format!("^(?:{one})(?:,(?:{one}))*$")))
+        .build()
+}
+
+/// A non-empty array of event types.
+fn type_array() -> utoipa::openapi::schema::Array {
+    let item = utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(type_names()))
+        .build();
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(item)
+        .min_items(Some(1))
+        .build()
 }
 
 impl FeedQuery {
@@ -49,7 +77,7 @@ impl FeedQuery {
         };
         list.split(',')
             .map(|t| {
-                EventType::parse(t.trim())
+                EventType::parse(t)
                     .map(|t| t.as_str().to_owned())
                     .ok_or_else(|| ApiError::InvalidEventType(t.chars().take(64).collect()))
             })
@@ -106,12 +134,19 @@ pub async fn feed(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
-    /// An https URL that resolves to public addresses only.
-    #[schema(value_type = String, required = true, example = "https://platform.example/hooks/facepair")]
+    /// An https URL that resolves to public addresses only, without a user name or password
+    /// (the sandbox allows http and private addresses): refused with 422 `invalid_field`
+    /// otherwise, which a schema cannot state in full.
+    #[schema(value_type = String, required = true, pattern = r"^https?://\S+$", example = "https://platform.example/hooks/facepair")]
     pub url: Option<String>,
     /// Event types to push, e.g. `["login.approved", "login.failed"]`; absent: all.
+    #[schema(schema_with = type_array)]
     pub types: Option<Vec<String>>,
-    /// `whsec_` and the base64 of 24-64 bytes; absent: facepair makes one and shows it once.
+    /// `whsec_` and the base64 (padded) of 24-64 bytes; absent: facepair makes one and shows it
+    /// once.
+    #[schema(
+        pattern = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)?$|^whsec_(?:[A-Za-z0-9+/]{4}){21}(?:[A-Za-z0-9+/][AQgw]==)?$"
+    )]
     pub secret: Option<String>,
 }
 
