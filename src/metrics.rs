@@ -241,7 +241,7 @@ impl Default for Metrics {
         let event_endpoints_disabled = Level::default();
         registry.register(
             "facepair_event_endpoints_disabled",
-            "Event endpoints disabled (410 Gone, or no longer configured)",
+            "Event endpoints disabled (410 Gone, or by the platform)",
             event_endpoints_disabled.clone(),
         );
         let pool_open = pool.get_or_create_owned(&StateLabel { state: "open" });

@@ -137,7 +137,7 @@ pub struct CreateEndpoint {
     /// An https URL that resolves to public addresses only, without a user name or password
     /// (the sandbox allows http and private addresses): refused with 422 `invalid_field`
     /// otherwise, which a schema cannot state in full.
-    #[schema(value_type = String, required = true, pattern = r"^https?://\S+$", example = "https://platform.example/hooks/facepair")]
+    #[schema(value_type = String, required = true, pattern = r"^https?://\S+$", max_length = 2048, example = "https://platform.example/hooks/facepair")]
     pub url: Option<String>,
     /// Event types to push, e.g. `["login.approved", "login.failed"]`; absent: all.
     #[schema(schema_with = type_array)]
@@ -176,6 +176,9 @@ pub async fn create_endpoint(
         .url
         .as_deref()
         .ok_or_else(|| Invalid::new("url", "is required"))?;
+    if url.len() > 2048 {
+        return Err(Invalid::new("url", "must be at most 2048 characters").into());
+    }
     let url: url::Url = url
         .parse()
         .map_err(|_| Invalid::new("url", "is not an absolute URL"))?;

@@ -58,11 +58,13 @@ pub async fn page(
         .replace("{{DIR}}", locale::direction(language))
         .replace("{{TITLE}}", &escape_attribute(&title))
         .replace("{{INTEGRITY}}", &MODULE.integrity)
+        .replace("{{MODULE}}", &sdk::versioned_path())
+        .replace("{{PLATFORM}}", &platform)
+        // last: the request's path must not reach any placeholder still unfilled
         .replace(
             "{{WATCH_URL}}",
             &escape_attribute(&format!("/pair/{}", path.as_str())),
-        )
-        .replace("{{PLATFORM}}", &platform);
+        );
     let ancestors = if state.settings.frame_ancestors.is_empty() {
         "'none'".to_owned()
     } else {

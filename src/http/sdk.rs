@@ -82,8 +82,18 @@ fn build() -> Module {
     }
 }
 
-/// The module: cached for a day by browsers and proxies, revalidated by ETag, loadable from
-/// any origin (it carries nothing secret), with its integrity value in a header too.
+/// This release's module at a URL of its own (`?v=` its ETag), which may be cached for good.
+pub fn versioned_path() -> String {
+    format!(
+        "/sdk/v1/facepair-pairing.js?v={}",
+        MODULE.etag.trim_matches('"')
+    )
+}
+
+/// The module, loadable from any origin (it carries nothing secret), with its integrity value
+/// in a header too. At its versioned URL it is cached for a year; at the plain one it is
+/// revalidated by ETag on every use, so a page pinning a new integrity value never meets an old
+/// module in a cache.
 #[utoipa::path(
     get, path = "/sdk/v1/facepair-pairing.js", operation_id = "pairingComponent", tag = "browser",
     responses(
@@ -93,6 +103,12 @@ fn build() -> Module {
 )]
 pub async fn module(req: HttpRequest) -> HttpResponse {
     let module = &*MODULE;
+    let versioned = req.query_string() == versioned_path().split_once('?').unwrap_or_default().1;
+    let cache = if versioned {
+        "public, max-age=31536000, immutable"
+    } else {
+        "public, no-cache"
+    };
     let unchanged = req
         .headers()
         .get("if-none-match")
@@ -104,7 +120,7 @@ pub async fn module(req: HttpRequest) -> HttpResponse {
         HttpResponse::Ok()
     };
     answer
-        .insert_header(("cache-control", "public, max-age=86400"))
+        .insert_header(("cache-control", cache))
         .insert_header(("etag", module.etag.as_str()))
         .insert_header(("access-control-allow-origin", "*"))
         .insert_header(("cross-origin-resource-policy", "cross-origin"))

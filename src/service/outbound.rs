@@ -266,6 +266,8 @@ async fn sync(ctx: &Context, urls: &[String]) -> bool {
 pub fn client(events: &crate::config::Events) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // a proxy from the environment would resolve the names itself, past PublicOnly
+        .no_proxy()
         .timeout(events.timeout)
         .connect_timeout(events.timeout)
         .user_agent(concat!(
@@ -476,7 +478,11 @@ async fn excerpt(response: &mut reqwest::Response) -> Option<String> {
         }
     }
     kept.truncate(EXCERPT_BYTES);
-    let text = String::from_utf8_lossy(&kept).into_owned();
+    // PostgreSQL's text refuses NUL, and a terminal showing the record obeys escapes
+    let text: String = String::from_utf8_lossy(&kept)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     (!text.is_empty()).then_some(text)
 }
 
@@ -491,7 +497,7 @@ pub struct Endpoint {
     pub types: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
-    /// `answered 410 Gone`, `disabled by the platform` or `no longer configured`.
+    /// `answered 410 Gone` or `disabled by the platform`.
     pub disabled_reason: Option<String>,
 }
 

@@ -134,9 +134,14 @@ pub async fn find(
     .await
 }
 
+/// The longest an endpoint answering 5xx, 429 or nothing is left alone before its next due
+/// delivery is tried.
+const ENDPOINT_PAUSE_SECONDS: f64 = 60.0;
+
 /// Makes the configured endpoints exist: new ones enabled, one configured again after it was
-/// dropped enabled again, one disabled by a 410 still disabled; an endpoint no longer
-/// configured is disabled.
+/// dropped enabled again, one disabled by a 410 still disabled. One no longer configured here
+/// is left alone (another instance, mid-deploy, may still have it): disabling it is the
+/// operator's call (`POST /v1/event-endpoints/{id}/disable`).
 pub async fn sync_configured(
     conn: &mut PgConnection,
     urls: &[String],
@@ -155,15 +160,6 @@ pub async fn sync_configured(
         "#,
         urls,
         types
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query!(
-        r#"
-        update event_endpoints set disabled_at = now(), disabled_reason = 'no longer configured'
-        where origin = 'config' and disabled_at is null and url <> all($1::text[])
-        "#,
-        urls
     )
     .execute(&mut *conn)
     .await?;
@@ -327,7 +323,9 @@ pub async fn settle(
         } => (
             "pending",
             Some(after_seconds),
-            endpoint_too.then_some(after_seconds),
+            // the endpoint as a whole waits a short while only: one payload it keeps refusing
+            // must not hold back the others for its own long schedule
+            endpoint_too.then_some(after_seconds.min(ENDPOINT_PAUSE_SECONDS)),
             false,
         ),
         Next::Failed => ("failed", None, None, false),

@@ -461,9 +461,10 @@ async fn the_page_is_locked_down(pool: PgPool) {
         .await
         .unwrap();
     let integrity = module.headers()["x-facepair-integrity"].to_str().unwrap();
+    let version = module.headers()["etag"].to_str().unwrap().trim_matches('"');
     assert!(
         page.contains(&format!(
-            "<script type=\"module\" src=\"/sdk/v1/facepair-pairing.js\" integrity=\"{integrity}\">"
+            "<script type=\"module\" src=\"/sdk/v1/facepair-pairing.js?v={version}\" integrity=\"{integrity}\">"
         )),
         "the page loads the one component, pinned: {page}"
     );

@@ -26,7 +26,25 @@ async fn the_module_is_served_to_any_origin_with_the_readmes_integrity_hash(pool
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
     assert_eq!(headers["access-control-allow-origin"], "*");
-    assert_eq!(headers["cache-control"], "public, max-age=86400");
+    assert_eq!(headers["cache-control"], "public, no-cache");
+    // at its versioned URL, the one the hosted page uses, the module may be cached for good
+    let etag = headers["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let versioned = app
+        .http
+        .get(format!("{url}?v={etag}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        versioned.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let stale = app.http.get(format!("{url}?v=0")).send().await.unwrap();
+    assert_eq!(stale.headers()["cache-control"], "public, no-cache");
     assert_eq!(headers["x-content-type-options"], "nosniff");
     let body = response.bytes().await.unwrap();
     let integrity = format!(

@@ -3,7 +3,9 @@
 - a login's scan_ref is made known to the iDenfy simulator before the login is created;
 - the code of a created attempt is finished in the simulator's phone app (approved, failed or
   canceled), so iDenfy's webhook moves the login and later calls meet every state;
-- the webhook body is signed with the simulator's key, as iDenfy signs it.
+- the webhook body is signed with the simulator's key, as iDenfy signs it;
+- an event endpoint the run creates is disabled at once: its URL was generated, and the
+  sandbox (which allows private addresses) must not push events to it.
 """
 import hashlib
 import hmac
@@ -15,6 +17,8 @@ import requests
 import schemathesis
 
 SIM = os.environ["FACEPAIR_SIM_URL"]
+FACEPAIR = os.environ["FACEPAIR_URL"]
+API_KEY = os.environ["FACEPAIR_DEV_API_KEY"]
 SIGNING_KEY = os.environ["FACEPAIR_DEV_SIGNING_KEY"].encode()
 OUTCOMES = ["SUCCESS", "SUCCESS", "FAILED", "CANCELED", None]
 # the phone's answers are drawn from a fixed seed, so a run can be repeated
@@ -44,6 +48,14 @@ def before_call(ctx, case, **kwargs):
 @schemathesis.hook
 def after_call(ctx, case, response):
     if response.status_code != 201:
+        return
+    if case.operation.label == "POST /v1/event-endpoints":
+        endpoint = response.json()["id"]
+        requests.post(
+            f"{FACEPAIR}/v1/event-endpoints/{endpoint}/disable",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=5,
+        )
         return
     try:
         code = response.json()["attempt"]["digit_string"]
