@@ -102,9 +102,12 @@ pub async fn feed(
     wait: Duration,
 ) -> Result<EventPage, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
+    // the first pass waits for any sequencer, so everything committed before the call is
+    // listed; later ones only try, and never hold a pooled connection waiting for the lock
+    let mut first = true;
     loop {
-        sequence_all(ctx, true).await?;
-        let rows = store::after(&ctx.pool, after, types.as_deref(), limit + 1).await?;
+        sequence_all(ctx, std::mem::take(&mut first)).await?;
+        let (rows, top) = store::after(&ctx.pool, after, types.as_deref(), limit + 1).await?;
         let done = !rows.is_empty()
             || tokio::time::Instant::now() >= deadline
             || ctx.shutdown.is_cancelled();
@@ -112,7 +115,12 @@ pub async fn feed(
             let mut rows = rows;
             let has_more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
-            let next = rows.last().map_or(after, |r| r.position);
+            // with nothing more to list, the cursor passes every event read, matching or not,
+            // so a rare type is not looked for again among them
+            let next = match rows.last() {
+                Some(last) if has_more => last.position,
+                _ => top.max(after),
+            };
             let data: Vec<OutboundEvent> = rows.iter().map(OutboundEvent::from).collect();
             return Ok(EventPage {
                 data,

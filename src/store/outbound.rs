@@ -82,14 +82,23 @@ pub struct OutboundRow {
     pub fail_reason: Option<String>,
 }
 
-/// Numbered events after `position`, in order; only `types` when given.
+/// Numbered events after `position`, in order, only `types` when given; and the highest
+/// position numbered, read in the same snapshot (every lower one is committed with it).
 pub async fn after(
-    conn: impl sqlx::PgExecutor<'_>,
+    conn: &PgPool,
     position: i64,
     types: Option<&[String]>,
     limit: i64,
-) -> Result<Vec<OutboundRow>, sqlx::Error> {
-    sqlx::query_as!(
+) -> Result<(Vec<OutboundRow>, i64), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query!("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let top =
+        sqlx::query_scalar!(r#"select coalesce(max(position), 0) as "top!" from outbound_events"#)
+            .fetch_one(&mut *tx)
+            .await?;
+    let rows = sqlx::query_as!(
         OutboundRow,
         r#"
         select o.id, o.position as "position!", o.type as "kind: EventType", o.login_id, o.seq,
@@ -107,8 +116,10 @@ pub async fn after(
         types,
         limit
     )
-    .fetch_all(conn)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((rows, top))
 }
 
 /// One event, numbered or not.

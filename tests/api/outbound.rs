@@ -1121,3 +1121,44 @@ async fn endpoints_made_by_api_get_their_types_signed_with_their_secret(pool: Pg
             .unwrap();
     assert_eq!(queued, 1, "nothing queued after it was disabled");
 }
+
+/// A filter that matches nothing still moves the cursor past what it read, so a consumer of
+/// a rare type does not read the same events again at every poll; and an event that comes
+/// later is still listed.
+#[sqlx::test]
+async fn a_filter_matching_nothing_moves_the_cursor_past_what_it_read(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login_id(&login);
+    let all: Value = feed(&app, "").await.json().await.unwrap();
+    let top = all["next_cursor"].as_str().unwrap().to_owned();
+    assert_ne!(top, "0");
+    let none: Value = feed(&app, "?types=login.redeemed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["data"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        none["next_cursor"],
+        top.as_str(),
+        "the cursor passes what was read"
+    );
+    assert_eq!(
+        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
+        200
+    );
+    let later: Value = feed(&app, &format!("?after={top}&types=login.canceled"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let types: Vec<&str> = later["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["login.canceled"]);
+}
