@@ -354,6 +354,12 @@ impl Push {
             self.settle(&c, Some(&tried), next).await;
             return;
         }
+        // a push that could outlast the lease could meet another instance's: leave it to that one
+        if Instant::now() + self.ctx.settings.events.timeout + Duration::from_secs(1)
+            > self.lease_ends
+        {
+            return;
+        }
         let body = serde_json::to_vec(&OutboundEvent::from(&row)).expect("events serialize");
         let id = row.id.to_string();
         let timestamp = Utc::now().timestamp();
@@ -461,7 +467,15 @@ impl Push {
     /// it the delivery is sent again (same `webhook-id`) by whichever instance claims it.
     async fn settle(&self, c: &Claimed, tried: Option<&Tried>, next: Next) {
         loop {
-            match store::settle(&self.ctx.pool, c.endpoint_id, c.event_id, tried, next).await {
+            let settled = store::settle(
+                &self.ctx.pool,
+                c.endpoint_id,
+                c.event_id,
+                c.attempts,
+                tried,
+                next,
+            );
+            match settled.await {
                 Ok(()) => return,
                 Err(e) if Instant::now() + Duration::from_millis(500) < self.lease_ends => {
                     tracing::warn!(error = %crate::error::error_chain(&e), "could not record an event push; trying again");

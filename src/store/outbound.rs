@@ -300,11 +300,14 @@ impl Next {
     }
 }
 
-/// Records a try (none when `tried` is `None`) and what follows, ending the lease.
+/// Records a try (none when `tried` is `None`) and what follows, ending the lease of claim
+/// number `claimed` (the delivery's `attempts` when it was claimed). A lease that ran out and
+/// was claimed again meanwhile is the new holder's: only the try is recorded.
 pub async fn settle(
     pool: &PgPool,
     endpoint_id: Uuid,
     event_id: Uuid,
+    claimed: i32,
     tried: Option<&Tried>,
     next: Next,
 ) -> Result<(), sqlx::Error> {
@@ -343,22 +346,26 @@ pub async fn settle(
         Next::Gone => ("pending", Some(0.0), None, true),
         Next::Skipped => ("skipped", None, None, false),
     };
-    sqlx::query!(
+    let still_held = sqlx::query!(
         r#"
         update event_deliveries
         set state = $3, leased_until = null,
             next_attempt_at = case when $4::float8 is null then next_attempt_at
                                    else now() + make_interval(secs => $4) end,
             finished_at = case when $3 = 'pending' then null else now() end
-        where endpoint_id = $1 and event_id = $2
+        where endpoint_id = $1 and event_id = $2 and attempts = $5 and state = 'pending'
         "#,
         endpoint_id,
         event_id,
         state,
-        after
+        after,
+        claimed
     )
     .execute(&mut *tx)
     .await?;
+    if still_held.rows_affected() == 0 {
+        return tx.commit().await;
+    }
     sqlx::query!(
         r#"
         update event_endpoints
