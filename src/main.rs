@@ -354,8 +354,8 @@ async fn purge(
     let pool = connect(&database).await?;
     let purged = facepair::ops::retention::purge(&pool, identity, bodies).await?;
     println!(
-        "purged identity data of {} logins ({} attempts) and {} raw webhook bodies",
-        purged.logins, purged.attempts, purged.delivery_bodies
+        "purged identity data of {} logins ({} attempts), {} raw webhook bodies and {} event push records",
+        purged.logins, purged.attempts, purged.delivery_bodies, purged.push_records
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Retention: identity data (scan_ref, user_ref, the desktop's IP and user agent, the phone's
 //! IP, iDenfy's clientId, selfie URLs) is removed from logins past the identity window, raw
-//! webhook bodies past theirs. The anonymous outcome rows stay for statistics. Idempotent;
+//! webhook bodies and finished event pushes' records past theirs. The anonymous outcome rows
+//! stay for statistics. Idempotent;
 //! never touches a login that is still pending.
 
 use std::time::Duration;
@@ -14,6 +15,8 @@ pub struct Purged {
     pub logins: u64,
     pub attempts: u64,
     pub delivery_bodies: u64,
+    /// Records of finished event pushes (their tries included) past the body window.
+    pub push_records: u64,
 }
 
 pub async fn purge(
@@ -65,11 +68,25 @@ pub async fn purge(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // a finished push's record, like a raw webhook body, is kept for the body window; the
+    // public event itself stays (the feed's history, as the events table's)
+    let push_records = sqlx::query!(
+        r#"
+        delete from event_deliveries d
+        where d.state in ('delivered', 'failed', 'skipped')
+          and d.finished_at < now() - make_interval(secs => $1)
+        "#,
+        bodies_secs
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
     Ok(Purged {
         logins: logins.len() as u64,
         attempts,
         delivery_bodies,
+        push_records,
     })
 }
 

@@ -157,7 +157,7 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
     let secrets: Arc<[WebhookSecret]> = events.secrets.clone().into();
     let urls: Vec<String> = events.endpoints.iter().map(|u| u.to_string()).collect();
     let mut synced = false;
-    let mut in_flight: JoinSet<Uuid> = JoinSet::new();
+    let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut per_endpoint: HashMap<Uuid, usize> = HashMap::new();
     let mut backlog_read = Instant::now() - Duration::from_secs(60);
     // a lease outlives the request and the time to record its outcome
@@ -166,6 +166,8 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // the last claim found work: more may be due at once
     let mut more_due = false;
+    // the endpoint of each push in flight, by its task
+    let mut pushing = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -185,8 +187,10 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
                     }
                 }
             }
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Ok(endpoint) = done {
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                // a push that panicked gives its endpoint's place back too
+                let task = done.map_or_else(|e| e.id(), |(id, ())| id);
+                if let Some(endpoint) = pushing.remove(&task) {
                     release(&mut per_endpoint, endpoint);
                 }
                 if !more_due {
@@ -229,11 +233,9 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
                 secrets: secrets.clone(),
                 lease_ends: Instant::now() + lease,
             };
-            in_flight.spawn(async move {
-                let endpoint = c.endpoint_id;
-                push.deliver(c).await;
-                endpoint
-            });
+            let endpoint = c.endpoint_id;
+            let task = in_flight.spawn(push.deliver(c));
+            pushing.insert(task.id(), endpoint);
         }
     }
     // pushes in flight get a moment to finish; one cut short is sent again after its lease

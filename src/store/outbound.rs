@@ -233,7 +233,9 @@ pub async fn claim(
             select d.endpoint_id, d.event_id
             from event_deliveries d
             join candidates c on c.endpoint_id = d.endpoint_id and c.event_id = d.event_id
+            -- rechecked on the locked row: one settled or replayed meanwhile is left alone
             where d.state = 'pending' and (d.leased_until is null or d.leased_until < now())
+              and d.next_attempt_at <= now()
             order by c.next_attempt_at, c.position
             limit $1
             for update of d skip locked
@@ -405,7 +407,11 @@ pub async fn replay(
           and ($2::timestamptz is null or o.created_at >= $2)
           and ($3::text is null or e.url = $3)
         on conflict (endpoint_id, event_id) do update
-        set state = 'pending', next_attempt_at = now(), leased_until = null, finished_at = null
+        set state = 'pending', next_attempt_at = now(), leased_until = null, finished_at = null,
+            -- a finished one starts its schedule again; one being pushed now is left to it
+            attempts = case when event_deliveries.state = 'pending' then event_deliveries.attempts
+                            else 0 end
+        where event_deliveries.leased_until is null or event_deliveries.leased_until < now()
         "#,
         event,
         since,

@@ -1162,3 +1162,45 @@ async fn a_filter_matching_nothing_moves_the_cursor_past_what_it_read(pool: PgPo
         .collect();
     assert_eq!(types, ["login.canceled"]);
 }
+
+/// Retention removes a finished push's record (and its tries) once it is older than the body
+/// window, and keeps the public event and every record still young or unfinished.
+#[sqlx::test]
+async fn retention_removes_old_push_records_and_keeps_the_events(pool: PgPool) {
+    let receiver = Receiver::ok();
+    let server = receiver.start().await;
+    let app = TestApp::spawn_with(pool, pushing_to(&[&server])).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    app.webhook(&attempt_id(&login), "SUCCESS", json!({})).await;
+    app.eventually(Duration::from_secs(10), || async {
+        app.count("select count(*) from event_deliveries where state = 'delivered'")
+            .await
+            == 2
+    })
+    .await;
+    // the first push finished 40 days ago, the second just now
+    sqlx::query(
+        "update event_deliveries set finished_at = now() - interval '40 days'
+         where position = (select min(position) from event_deliveries)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let purged = facepair::ops::retention::purge(
+        &app.pool,
+        chrono::Duration::days(30),
+        chrono::Duration::days(35),
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged.push_records, 1);
+    assert_eq!(app.count("select count(*) from event_deliveries").await, 1);
+    assert_eq!(
+        app.count("select count(*) from event_delivery_attempts")
+            .await,
+        1,
+        "the removed push's tries went with it"
+    );
+    assert_eq!(app.count("select count(*) from outbound_events").await, 2);
+}
