@@ -277,7 +277,8 @@ pub struct Tried {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Next {
     Delivered,
-    /// Tried again after this many seconds; the endpoint waits as long.
+    /// Tried again after this many seconds; with `endpoint_too`, the endpoint pauses too (at
+    /// most a minute).
     Retry {
         after_seconds: f64,
         endpoint_too: bool,

@@ -1204,3 +1204,67 @@ async fn retention_removes_old_push_records_and_keeps_the_events(pool: PgPool) {
     );
     assert_eq!(app.count("select count(*) from outbound_events").await, 2);
 }
+
+/// A settle that comes after its lease ran out and the delivery was claimed again records its
+/// try and changes nothing else: the delivery is the new holder's.
+#[sqlx::test]
+async fn a_settle_from_a_lost_lease_leaves_the_delivery_to_its_new_holder(pool: PgPool) {
+    use facepair::store::outbound::{Next, Tried, settle};
+    let receiver = Receiver::ok();
+    let server = receiver.start().await;
+    let app = TestApp::spawn_with(pool, pushing_to(&[&server])).await;
+    app.mock_eligible().await;
+    app.login().await;
+    app.eventually(Duration::from_secs(10), || async {
+        app.count("select count(*) from event_deliveries where state = 'delivered'")
+            .await
+            == 1
+    })
+    .await;
+    // as if claim 1's lease ran out and claim 2 holds it now
+    let (endpoint, event): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+        "update event_deliveries set state = 'pending', attempts = 2, finished_at = null,
+             leased_until = now() + interval '1 minute'
+         returning endpoint_id, event_id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let tried = Tried {
+        status_code: Some(500),
+        latency_ms: 3,
+        error: None,
+        response_excerpt: None,
+    };
+    let late = Next::Retry {
+        after_seconds: 3600.0,
+        endpoint_too: true,
+    };
+    settle(&app.pool, endpoint, event, 1, Some(&tried), late)
+        .await
+        .unwrap();
+    let (state, held, retry_at): (String, bool, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "select d.state, d.leased_until is not null, e.retry_at
+             from event_deliveries d join event_endpoints e on e.id = d.endpoint_id",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), held, retry_at), ("pending", true, None));
+    assert_eq!(
+        app.count("select count(*) from event_delivery_attempts where status_code = 500")
+            .await,
+        1,
+        "the late try is still recorded"
+    );
+    // the holder's own settle counts
+    settle(&app.pool, endpoint, event, 2, None, Next::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.count("select count(*) from event_deliveries where state = 'delivered'")
+            .await,
+        1
+    );
+}
