@@ -113,9 +113,9 @@ async fn expire_approvals(state: &Context) -> Result<(), sqlx::Error> {
                     kind: EventKind::ApprovalExpired,
                     source: Source::Clock,
                     attempt_id: Some(row.attempt.id),
-                    delivery_id: None,
                     detail: serde_json::json!({ "attempt_number": row.attempt.number }),
                 },
+                delivery: None,
             },
         )
         .await?;

@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::idenfy::{CreatedSession, Eligibility, SessionRequest};
 use crate::store::attempts::{self, IdenfyReport, NewAttempt};
 use crate::store::changes::{self, Change, Finish, NewEvent, StatusChange};
+use crate::store::deliveries::NewDelivery;
 use crate::store::limits::Limit;
 use crate::store::logins::{self, LoginRow, NewLogin};
 
@@ -238,9 +239,9 @@ async fn issue(
                 kind: EventKind::AttemptIssued,
                 source,
                 attempt_id: Some(attempt_id),
-                delivery_id: None,
                 detail: json!({ "attempt_number": number }),
             },
+            delivery: None,
         },
     )
     .await?;
@@ -300,9 +301,9 @@ pub async fn cancel(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
                 kind: EventKind::LoginCanceled,
                 source: Source::Platform,
                 attempt_id: Some(row.attempt.id),
-                delivery_id: None,
                 detail: json!({}),
             },
+            delivery: None,
         },
     )
     .await?;
@@ -352,9 +353,9 @@ pub async fn redeem(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
                 kind: EventKind::LoginRedeemed,
                 source: Source::Platform,
                 attempt_id: Some(row.attempt.id),
-                delivery_id: None,
                 detail: json!({}),
             },
+            delivery: None,
         },
     )
     .await?;
@@ -416,14 +417,14 @@ pub async fn end_current(
 /// Applies `event` to the login's current attempt (already locked) through the state machine:
 /// the attempt, the login's status and one event row, in the caller's transaction. `None` when
 /// the state machine says the event changes nothing. A success may be redeemed for
-/// `approval_ttl`.
+/// `approval_ttl`. A webhook `delivery` that causes the move is stored with it.
 pub async fn move_attempt(
     conn: &mut PgConnection,
     row: &LoginRow,
     event: AttemptEvent,
     source: Source,
     report: &IdenfyReport,
-    delivery_id: Option<Uuid>,
+    delivery: Option<&NewDelivery<'_>>,
     approval_ttl: std::time::Duration,
 ) -> Result<Option<Moved>, sqlx::Error> {
     let Some(to) = state::next(row.attempt.status, event) else {
@@ -472,9 +473,9 @@ pub async fn move_attempt(
                 kind: EventKind::attempt(to),
                 source,
                 attempt_id: Some(row.attempt.id),
-                delivery_id,
                 detail,
             },
+            delivery,
         },
     )
     .await?;

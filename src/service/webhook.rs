@@ -12,7 +12,7 @@ use crate::idenfy::{WebhookBody, WebhookStatus};
 use crate::service::Context;
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
-use crate::store::deliveries::{self, NewDelivery};
+use crate::store::deliveries::{self, Claimed, NewDelivery};
 use crate::store::{self, logins};
 
 pub struct Received<'a> {
@@ -30,24 +30,35 @@ pub struct Recorded {
 pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded, ApiError> {
     let sha: [u8; 32] = Sha256::digest(received.body).into();
     let parsed = WebhookBody::parse(received.body);
-    let delivery_id = Uuid::now_v7();
+    let body = parsed.as_ref().ok();
+    let mut delivery = NewDelivery {
+        id: Uuid::now_v7(),
+        body: received.body,
+        body_sha256: &sha,
+        content_type: received.content_type,
+        event_type: received.event_type,
+        signing_key_index: received.signing_key_index as i32,
+        token: body.and_then(|b| b.token.as_deref()),
+        idenfy_status: body.map(|b| b.status.as_str()),
+        verdict: Verdict::Unparseable,
+        attempt_id: None,
+        login_id: None,
+        detail: None,
+    };
 
     let mut tx = store::begin_locked(&state.pool, deliveries::body_lock_key(&sha)).await?;
-    let mut login_id = None;
-    let mut attempt_id = None;
-    let mut detail = None;
     let mut change = None;
-
-    let verdict = match &parsed {
-        Err(e) => {
-            detail = Some(format!(
+    let detail;
+    (delivery.verdict, detail) = match &parsed {
+        Err(e) => (
+            Verdict::Unparseable,
+            Some(format!(
                 "line {} column {}: {}",
                 e.line(),
                 e.column(),
                 format!("{:?}", e.classify()).to_lowercase()
-            ));
-            Verdict::Unparseable
-        }
+            )),
+        ),
         Ok(body) => {
             let claimed = match body.token.as_deref() {
                 Some(token) => deliveries::claim(&mut tx, &sha, token).await?,
@@ -55,63 +66,49 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
             };
             match claimed {
                 // a duplicate of an unknown-token body is still a duplicate
-                None if deliveries::seen(&mut tx, &sha).await? => Verdict::Duplicate,
-                None => Verdict::UnknownToken,
+                None if deliveries::seen(&mut tx, &sha).await? => (Verdict::Duplicate, None),
+                None => (Verdict::UnknownToken, None),
                 Some(claimed) => {
-                    login_id = Some(claimed.login_id);
-                    attempt_id = Some(claimed.attempt_id);
+                    delivery.login_id = Some(claimed.login_id);
+                    delivery.attempt_id = Some(claimed.attempt_id);
                     if claimed.seen {
-                        Verdict::Duplicate
+                        (Verdict::Duplicate, None)
                     } else {
                         let (verdict, moved) = judge(
                             &mut tx,
                             body,
-                            claimed.login_id,
-                            claimed.attempt_id,
-                            delivery_id,
+                            &claimed,
+                            &delivery,
                             state.settings.approval_ttl,
                         )
                         .await?;
                         change = moved;
-                        if verdict == Verdict::UnexpectedType {
-                            detail = Some(format!(
+                        let detail = (verdict == Verdict::UnexpectedType).then(|| {
+                            format!(
                                 "type {:?}, method {:?}",
                                 body.kind.as_deref().unwrap_or_default(),
                                 body.method.as_deref().unwrap_or_default()
-                            ));
-                        }
-                        verdict
+                            )
+                        });
+                        (verdict, detail)
                     }
                 }
             }
         }
     };
-
-    let body = parsed.as_ref().ok();
-    deliveries::insert(
-        &mut tx,
-        &NewDelivery {
-            id: delivery_id,
-            body: received.body,
-            body_sha256: &sha,
-            content_type: received.content_type,
-            event_type: received.event_type,
-            signing_key_index: received.signing_key_index as i32,
-            token: body.and_then(|b| b.token.as_deref()),
-            idenfy_status: body.map(|b| b.status.as_str()),
-            verdict,
-            attempt_id,
-            login_id,
-            detail: detail.as_deref(),
-        },
-    )
-    .await?;
+    delivery.detail = detail.as_deref();
+    // an applied delivery was stored by the change's own statement
+    if delivery.verdict != Verdict::Applied {
+        deliveries::insert(&mut tx, &delivery).await?;
+    }
+    let login_id = delivery.login_id;
     let announcement = change
         .as_ref()
         .and(login_id)
         .map(|login_id| service::Announcement::new(state, login_id));
     tx.commit().await?;
 
+    let (delivery_id, verdict) = (delivery.id, delivery.verdict);
     state.metrics.delivery(verdict, received.signing_key_index);
     tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = login_id.map(tracing::field::display), "webhook recorded");
     if let Some(moved) = change {
@@ -128,13 +125,17 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
     })
 }
 
-/// Decides a delivery for a known attempt, moving it when the state machine allows.
+/// Decides a delivery for a known attempt, moving it when the state machine allows; the
+/// delivery is then stored with the move.
 async fn judge(
     tx: &mut sqlx::PgConnection,
     body: &WebhookBody,
-    login_id: Uuid,
-    attempt_id: Uuid,
-    delivery_id: Uuid,
+    &Claimed {
+        login_id,
+        attempt_id,
+        ..
+    }: &Claimed,
+    delivery: &NewDelivery<'_>,
     approval_ttl: std::time::Duration,
 ) -> Result<(Verdict, Option<service::Moved>), ApiError> {
     if !body.is_face_matching_authentication() {
@@ -179,13 +180,17 @@ async fn judge(
             body.ip_address.as_deref(),
         )),
     };
+    let applied = NewDelivery {
+        verdict: Verdict::Applied,
+        ..*delivery
+    };
     let moved = service::move_attempt(
         tx,
         &row,
         AttemptEvent::Idenfy(outcome),
         Source::Webhook,
         &report,
-        Some(delivery_id),
+        Some(&applied),
         approval_ttl,
     )
     .await?;

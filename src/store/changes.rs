@@ -5,10 +5,12 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::domain::Verdict;
 use crate::domain::network::NetworkMatch;
 use crate::domain::outbound::EventType;
 use crate::domain::{AttemptStatus, EventKind, LoginStatus, Source};
 use crate::store::attempts::{IdenfyReport, NewAttempt};
+use crate::store::deliveries::NewDelivery;
 use crate::store::logins::{Joined, LoginRow, NewLogin};
 
 /// What changes on the login row with a new status; the event sequence advances by one.
@@ -35,7 +37,6 @@ pub struct NewEvent {
     pub kind: EventKind,
     pub source: Source,
     pub attempt_id: Option<Uuid>,
-    pub delivery_id: Option<Uuid>,
     pub detail: serde_json::Value,
 }
 
@@ -45,13 +46,17 @@ pub struct Change<'a> {
     pub flags: StatusChange,
     pub finish: Option<Finish<'a>>,
     pub event: NewEvent,
+    /// The webhook delivery that caused the change, stored with it (the event names it).
+    pub delivery: Option<&'a NewDelivery<'a>>,
 }
 
 /// Applies a change to a login whose row lock the caller holds, with its public event (if
-/// platforms are told of it) in the outbox. Returns the event's sequence number.
+/// platforms are told of it) in the outbox and the delivery that caused it. Returns the
+/// event's sequence number.
 pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::Error> {
     let f = c.finish.as_ref();
     let report = f.map(|f| f.report);
+    let d = c.delivery;
     sqlx::query_scalar!(
         r#"
         with finished as (
@@ -76,11 +81,18 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
             returning id, event_seq, status
         ), event as (
             insert into events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
-            select id, event_seq, $18, $19, status, $20, $21, $22 from changed
+            select id, event_seq, $18, $19, status, $20, $23, $21 from changed
             returning login_id, seq
         ), outbound as (
             insert into outbound_events (login_id, seq, type)
-            select login_id, seq, $23 from event where $23::text is not null
+            select login_id, seq, $22 from event where $22::text is not null
+        ), stored as (
+            insert into deliveries (id, body, body_sha256, content_type, event_type,
+                                    signing_key_index, token, idenfy_status, verdict, attempt_id,
+                                    login_id, detail)
+            select $23::uuid, $24::bytea, $25::bytea, $26::text, $27::text, $28::int4, $29::text,
+                   $30::text, $31::text, $32::uuid, $33::uuid, $34::text
+            where $23::uuid is not null
         )
         select seq as "seq!" from event
         "#,
@@ -104,9 +116,20 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
         c.event.kind as EventKind,
         c.event.source as Source,
         c.event.attempt_id,
-        c.event.delivery_id,
         c.event.detail,
-        EventType::of(c.event.kind, c.status) as Option<EventType>
+        EventType::of(c.event.kind, c.status) as Option<EventType>,
+        d.map(|d| d.id),
+        d.map(|d| d.body),
+        d.map(|d| d.body_sha256),
+        d.and_then(|d| d.content_type),
+        d.and_then(|d| d.event_type),
+        d.map(|d| d.signing_key_index),
+        d.and_then(|d| d.token),
+        d.and_then(|d| d.idenfy_status),
+        d.map(|d| d.verdict) as Option<Verdict>,
+        d.and_then(|d| d.attempt_id),
+        d.and_then(|d| d.login_id),
+        d.and_then(|d| d.detail)
     )
     .fetch_one(conn)
     .await

@@ -80,17 +80,14 @@ pub fn lock_key(namespace: &str, value: &[u8]) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// Begins a transaction holding the advisory lock `key` until it ends. The lock wait is a
-/// statement of its own inside a transaction sqlx knows it began, so a wait that is dropped
-/// or fails still ends in a `ROLLBACK` before the connection is used again.
+/// Begins a transaction holding the advisory lock `key` until it ends, in one round trip.
+/// sqlx counts the transaction open before sending it, so a wait that is dropped or fails
+/// still ends in a `ROLLBACK` before the connection is used again.
 pub async fn begin_locked(
     pool: &PgPool,
     key: i64,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    // an integer: nothing in it can be read as SQL
+    let sql = format!("begin; select pg_advisory_xact_lock({key})");
+    pool.begin_with(sqlx::AssertSqlSafe(sql)).await
 }
