@@ -69,6 +69,14 @@ impl EventType {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
+    /// Every type a list names, or the first name that is not one (its first 64 characters).
+    pub fn parse_all<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<Self>, String> {
+        names
+            .into_iter()
+            .map(|t| Self::parse(t).ok_or_else(|| t.chars().take(64).collect()))
+            .collect()
+    }
+
     /// The public event an internal one is told as, by the login's status after it; `None`
     /// for steps a platform does not see on their own (a superseded code is followed by
     /// `login.code_issued`, a code canceled with its login by `login.canceled`).

@@ -75,14 +75,8 @@ impl FeedQuery {
         let Some(list) = self.types.as_deref() else {
             return Ok(None);
         };
-        list.split(',')
-            .map(|t| {
-                EventType::parse(t)
-                    .map(|t| t.as_str().to_owned())
-                    .ok_or_else(|| ApiError::InvalidEventType(t.chars().take(64).collect()))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        let types = EventType::parse_all(list.split(',')).map_err(ApiError::InvalidEventType)?;
+        Ok(Some(types.iter().map(|t| t.as_str().to_owned()).collect()))
     }
 
     fn limit(&self) -> Result<i64, ApiError> {
@@ -193,19 +187,8 @@ pub async fn create_endpoint(
                     "must name at least one type, or be left out",
                 ));
             }
-            list.iter()
-                .map(|t| {
-                    EventType::parse(t).ok_or_else(|| {
-                        Invalid::new(
-                            "types",
-                            format!(
-                                "{:?} is not an event type",
-                                t.chars().take(64).collect::<String>()
-                            ),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
+            EventType::parse_all(list.iter().map(String::as_str))
+                .map_err(|t| Invalid::new("types", format!("{t:?} is not an event type")))
         })
         .transpose()?;
     if let Some(secret) = &body.secret {
