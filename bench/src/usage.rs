@@ -110,11 +110,14 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(facepair::memory::resident_kib(&pid.to_string())?)
 }
 
-/// What the parties of a run used: their CPU and PostgreSQL's write-ahead log.
+/// What the parties of a run used: their CPU, PostgreSQL's write-ahead log and statements.
 #[derive(Clone, Copy)]
 pub struct Usage {
     pub cpu: Cpu,
     pub wal: Wal,
+    /// statements PostgreSQL ran, in every database (pg_stat_statements, which scripts/pg
+    /// loads; `None` without it)
+    pub statements: Option<f64>,
 }
 
 impl Usage {
@@ -126,6 +129,7 @@ impl Usage {
         Ok(Usage {
             cpu: Cpu::now(facepair)?,
             wal: Wal::now(admin, disk).await?,
+            statements: statements(admin).await,
         })
     }
 
@@ -134,8 +138,32 @@ impl Usage {
         Usage {
             cpu: self.cpu.each(before.cpu, count),
             wal: self.wal.each(before.wal, count),
+            statements: self
+                .statements
+                .zip(before.statements)
+                .map(|(now, then)| (now - then) / count),
         }
     }
+
+    /// "7.0 statements", or why there is no count.
+    pub fn describe_statements(&self) -> String {
+        match self.statements {
+            Some(n) => format!("{n:.1} statements"),
+            None => "statements not counted (no pg_stat_statements)".into(),
+        }
+    }
+}
+
+/// Statements run so far in every database; the few of the suite's own reads are noise.
+async fn statements(admin: &PgPool) -> Option<f64> {
+    sqlx::query("create extension if not exists pg_stat_statements")
+        .execute(admin)
+        .await
+        .ok()?;
+    sqlx::query_scalar("select coalesce(sum(calls), 0)::float8 from pg_stat_statements")
+        .fetch_one(admin)
+        .await
+        .ok()
 }
 
 /// What PostgreSQL has written to its write-ahead log so far, from the log's position, and its

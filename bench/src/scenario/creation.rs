@@ -1,68 +1,90 @@
-//! Scenario 4: login creation, one at a time, against the iDenfy simulator.
+//! Scenario 4: login creation, one at a time, against the iDenfy simulator; its statements and
+//! PostgreSQL CPU against pgbench running the least SQL that does the same durable work
+//! (`bench/creation-minimal.sql`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::json;
 
 use super::Suite;
+use crate::db::settle;
 use crate::load::percentile;
+use crate::pgbench::pgbench;
 use crate::report::Row;
 use crate::server::{API_KEY, SIM_KEY, SIM_SECRET, Server};
+use crate::usage::Usage;
 
 /// facepair's own time: a creation's whole time less the simulator's answering the same calls.
 pub async fn run(suite: &Suite, server: &Server) -> anyhow::Result<Vec<Row>> {
-    let create = creates(&suite.http, &server.url, &suite.sim_url, suite.args.creates).await?;
-    Ok(vec![Row {
-        scenario: "4. login creation: facepair's own time".into(),
-        facepair: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            create.own_p50_ms, create.own_p99_ms
-        ),
-        reference: format!(
-            "simulator alone p50 {:.2} ms, p99 {:.2} ms",
-            create.sim_p50_ms, create.sim_p99_ms
-        ),
-        ratio: format!(
-            "total p50 {:.2} ms, p99 {:.2} ms",
-            create.total_p50_ms, create.total_p99_ms
-        ),
-        target: "own p99 <= 5 ms".into(),
-    }])
+    let (admin, count) = (&suite.admin, suite.args.creates);
+    let mut sim = simulator_alone(&suite.http, &suite.sim_url, count).await?;
+    settle(admin).await?;
+    let before = Usage::now(server.pid, admin, None).await?;
+    let started = Instant::now();
+    let mut total = creates(&suite.http, &server.url, count).await?;
+    let elapsed = started.elapsed();
+    let own = Usage::now(server.pid, admin, None)
+        .await?
+        .each(before, count as f64);
+    // the reference at one client too, for as long as facepair took
+    settle(admin).await?;
+    let before = Usage::now(server.pid, admin, None).await?;
+    let secs = Duration::from_secs(elapsed.as_secs().max(1));
+    let tps = pgbench(
+        &suite.args.pgbench,
+        &suite.ref_url,
+        &["-f", "bench/creation-minimal.sql"],
+        1,
+        secs,
+    )?;
+    let minimal = Usage::now(server.pid, admin, None)
+        .await?
+        .each(before, tps * secs.as_secs_f64());
+    total.sort();
+    sim.sort();
+    let (t50, t99, s50, s99) = (
+        percentile(&total, 0.5),
+        percentile(&total, 0.99),
+        percentile(&sim, 0.5),
+        percentile(&sim, 0.99),
+    );
+    Ok(vec![
+        Row {
+            scenario: "4. login creation: facepair's own time".into(),
+            facepair: format!("p50 {:.2} ms, p99 {:.2} ms", t50 - s50, t99 - s99),
+            reference: format!("simulator alone p50 {s50:.2} ms, p99 {s99:.2} ms"),
+            ratio: format!("total p50 {t50:.2} ms, p99 {t99:.2} ms"),
+            target: "own p99 <= 5 ms".into(),
+        },
+        Row {
+            scenario: "4. login creation: PostgreSQL's share".into(),
+            facepair: describe(&own),
+            reference: format!("{} (bench/creation-minimal.sql)", describe(&minimal)),
+            ratio: format!(
+                "{:.2}x PostgreSQL CPU",
+                own.cpu.postgres / minimal.cpu.postgres
+            ),
+            target: "reported".into(),
+        },
+    ])
 }
 
-struct Creation {
-    total_p50_ms: f64,
-    total_p99_ms: f64,
-    sim_p50_ms: f64,
-    sim_p99_ms: f64,
-    own_p50_ms: f64,
-    own_p99_ms: f64,
+/// Each creation's statements and PostgreSQL CPU.
+fn describe(each: &Usage) -> String {
+    format!(
+        "{}, {:.3} ms PostgreSQL CPU",
+        each.describe_statements(),
+        each.cpu.postgres
+    )
 }
 
-/// Creates logins one at a time, and separately times the simulator answering the same two
-/// iDenfy calls facepair makes; facepair's own time is the difference.
-async fn creates(
+/// The simulator answering the two iDenfy calls facepair makes for a creation, `count` times.
+async fn simulator_alone(
     http: &reqwest::Client,
-    url: &str,
     sim_url: &str,
     count: usize,
-) -> anyhow::Result<Creation> {
-    let mut total = Vec::with_capacity(count);
-    for i in 0..count {
-        let t = Instant::now();
-        let r = http
-            .post(format!("{url}/v1/logins"))
-            .bearer_auth(API_KEY)
-            .json(&json!({ "scan_ref": format!("bench-person-{i}") }))
-            .send()
-            .await?;
-        if r.status() != 201 {
-            bail!("create answered {}: {}", r.status(), r.text().await?);
-        }
-        r.bytes().await?;
-        total.push(t.elapsed());
-    }
+) -> anyhow::Result<Vec<Duration>> {
     let mut sim = Vec::with_capacity(count);
     for _ in 0..count {
         let t = Instant::now();
@@ -83,20 +105,25 @@ async fn creates(
             .await?;
         sim.push(t.elapsed());
     }
-    total.sort();
-    sim.sort();
-    let (t50, t99, s50, s99) = (
-        percentile(&total, 0.5),
-        percentile(&total, 0.99),
-        percentile(&sim, 0.5),
-        percentile(&sim, 0.99),
-    );
-    Ok(Creation {
-        total_p50_ms: t50,
-        total_p99_ms: t99,
-        sim_p50_ms: s50,
-        sim_p99_ms: s99,
-        own_p50_ms: t50 - s50,
-        own_p99_ms: t99 - s99,
-    })
+    Ok(sim)
+}
+
+/// Creates `count` logins one at a time, each for another person.
+async fn creates(http: &reqwest::Client, url: &str, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut total = Vec::with_capacity(count);
+    for i in 0..count {
+        let t = Instant::now();
+        let r = http
+            .post(format!("{url}/v1/logins"))
+            .bearer_auth(API_KEY)
+            .json(&json!({ "scan_ref": format!("bench-person-{i}") }))
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("create answered {}: {}", r.status(), r.text().await?);
+        }
+        r.bytes().await?;
+        total.push(t.elapsed());
+    }
+    Ok(total)
 }

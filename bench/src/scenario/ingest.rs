@@ -163,12 +163,16 @@ fn minimal_row(concurrency: usize, rounds: &[Round]) -> Row {
     Row {
         scenario: format!("1. webhook ingest against the minimal SQL, concurrency {concurrency}"),
         facepair: format!(
-            "{:.0}/s; PostgreSQL CPU each {:.3} ms",
-            median.run.rate, median.used.cpu.postgres
+            "{:.0}/s; each: PostgreSQL CPU {:.3} ms, {}",
+            median.run.rate,
+            median.used.cpu.postgres,
+            median.used.describe_statements()
         ),
         reference: format!(
-            "{:.0}/s pgbench, bench/webhook-minimal.sql; PostgreSQL CPU each {:.3} ms",
-            median.minimal, median.minimal_used.cpu.postgres
+            "{:.0}/s pgbench, bench/webhook-minimal.sql; each: PostgreSQL CPU {:.3} ms, {}",
+            median.minimal,
+            median.minimal_used.cpu.postgres,
+            median.minimal_used.describe_statements()
         ),
         ratio: format!(
             "{ratio:.2}x median of {} rounds ({:.2}-{:.2}); PostgreSQL CPU {pg:.2}x the reference's",
