@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
@@ -23,11 +24,13 @@ pub fn init(format: LogFormat) {
     let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_env("FACEPAIR_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    sink::start();
+    let Some(writer) = start_output() else {
+        return;
+    };
     use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(sink::Line::default)
+        .with_writer(writer)
         // colours only for a person at a terminal, never into files or collectors
         .with_ansi(std::io::stderr().is_terminal())
         .event_format(Lines(format))
@@ -338,78 +341,47 @@ pub fn write_access(
                 line.push(b'\n');
             }
         }
-        sink::send(line);
+        send(line);
     });
 }
 
-/// Writes every log line that is still on its way (before the process exits).
+/// Writes every log line that is still on its way, for at most a second (before the process
+/// exits; logging stops).
 pub fn flush() {
-    sink::flush();
+    if let Some(output) = OUTPUT.get() {
+        drop(
+            output
+                .guard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+    }
 }
 
-/// Log lines dropped since the start because the log output stalled or failed.
+/// Log lines dropped since the start because the log output stalled.
 pub fn lines_dropped() -> u64 {
-    sink::dropped()
+    OUTPUT
+        .get()
+        .map_or(0, |o| o.writer.error_counter().dropped_lines() as u64)
 }
 
-/// Not `tracing-appender`, whose writer allocates a line per write and frees it on its thread.
-/// Writers copy lines whole into one buffer under a lock; one thread writes a millisecond's lines
-/// at a time. A line that finds it full, or whose write fails, is dropped and counted.
-mod sink {
-    use std::io::Write as _;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
-    use std::time::{Duration, Instant};
+/// Lines waiting for a stalled output before new ones are dropped (about 1 MiB).
+const BUFFERED_LINES: usize = 4096;
 
-    static SINK: OnceLock<Sink> = OnceLock::new();
+/// Every line goes through tracing-appender's writer thread, so no request waits for the
+/// output; a line that finds its queue full is dropped and counted.
+struct Output {
+    writer: NonBlocking,
+    guard: std::sync::Mutex<Option<WorkerGuard>>,
+}
 
-    thread_local! {
-        /// The writer thread is logging how many lines were dropped.
-        static REPORTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
+static OUTPUT: OnceLock<Output> = OnceLock::new();
 
-    /// How long the writer lets lines gather after the first of a batch.
-    const GATHER: Duration = Duration::from_millis(1);
-    /// Bytes waiting before lines are dropped.
-    const CAPACITY: usize = 1 << 20;
-    /// What each of the two buffers keeps of its memory between batches.
-    const KEPT: usize = 64 << 10;
-
-    pub struct Sink {
-        state: Mutex<State>,
-        /// The writer thread, idle, has lines to write (or a flush to make).
-        ready: Condvar,
-        /// A batch was written.
-        progress: Condvar,
-        capacity: usize,
-        /// Lines dropped since the start.
-        dropped: AtomicU64,
-    }
-
-    #[derive(Default)]
-    struct State {
-        lines: Vec<u8>,
-        /// Lines appended since the start, and of those, written.
-        appended: u64,
-        written: u64,
-        /// The writer thread waits for a line to be appended.
-        idle: bool,
-        /// Someone waits for every line appended so far to be written.
-        flush: bool,
-        /// Flushes waiting for progress.
-        waiting: usize,
-        closed: bool,
-    }
-
-    pub fn start() {
-        let mut started = false;
-        let sink = SINK.get_or_init(|| {
-            started = true;
-            Sink::new(CAPACITY)
-        });
-        if !started {
-            return;
-        }
+fn start_output() -> Option<NonBlocking> {
+    let mut started = false;
+    let output = OUTPUT.get_or_init(|| {
+        started = true;
         // a descriptor of its own: a write blocked on a stalled reader holds no lock that
         // anything else writing to stderr would wait for
         use std::os::fd::AsFd as _;
@@ -418,427 +390,52 @@ mod sink {
                 Ok(fd) => Box::new(std::fs::File::from(fd)),
                 Err(_) => Box::new(std::io::stderr()),
             };
-        std::thread::Builder::new()
-            .name("facepair-log".into())
-            .spawn(move || {
-                sink.write_all(out, |n| {
-                    tracing::warn!(dropped = n, "{n} log lines were dropped");
-                });
-            })
-            .expect("the log thread starts");
-        // a panic is logged like any line, so a stalled reader cannot hang the panicking thread
-        std::panic::set_hook(Box::new(|info| {
-            let backtrace = std::backtrace::Backtrace::capture();
-            tracing::error!("{info}\n{backtrace}");
-            flush();
-        }));
+        // buffered: the writer thread flushes whenever its queue empties
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(BUFFERED_LINES)
+            .thread_name("facepair-log")
+            .finish(std::io::BufWriter::new(out));
+        Output {
+            writer,
+            guard: std::sync::Mutex::new(Some(guard)),
+        }
+    });
+    if !started {
+        return None;
     }
+    std::thread::Builder::new()
+        .name("facepair-log-drops".into())
+        .spawn(report_dropped_lines)
+        .expect("the log thread starts");
+    // a panic is logged like any line, so a stalled reader cannot hang the panicking thread
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::capture();
+        tracing::error!("{info}\n{backtrace}");
+    }));
+    Some(output.writer.clone())
+}
 
-    pub fn send(line: &[u8]) {
-        match SINK.get() {
-            Some(sink) => sink.send(line),
-            // before `init` (unit tests, library use): straight to stderr
-            None => {
-                let _ = std::io::stderr().write_all(line);
-            }
-        }
-    }
-
-    pub fn flush() {
-        if let Some(sink) = SINK.get() {
-            sink.flush(Duration::from_secs(1));
-        }
-    }
-
-    /// Lines dropped since the start.
-    pub fn dropped() -> u64 {
-        SINK.get().map_or(0, Sink::dropped)
-    }
-
-    impl Sink {
-        pub fn new(capacity: usize) -> Self {
-            Sink {
-                state: Mutex::default(),
-                ready: Condvar::new(),
-                progress: Condvar::new(),
-                capacity,
-                dropped: AtomicU64::new(0),
-            }
-        }
-
-        fn lock(&self) -> MutexGuard<'_, State> {
-            self.state.lock().unwrap_or_else(PoisonError::into_inner)
-        }
-
-        /// Appends a line, or drops it if the buffer has no room for it: never waits for the
-        /// output.
-        pub fn send(&self, line: &[u8]) {
-            let mut state = self.lock();
-            if state.lines.len() + line.len() > self.capacity && !REPORTING.get() {
-                drop(state);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            state.lines.extend_from_slice(line);
-            state.appended += 1;
-            let wake = std::mem::take(&mut state.idle);
-            // woken while the lock is held, the writer thread would wait for it at once
-            drop(state);
-            if wake {
-                self.ready.notify_one();
-            }
-        }
-
-        pub fn dropped(&self) -> u64 {
-            self.dropped.load(Ordering::Relaxed)
-        }
-
-        /// Waits until every line appended before the call is written, for at most `limit`.
-        pub fn flush(&self, limit: Duration) {
-            let deadline = Instant::now() + limit;
-            let mut state = self.lock();
-            let target = state.appended;
-            while state.written < target && !state.closed {
-                state.flush = true;
-                self.ready.notify_one();
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return;
-                }
-                state.waiting += 1;
-                state = self
-                    .progress
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-                state.waiting -= 1;
-            }
-        }
-
-        /// Ends [`Sink::write_all`] once what was appended is written.
-        #[cfg(test)]
-        pub fn close(&self) {
-            self.lock().closed = true;
-            self.ready.notify_one();
-            self.progress.notify_all();
-        }
-
-        /// The writer thread: while lines keep coming it sleeps on its own timer, so no writer
-        /// wakes it; it waits for a line only when a millisecond brought none. After a write that
-        /// succeeded, `report` gets the number of lines dropped since its last call, if any.
-        pub fn write_all(&self, mut out: impl std::io::Write, mut report: impl FnMut(u64)) {
-            let mut batch = Vec::with_capacity(KEPT);
-            let mut reported = 0;
-            loop {
-                // the lines of a millisecond gather; a flush is written at once
-                let mut state = self.linger();
-                if state.lines.is_empty() && !state.flush && !state.closed {
-                    while state.lines.is_empty() && !state.flush && !state.closed {
-                        state.idle = true;
-                        state = self
-                            .ready
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner);
-                    }
-                    state.idle = false;
-                    drop(state);
-                    // the first line after a quiet spell waits for its millisecond's company
-                    state = self.linger();
-                }
-                if state.lines.is_empty() && state.closed {
-                    return;
-                }
-                std::mem::swap(&mut state.lines, &mut batch);
-                state.flush = false;
-                let (from, upto) = (state.written, state.appended);
-                self.progressed(state);
-                let wrote = out.write_all(&batch).is_ok();
-                batch.clear();
-                batch.shrink_to(KEPT);
-                if !wrote {
-                    // how much of the batch went out is unknown: it counts as dropped
-                    self.dropped.fetch_add(upto - from, Ordering::Relaxed);
-                }
-                let mut state = self.lock();
-                state.written = upto;
-                self.progressed(state);
-                let dropped = self.dropped();
-                if wrote && dropped > reported {
-                    // the report's own line is never dropped, though it may overfill the buffer
-                    REPORTING.set(true);
-                    report(dropped - reported);
-                    REPORTING.set(false);
-                    reported = dropped;
-                }
-            }
-        }
-
-        /// Gives the lock back and wakes whoever waits for a flush: a wake-up costs a system
-        /// call, so only if someone waits.
-        fn progressed(&self, state: MutexGuard<'_, State>) {
-            let waiting = state.waiting > 0;
-            drop(state);
-            if waiting {
-                self.progress.notify_all();
-            }
-        }
-
-        /// The lock, after [`GATHER`] without it unless a flush or the end is due.
-        fn linger(&self) -> MutexGuard<'_, State> {
-            let state = self.lock();
-            if state.flush || state.closed {
-                return state;
-            }
-            drop(state);
-            std::thread::sleep(GATHER);
-            self.lock()
+/// Logs the count of dropped lines whenever it grew within a second: a report that is
+/// dropped itself is followed by another once the output reads again.
+fn report_dropped_lines() {
+    let mut reported = 0;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let dropped = lines_dropped();
+        if dropped > reported {
+            tracing::warn!(dropped, "{dropped} log lines were dropped since the start");
+            reported = dropped;
         }
     }
+}
 
-    #[cfg(test)]
-    mod tests {
-        use std::sync::{Arc, Mutex};
-
-        use super::*;
-
-        /// What the writer wrote, and how many writes it took; each write takes `pause`.
-        #[derive(Clone, Default)]
-        struct Out(Arc<Mutex<(Vec<u8>, usize)>>, Duration);
-
-        impl std::io::Write for Out {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                std::thread::sleep(self.1);
-                let mut out = self.0.lock().unwrap();
-                out.0.extend_from_slice(buf);
-                out.1 += 1;
-                Ok(buf.len())
-            }
-
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-
-        impl Out {
-            fn text(&self) -> (String, usize) {
-                let out = self.0.lock().unwrap();
-                (String::from_utf8(out.0.clone()).unwrap(), out.1)
-            }
-        }
-
-        /// Two writers at once, each sending `bursts` of 50 numbered 107-byte lines with pauses
-        /// shorter and longer than the writer thread's wait, so that it both lingers and
-        /// blocks; checks that each writer's lines came out whole and in order.
-        fn send_and_check(sink: &Arc<Sink>, out: &Out, bursts: usize) {
-            let senders: Vec<_> = (0..2)
-                .map(|t| {
-                    let sink = sink.clone();
-                    std::thread::spawn(move || {
-                        for burst in 0..bursts {
-                            for i in 0..50 {
-                                let line =
-                                    format!("{t} {:04} {}\n", burst * 50 + i, "x".repeat(100));
-                                sink.send(line.as_bytes());
-                            }
-                            let pause = [0, 500, 3_000][burst % 3];
-                            std::thread::sleep(Duration::from_micros(pause));
-                        }
-                    })
-                })
-                .collect();
-            for s in senders {
-                s.join().unwrap();
-            }
-            sink.flush(Duration::from_secs(5));
-            // everything sent before the flush is written when it returns
-            let (text, _) = out.text();
-            for t in 0..2 {
-                let seen: Vec<usize> = text
-                    .lines()
-                    .filter(|l| l.starts_with(&format!("{t} ")))
-                    .map(|l| {
-                        assert_eq!(l.len(), 2 + 4 + 1 + 100, "a whole line: {l}");
-                        l[2..6].parse().unwrap()
-                    })
-                    .collect();
-                assert_eq!(
-                    seen,
-                    (0..bursts * 50).collect::<Vec<_>>(),
-                    "writer {t}'s lines in order"
-                );
-            }
-        }
-
-        #[test]
-        fn lines_come_out_whole_in_order_and_in_few_writes_through_bursts_and_pauses() {
-            let sink = Arc::new(Sink::new(CAPACITY));
-            let out = Out::default();
-            let writer = std::thread::spawn({
-                let (sink, out) = (sink.clone(), out.clone());
-                move || sink.write_all(out, |_| {})
-            });
-            send_and_check(&sink, &out, 20);
-            assert_eq!(sink.dropped(), 0, "a buffer with room drops nothing");
-            // lines are written a batch at a time, not one by one
-            let (_, writes) = out.text();
-            assert!(writes < 200, "{writes} writes for 2,000 lines");
-            // a line sent after a long pause (the writer idle, waiting) still comes out
-            std::thread::sleep(Duration::from_millis(20));
-            sink.send(b"late\n");
-            sink.flush(Duration::from_secs(5));
-            assert!(out.text().0.ends_with("late\n"));
-            sink.close();
-            writer.join().unwrap();
-        }
-
-        /// An output that takes no write until it is opened: a log reader that stopped
-        /// reading.
-        #[derive(Clone, Default)]
-        struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>, Out);
-
-        impl std::io::Write for Gate {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                let (open, opened) = &*self.0;
-                let mut open = open.lock().unwrap();
-                while !*open {
-                    open = opened.wait(open).unwrap();
-                }
-                drop(open);
-                self.1.write(buf)
-            }
-
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-
-        impl Gate {
-            fn open(&self) {
-                *self.0.0.lock().unwrap() = true;
-                self.0.1.notify_all();
-            }
-        }
-
-        #[test]
-        fn a_stalled_output_holds_up_no_writer_and_what_it_drops_is_counted_then_logged() {
-            let sink = Arc::new(Sink::new(1_000));
-            let gate = Gate::default();
-            let writer = std::thread::spawn({
-                let (sink, gate) = (sink.clone(), gate.clone());
-                let notices = sink.clone();
-                move || {
-                    sink.write_all(gate, move |n| {
-                        notices.send(format!("{n} log lines were dropped\n").as_bytes());
-                    });
-                }
-            });
-            // eight writers, 500 lines each, while nothing is written
-            let (done, finished) = std::sync::mpsc::channel();
-            for t in 0..8 {
-                let (sink, done) = (sink.clone(), done.clone());
-                std::thread::spawn(move || {
-                    for i in 0..500 {
-                        sink.send(format!("{t} {i:04} {}\n", "x".repeat(100)).as_bytes());
-                    }
-                    done.send(()).unwrap();
-                });
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            for _ in 0..8 {
-                let left = deadline.saturating_duration_since(Instant::now());
-                finished
-                    .recv_timeout(left)
-                    .expect("every writer finished while the output was stalled");
-            }
-            // all but what the buffer and the stalled write hold, two times 1,000 bytes
-            let dropped = sink.dropped();
-            assert!(dropped >= 4_000 - 20, "{dropped} of 4,000 lines dropped");
-
-            // the reader reads again: the count is logged, and every line is accounted for
-            gate.open();
-            let logged = || -> u64 {
-                gate.1
-                    .text()
-                    .0
-                    .lines()
-                    .filter_map(|l| l.strip_suffix(" log lines were dropped"))
-                    .map(|n| n.parse::<u64>().unwrap())
-                    .sum()
-            };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while logged() < dropped {
-                assert!(Instant::now() < deadline, "the count was not logged");
-                sink.flush(Duration::from_millis(100));
-            }
-            sink.flush(Duration::from_secs(5));
-            assert_eq!(
-                sink.dropped(),
-                dropped,
-                "the count's own line was not dropped"
-            );
-            assert_eq!(logged(), dropped);
-            let (text, _) = gate.1.text();
-            let written = text.lines().filter(|l| l.ends_with('x')).count() as u64;
-            assert_eq!(written + dropped, 4_000);
-            sink.close();
-            writer.join().unwrap();
-        }
-
-        #[test]
-        fn lines_whose_write_fails_are_counted() {
-            /// An output whose reader has gone.
-            struct Closed;
-
-            impl std::io::Write for Closed {
-                fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-                    Err(std::io::ErrorKind::BrokenPipe.into())
-                }
-
-                fn flush(&mut self) -> std::io::Result<()> {
-                    Ok(())
-                }
-            }
-
-            let sink = Arc::new(Sink::new(CAPACITY));
-            let reported = Arc::new(Mutex::new(0));
-            let writer = std::thread::spawn({
-                let (sink, reported) = (sink.clone(), reported.clone());
-                move || sink.write_all(Closed, |n| *reported.lock().unwrap() += n)
-            });
-            for i in 0..10 {
-                sink.send(format!("line {i}\n").as_bytes());
-            }
-            sink.flush(Duration::from_secs(5));
-            assert_eq!(sink.dropped(), 10);
-            // nothing was written, so nothing was logged about it either
-            assert_eq!(*reported.lock().unwrap(), 0);
-            sink.close();
-            writer.join().unwrap();
-        }
-    }
-
-    /// One log line from the JSON or text layer, sent when the layer is done with it.
-    #[derive(Default)]
-    pub struct Line(Vec<u8>);
-
-    impl std::io::Write for Line {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Drop for Line {
-        fn drop(&mut self) {
-            if !self.0.is_empty() {
-                send(&self.0);
-            }
-        }
-    }
+fn send(line: &[u8]) {
+    let _ = match OUTPUT.get() {
+        Some(output) => output.writer.clone().write_all(line),
+        // before `init` (unit tests, library use): straight to stderr
+        None => std::io::stderr().write_all(line),
+    };
 }
 
 /// The whole cause chain on one line, for logs, each cause once: a cause whose text its
