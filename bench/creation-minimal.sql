@@ -12,24 +12,24 @@ WHERE (SELECT count(*) FROM attempts a JOIN logins l ON l.id = a.login_id
        WHERE scan_ref = 'ref-' || :person AND expires_at > now()) < 20
 RETURNING id AS reservation, login_id \gset
 WITH released AS (
-    DELETE FROM code_reservations WHERE id = :'reservation'
+    DELETE FROM code_reservations WHERE id = :reservation::uuid
 ), login AS (
     INSERT INTO logins (id, scan_ref, lifetime_seconds, max_attempts, client_ip, api_key_id,
                         watch_token_hash, status, event_seq)
-    VALUES (:'login_id', 'ref-' || :person, 600, 3, '198.51.100.7', 'bench',
-            sha256(convert_to(:'login_id', 'UTF8')), 'pending', 1)
+    VALUES (:login_id::uuid, 'ref-' || :person, 600, 3, '198.51.100.7', 'bench',
+            sha256(convert_to(:login_id::text, 'UTF8')), 'pending', 1)
 ), attempt AS (
     INSERT INTO attempts (id, login_id, number, idenfy_token, digit_string,
                           idenfy_max_attempt_count, expires_at, requested_from)
-    VALUES (gen_random_uuid(), :'login_id', 1, 'ref-token-' || :'login_id',
+    VALUES (gen_random_uuid(), :login_id::uuid, 1, 'ref-token-' || :login_id::text,
             lpad((random() * 99999999)::int::text, 8, '0'), 3, now() + interval '10 minutes',
             '198.51.100.0/24')
     RETURNING id
 ), event AS (
     INSERT INTO events (login_id, seq, kind, source, login_status, attempt_id, detail)
-    SELECT :'login_id', 1, 'login_created', 'platform', 'pending', id, '{"attempt_number": 1}'
+    SELECT :login_id::uuid, 1, 'login_created', 'platform', 'pending', id, '{"attempt_number": 1}'
     FROM attempt
 ), outbound AS (
-    INSERT INTO outbound_events (login_id, seq, type) VALUES (:'login_id', 1, 'login.created')
+    INSERT INTO outbound_events (login_id, seq, type) VALUES (:login_id::uuid, 1, 'login.created')
 )
 SELECT 1;

@@ -25,7 +25,8 @@ SELECT l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempt
        a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip, a.network_match
 FROM logins l JOIN LATERAL (SELECT * FROM attempts WHERE login_id = l.id ORDER BY number DESC LIMIT 1) a ON true
 WHERE l.id = :login_id;
--- 4. the change: attempt, login, event and outbound event in one statement
+-- 4. the change: attempt, login, event, outbound event and the delivery (raw, with its
+-- verdict) in one statement
 WITH finished AS (
     UPDATE attempts SET status = 'succeeded', outcome_source = 'webhook', finished_at = now(), digit_string = NULL,
            idenfy_status = 'SUCCESS', fail_reason = NULL, risk_tags = '{}', idenfy_session_id = 'bench',
@@ -44,15 +45,16 @@ WITH finished AS (
     -- its public event (login.approved), for the feed and pushes
     INSERT INTO outbound_events (login_id, seq, type)
     SELECT login_id, seq, 'login.approved' FROM event
+), stored AS (
+    INSERT INTO deliveries (id, body, body_sha256, content_type, event_type, signing_key_index, token, idenfy_status,
+                            verdict, attempt_id, login_id, detail)
+    SELECT gen_random_uuid(), convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
+           'application/json', 'FACIAL_AUTHENTICATION', 0, :token::text, 'SUCCESS', 'applied', :attempt_id::uuid,
+           :login_id::uuid, NULL
 )
 SELECT seq FROM event;
--- 5. the delivery, raw, with its verdict
-INSERT INTO deliveries (id, body, body_sha256, content_type, event_type, signing_key_index, token, idenfy_status,
-                        verdict, attempt_id, login_id, detail)
-VALUES (gen_random_uuid(), convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
-        'application/json', 'FACIAL_AUTHENTICATION', 0, :token, 'SUCCESS', 'applied', :attempt_id, :login_id, NULL);
 COMMIT;
--- 6. the NOTIFY, in its own round trip after the commit, committed without waiting for the
+-- 5. the NOTIFY, in its own round trip after the commit, committed without waiting for the
 -- disk (facepair's NOTIFY connections set synchronous_commit = off when they connect; a
 -- NOTIFY stores nothing). facepair sends its NOTIFYs in batches, on a connection of its own
 -- per HTTP worker (one statement for every webhook committed meanwhile), so above one
