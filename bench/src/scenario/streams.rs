@@ -45,7 +45,7 @@ pub async fn run(suite: &Suite, next_token: usize) -> anyhow::Result<Vec<Row>> {
             facepair: format!("{:.1} KiB", result.kib_per_stream),
             reference: "-".into(),
             ratio: "-".into(),
-            target: "<= 20 KiB".into(),
+            target: "<= 8 KiB".into(),
         },
         Row {
             scenario: format!("3. webhook-to-event latency, {streams} open"),
