@@ -66,6 +66,10 @@ pub struct Args {
     /// Local addresses 127.1.0.1 to 127.1.0.N the clients connect from.
     #[arg(long, default_value_t = 8)]
     source_addresses: u8,
+    /// Also write every live event's latency to this CSV file (seconds since the first
+    /// webhook, webhook's instance, stream's instance, milliseconds), to see when tails came.
+    #[arg(long)]
+    samples: Option<std::path::PathBuf>,
     /// Clients (streams and long polls) per client process: a process holds at most
     /// RLIMIT_NOFILE sockets (20,000 on the standard machine, where it cannot be raised).
     #[arg(long, default_value_t = 8_000)]
@@ -155,7 +159,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sent: &sent,
     };
     report.print(&memory, &after_kill, &followers, &pollers, opened_in);
+    if let Some(path) = &args.samples {
+        write_samples(path, &sent, &followers)?;
+    }
     println!("\n(run took {:.0} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One line per event pushed live to a stream: when its webhook was sent, from where to where,
+/// and how long it took.
+fn write_samples(
+    path: &std::path::Path,
+    sent: &Sending,
+    followers: &[Follower],
+) -> anyhow::Result<()> {
+    let first = sent.sent.iter().flatten().map(|s| s.at).min().unwrap_or(0);
+    let mut out = String::from("sent_s,webhook_instance,stream_instance,latency_ms\n");
+    for f in followers {
+        let Some(s) = sent.sent[f.login] else {
+            continue;
+        };
+        for a in f.arrivals.iter().filter(|a| a.seq == 2 && !a.resumed) {
+            let stream = a.instance.map_or("-".into(), |i| i.to_string());
+            out.push_str(&format!(
+                "{:.3},{},{stream},{:.1}\n",
+                (s.at - first) as f64 / 1e9,
+                s.instance,
+                a.at.saturating_sub(s.at) as f64 / 1e6
+            ));
+        }
+    }
+    std::fs::write(path, out)?;
     Ok(())
 }
 
