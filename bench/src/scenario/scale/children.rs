@@ -2,6 +2,7 @@
 //! wait for their lines, collect their reports) and the child's entry point.
 
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use anyhow::{Context as _, bail};
@@ -16,7 +17,15 @@ struct Process {
     output: BufReader<ChildStdout>,
 }
 
-pub struct Children(Vec<Process>);
+/// The client processes, and the file of watch tokens they read at start.
+pub struct Children(Vec<Process>, PathBuf);
+
+/// The tokens are secrets of the seeded logins: gone with the run.
+impl Drop for Children {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
 
 impl Children {
     /// Starts enough processes that none holds more than `--clients-per-process` clients,
@@ -42,7 +51,7 @@ impl Children {
             );
             processes.push(spawn(args, &spec)?);
         }
-        Ok(Children(processes))
+        Ok(Children(processes, file))
     }
 
     /// Waits for every process to say `word`, and sums the numbers they give after it.
@@ -66,7 +75,7 @@ impl Children {
     }
 
     /// Every client's report, once each process has been told to stop.
-    pub async fn reports(mut self) -> anyhow::Result<(Vec<Follower>, Vec<Poller>)> {
+    pub async fn reports(&mut self) -> anyhow::Result<(Vec<Follower>, Vec<Poller>)> {
         let (mut followers, mut pollers) = (Vec::new(), Vec::new());
         for p in &mut self.0 {
             for line in (&mut p.output).lines() {
