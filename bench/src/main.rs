@@ -85,6 +85,11 @@ enum Policy {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `facepair-bench scale ...`: the scale test of scripts/scale, with flags of its own
+    if std::env::args().nth(1).as_deref() == Some("scale") {
+        let args = scenario::scale::Args::parse_from(std::env::args().skip(1));
+        return scenario::scale::main(args);
+    }
     let args = Args::parse();
     // before the runtime starts its threads, so that each inherits it
     let batch = args.generator_policy == Policy::Batch && generators_to_batch();

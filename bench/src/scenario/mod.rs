@@ -4,6 +4,7 @@ pub mod creation;
 pub mod events;
 pub mod ingest;
 pub mod polls;
+pub mod scale;
 pub mod startup;
 pub mod streams;
 
