@@ -18,9 +18,17 @@ pub const CHANNEL: &str = "facepair_events";
 
 #[derive(Clone, Default)]
 pub struct Hub {
-    logins: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
+    logins: Arc<Mutex<HashMap<Uuid, Followed>>>,
     /// Rows read by this instance, dropped by the same changes that wake subscribers.
     pub cache: Arc<cache::Cache>,
+}
+
+/// A login with subscribers here.
+struct Followed {
+    wake: watch::Sender<u64>,
+    /// The newest event number a wake-up is known to have followed the commit of (from the
+    /// NOTIFY's payload or this instance's own change); 0 while none is known.
+    announced: i32,
 }
 
 /// A wake-up channel for one login; dropping the last one frees the entry.
@@ -43,8 +51,8 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut logins = self.hub.logins.lock().unwrap();
-        if let Some(tx) = logins.get(&self.login_id)
-            && tx.receiver_count() <= 1
+        if let Some(followed) = logins.get(&self.login_id)
+            && followed.wake.receiver_count() <= 1
         {
             logins.remove(&self.login_id);
         }
@@ -54,28 +62,38 @@ impl Drop for Subscription {
 impl Hub {
     pub fn subscribe(&self, login_id: Uuid) -> Subscription {
         let mut logins = self.logins.lock().unwrap();
-        let tx = logins
-            .entry(login_id)
-            .or_insert_with(|| watch::channel(0).0);
+        let followed = logins.entry(login_id).or_insert_with(|| Followed {
+            wake: watch::channel(0).0,
+            announced: 0,
+        });
         Subscription {
             login_id,
-            rx: tx.subscribe(),
+            rx: followed.wake.subscribe(),
             hub: self.clone(),
         }
     }
 
-    pub fn changed(&self, login_id: Uuid) {
+    /// The login changed: its cached row goes and its subscribers re-read it. `seq`, when
+    /// known, is the event number the change reached (committed before this call).
+    pub fn changed(&self, login_id: Uuid, seq: Option<i32>) {
         self.cache.changed(&login_id);
-        if let Some(tx) = self.logins.lock().unwrap().get(&login_id) {
-            tx.send_modify(|n| *n += 1);
+        if let Some(followed) = self.logins.lock().unwrap().get_mut(&login_id) {
+            followed.announced = followed.announced.max(seq.unwrap_or(0));
+            followed.wake.send_modify(|n| *n += 1);
         }
     }
 
     fn wake_all(&self) {
         self.cache.reset(true);
-        for tx in self.logins.lock().unwrap().values() {
-            tx.send_modify(|n| *n += 1);
+        for followed in self.logins.lock().unwrap().values() {
+            followed.wake.send_modify(|n| *n += 1);
         }
+    }
+
+    /// The newest event number of the login its subscribers were woken after, if one is known.
+    fn announced(&self, login_id: &Uuid) -> Option<i32> {
+        let logins = self.logins.lock().unwrap();
+        Some(logins.get(login_id)?.announced).filter(|&seq| seq > 0)
     }
 
     pub fn subscribers(&self) -> usize {
@@ -83,7 +101,7 @@ impl Hub {
             .lock()
             .unwrap()
             .values()
-            .map(|tx| tx.receiver_count())
+            .map(|followed| followed.wake.receiver_count())
             .sum()
     }
 }
@@ -106,8 +124,8 @@ pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: C
             backoff = Duration::from_millis(100);
             // `None`: the connection dropped; notifications sent until we listen again are lost
             while let Some(n) = listener.try_recv().await? {
-                if let Ok(id) = n.payload().parse::<Uuid>() {
-                    hub.changed(id);
+                if let Some((id, seq)) = parse_payload(n.payload()) {
+                    hub.changed(id, seq);
                 }
             }
             Ok::<(), sqlx::Error>(())
@@ -128,9 +146,19 @@ pub async fn listen(hub: Hub, connect: sqlx::postgres::PgConnectOptions, stop: C
     }
 }
 
+/// A NOTIFY's payload: `<login id> <event number>`, or the login id alone (as instances before
+/// the event number was sent write it).
+fn parse_payload(payload: &str) -> Option<(Uuid, Option<i32>)> {
+    match payload.split_once(' ') {
+        Some((id, seq)) => Some((id.parse().ok()?, Some(seq.parse().ok()?))),
+        None => Some((payload.parse().ok()?, None)),
+    }
+}
+
 /// Wakes local subscribers of logins that changed unheard (a NOTIFY lost to a crash or a failed
 /// batch) and drops their cached rows: one query per period compares the newest event number of
-/// every login followed or cached here with the one last seen.
+/// every login followed or cached here with the newest known to have been announced, seen by
+/// the last query, or cached.
 pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -152,18 +180,33 @@ pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: Canc
             Ok(newest) => {
                 let mut now_seen = HashMap::with_capacity(newest.len());
                 for (login_id, seq) in newest {
-                    let known = seen
-                        .get(&login_id)
-                        .copied()
+                    let known = hub
+                        .announced(&login_id)
+                        .max(seen.get(&login_id).copied())
                         .or_else(|| hub.cache.event_seq(&login_id));
-                    if known != Some(seq) {
-                        hub.changed(login_id);
+                    if known.is_none_or(|known| known < seq) {
+                        hub.changed(login_id, Some(seq));
                     }
                     now_seen.insert(login_id, seq);
                 }
                 seen = now_seen;
             }
             Err(e) => tracing::debug!(error = %e, "backstop query failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_names_a_login_and_perhaps_its_event() {
+        let id = Uuid::now_v7();
+        assert_eq!(parse_payload(&format!("{id} 7")), Some((id, Some(7))));
+        assert_eq!(parse_payload(&id.to_string()), Some((id, None)));
+        for bad in ["", "7", &format!("{id} x"), &format!("{id} 7 8"), "x 7"] {
+            assert_eq!(parse_payload(bad), None, "{bad}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! tasks). An awaited change (a platform's request) sends its batch at once; others gather up to
 //! [`GATHER`], so every listener wakes once per batch. Failed batches are retried with backoff.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,9 +33,9 @@ pub struct Notifier {
 
 #[derive(Default)]
 struct Pending {
-    /// In the order they changed, each once (`queued` says which are in).
+    /// In the order they changed, each once, with the newest event number queued for it.
     ids: Vec<Uuid>,
-    queued: HashSet<Uuid>,
+    queued: HashMap<Uuid, i32>,
     /// The batch the pending ids will go out in.
     batch: u64,
     /// Someone waits for this batch: it goes out without gathering.
@@ -43,9 +43,15 @@ struct Pending {
 }
 
 impl Pending {
-    fn push(&mut self, id: Uuid) {
-        if self.queued.insert(id) {
-            self.ids.push(id);
+    fn push(&mut self, id: Uuid, seq: i32) {
+        match self.queued.entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut queued) => {
+                *queued.get_mut() = seq.max(*queued.get());
+            }
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(seq);
+                self.ids.push(id);
+            }
         }
     }
 }
@@ -84,10 +90,10 @@ impl Notifier {
         (notifier, task)
     }
 
-    /// Resolves once a batch holding `login_id` was sent, at once rather than after the
-    /// gathering; false if it could not be sent within a second.
-    pub async fn notify(&self, login_id: Uuid) -> bool {
-        let batch = self.add(login_id, true);
+    /// Resolves once a batch holding `login_id` (whose events reached `seq`) was sent, at once
+    /// rather than after the gathering; false if it could not be sent within a second.
+    pub async fn notify(&self, login_id: Uuid, seq: i32) -> bool {
+        let batch = self.add(login_id, seq, true);
         let mut sent = self.sent.clone();
         matches!(
             tokio::time::timeout(WAIT_FOR_BATCH, sent.wait_for(|&n| n >= batch)).await,
@@ -96,14 +102,14 @@ impl Notifier {
     }
 
     /// Puts `login_id` in the next batch without waiting for it; returns the batch's number.
-    pub fn enqueue(&self, login_id: Uuid) -> u64 {
-        self.add(login_id, false)
+    pub fn enqueue(&self, login_id: Uuid, seq: i32) -> u64 {
+        self.add(login_id, seq, false)
     }
 
-    fn add(&self, login_id: Uuid, awaited: bool) -> u64 {
+    fn add(&self, login_id: Uuid, seq: i32, awaited: bool) -> u64 {
         let batch = {
             let mut pending = self.pending.lock().unwrap();
-            pending.push(login_id);
+            pending.push(login_id, seq);
             pending.awaited |= awaited;
             pending.batch
         };
@@ -113,13 +119,13 @@ impl Notifier {
 
     /// Puts the logins of a batch that could not be sent back into the next one, up to
     /// [`REQUEUE_LIMIT`]; past it, the listeners' backstop finds them.
-    fn requeue(&self, ids: &[Uuid]) {
+    fn requeue(&self, changes: &[(Uuid, i32)]) {
         let mut pending = self.pending.lock().unwrap();
-        for id in ids {
+        for &(id, seq) in changes {
             if pending.ids.len() >= REQUEUE_LIMIT {
                 break;
             }
-            pending.push(*id);
+            pending.push(id, seq);
         }
     }
 
@@ -127,13 +133,18 @@ impl Notifier {
         self.pending.lock().unwrap().awaited
     }
 
-    fn take(&self) -> (Vec<Uuid>, u64) {
+    fn take(&self) -> (Vec<(Uuid, i32)>, u64) {
         let mut pending = self.pending.lock().unwrap();
         let batch = pending.batch;
         pending.batch += 1;
         pending.awaited = false;
+        let ids = std::mem::take(&mut pending.ids);
+        let changes = ids
+            .into_iter()
+            .map(|id| (id, pending.queued[&id]))
+            .collect();
         pending.queued.clear();
-        (std::mem::take(&mut pending.ids), batch)
+        (changes, batch)
     }
 }
 
@@ -171,28 +182,28 @@ async fn sender(
         {
             stopping = gather(&notifier, until, &how.hurry, &stop).await;
         }
-        let (ids, batch) = notifier.take();
+        let (changes, batch) = notifier.take();
         let mut went_out = true;
-        if !ids.is_empty() {
+        if !changes.is_empty() {
             last = Some(Instant::now());
             // a connection that failed is replaced at once, and the batch tried again on it
-            let mut result = send(&mut conn, &how.connect, &ids).await;
+            let mut result = send(&mut conn, &how.connect, &changes).await;
             if result.is_err() {
                 conn = None;
-                result = send(&mut conn, &how.connect, &ids).await;
+                result = send(&mut conn, &how.connect, &changes).await;
             }
             match result {
                 Ok(()) => {
                     how.metrics.notify_batches.inc();
-                    how.metrics.notify_logins.inc_by(ids.len() as u64);
+                    how.metrics.notify_logins.inc_by(changes.len() as u64);
                     retry = None;
                     backoff = RETRY_FIRST;
                 }
                 Err(e) => {
                     conn = None;
                     how.metrics.notify_failures.inc();
-                    tracing::warn!(error = %e, logins = ids.len(), retry_in_ms = backoff.as_millis() as u64, "NOTIFY failed; the batch goes again with the next one");
-                    notifier.requeue(&ids);
+                    tracing::warn!(error = %e, logins = changes.len(), retry_in_ms = backoff.as_millis() as u64, "NOTIFY failed; the batch goes again with the next one");
+                    notifier.requeue(&changes);
                     went_out = false;
                     retry = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(RETRY_MAX);
@@ -251,9 +262,9 @@ const SEND_LIMIT: Duration = Duration::from_secs(2);
 async fn send(
     conn: &mut Option<PgConnection>,
     connect: &PgConnectOptions,
-    ids: &[Uuid],
+    changes: &[(Uuid, i32)],
 ) -> Result<(), sqlx::Error> {
-    let sent = tokio::time::timeout(SEND_LIMIT, send_now(conn, connect, ids)).await;
+    let sent = tokio::time::timeout(SEND_LIMIT, send_now(conn, connect, changes)).await;
     sent.unwrap_or_else(|_| {
         Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -265,7 +276,7 @@ async fn send(
 async fn send_now(
     conn: &mut Option<PgConnection>,
     connect: &PgConnectOptions,
-    ids: &[Uuid],
+    changes: &[(Uuid, i32)],
 ) -> Result<(), sqlx::Error> {
     if conn.is_none() {
         // a NOTIFY stores nothing, and a crash loses it whether it was flushed or not: its
@@ -279,12 +290,32 @@ async fn send_now(
         *conn = Some(fresh);
     }
     let conn = conn.as_mut().expect("connected above");
+    let (ids, seqs): (Vec<Uuid>, Vec<i32>) = changes.iter().copied().unzip();
+    // the payload `<login id> <event number>`: listeners learn which event it announces
     sqlx::query!(
-        "select pg_notify($1, id::text) from unnest($2::uuid[]) as id",
+        "select pg_notify($1, id::text || ' ' || seq) from unnest($2::uuid[], $3::int4[]) as t(id, seq)",
         CHANNEL,
-        ids
+        &ids,
+        &seqs
     )
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_queued_twice_goes_once_with_its_newest_event() {
+        let mut pending = Pending::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        pending.push(a, 3);
+        pending.push(b, 1);
+        pending.push(a, 2);
+        pending.push(a, 5);
+        assert_eq!(pending.ids, [a, b]);
+        assert_eq!((pending.queued[&a], pending.queued[&b]), (5, 1));
+    }
 }

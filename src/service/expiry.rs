@@ -76,7 +76,7 @@ pub async fn expire_due(state: &Context) -> Result<u64, sqlx::Error> {
         .await?;
         let announcement = moved
             .as_ref()
-            .map(|_| service::Announcement::new(state, item.login_id));
+            .map(|moved| service::Announcement::new(state, item.login_id, moved.seq));
         tx.commit().await?;
         if let Some(moved) = moved {
             moved.record(state);
@@ -102,7 +102,7 @@ async fn expire_approvals(state: &Context) -> Result<(), sqlx::Error> {
         if row.status != LoginStatus::Approved || status == LoginStatus::Approved {
             continue;
         }
-        changes::apply(
+        let seq = changes::apply(
             &mut tx,
             Change {
                 login_id,
@@ -119,7 +119,7 @@ async fn expire_approvals(state: &Context) -> Result<(), sqlx::Error> {
             },
         )
         .await?;
-        let announcement = service::Announcement::new(state, login_id);
+        let announcement = service::Announcement::new(state, login_id, seq);
         tx.commit().await?;
         announcement.send().await;
         tracing::info!(%login_id, "approval expired unredeemed");

@@ -248,7 +248,7 @@ async fn issue(
     let row = logins::find(&mut *tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
-    let announcement = Announcement::new(state, login_id);
+    let announcement = Announcement::new(state, login_id, row.event_seq);
     tx.commit().await?;
     reservation.settled();
     if let Some(moved) = ended {
@@ -310,7 +310,7 @@ pub async fn cancel(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
     let row = logins::find(&mut *tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
-    let announcement = Announcement::new(state, login_id);
+    let announcement = Announcement::new(state, login_id, row.event_seq);
     tx.commit().await?;
     if let Some(moved) = ended {
         moved.record(state);
@@ -362,7 +362,7 @@ pub async fn redeem(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
     let row = logins::find(&mut *tx, login_id)
         .await?
         .ok_or(ApiError::LoginNotFound)?;
-    let announcement = Announcement::new(state, login_id);
+    let announcement = Announcement::new(state, login_id, row.event_seq);
     tx.commit().await?;
     announcement.send().await;
     tracing::info!(%login_id, "login redeemed");
@@ -372,6 +372,8 @@ pub async fn redeem(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
 /// What a move did, for the caller's verdict and metrics.
 #[derive(Debug, Clone)]
 pub struct Moved {
+    /// The login's event number after the move.
+    pub seq: i32,
     pub attempt: AttemptStatus,
     pub login: LoginStatus,
     pub fail_reason: Option<String>,
@@ -452,7 +454,7 @@ pub async fn move_attempt(
     if let Some(tags) = &report.risk_tags {
         detail["risk_tags"] = json!(tags);
     }
-    changes::apply(
+    let seq = changes::apply(
         conn,
         Change {
             login_id: row.id,
@@ -480,6 +482,7 @@ pub async fn move_attempt(
     )
     .await?;
     Ok(Some(Moved {
+        seq,
         attempt: to,
         login,
         fail_reason: report.fail_reason.clone(),
@@ -601,22 +604,23 @@ pub async fn read_login(
 #[must_use = "an announcement is sent after the commit"]
 pub struct Announcement<'a> {
     state: &'a Context,
-    login_id: Option<Uuid>,
+    /// The login and the event number its change reached.
+    change: Option<(Uuid, i32)>,
 }
 
 impl<'a> Announcement<'a> {
-    pub fn new(state: &'a Context, login_id: Uuid) -> Self {
+    pub fn new(state: &'a Context, login_id: Uuid, event_seq: i32) -> Self {
         Self {
             state,
-            login_id: Some(login_id),
+            change: Some((login_id, event_seq)),
         }
     }
 
     pub async fn send(mut self) {
-        if let Some(login_id) = self.login_id {
-            self.state.notifier.notify(login_id).await;
-            self.state.hub.changed(login_id);
-            self.login_id = None;
+        if let Some((login_id, seq)) = self.change {
+            self.state.notifier.notify(login_id, seq).await;
+            self.state.hub.changed(login_id, Some(seq));
+            self.change = None;
         }
     }
 
@@ -627,9 +631,9 @@ impl<'a> Announcement<'a> {
     }
 
     fn queue_unsent(&mut self) {
-        if let Some(login_id) = self.login_id.take() {
-            self.state.notifier.enqueue(login_id);
-            self.state.hub.changed(login_id);
+        if let Some((login_id, seq)) = self.change.take() {
+            self.state.notifier.enqueue(login_id, seq);
+            self.state.hub.changed(login_id, Some(seq));
         }
     }
 }

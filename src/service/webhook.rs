@@ -104,8 +104,8 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
     let login_id = delivery.login_id;
     let announcement = change
         .as_ref()
-        .and(login_id)
-        .map(|login_id| service::Announcement::new(state, login_id));
+        .zip(login_id)
+        .map(|(moved, login_id)| service::Announcement::new(state, login_id, moved.seq));
     tx.commit().await?;
 
     let (delivery_id, verdict) = (delivery.id, delivery.verdict);
