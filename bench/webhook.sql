@@ -1,6 +1,6 @@
 -- pgbench reference for scenario 1: the SQL that one applied webhook causes in facepair
--- (src/service/webhook.rs, src/store/deliveries.rs, src/store/changes.rs), statement for
--- statement and round trip for round trip, against the same schema and data.
+-- (src/service/webhook.rs, src/store/deliveries.rs, src/store/changes.rs), round trip for
+-- round trip, against the same schema and data.
 -- Variables: rows (seeded attempts), notify (1 or 0).
 -- Every transaction takes the next pending attempt (the sequence bench_tokens), as every
 -- webhook facepair is sent is for another attempt: an attempt drawn at random would, as the
@@ -27,7 +27,9 @@ FROM logins l JOIN LATERAL (SELECT * FROM attempts WHERE login_id = l.id ORDER B
 WHERE l.id = :login_id;
 -- 4. the change: attempt, login, event, outbound event and the delivery (raw, with its
 -- verdict) in one statement
-WITH finished AS (
+WITH delivery AS (
+    SELECT gen_random_uuid() AS id
+), finished AS (
     UPDATE attempts SET status = 'succeeded', outcome_source = 'webhook', finished_at = now(), digit_string = NULL,
            idenfy_status = 'SUCCESS', fail_reason = NULL, risk_tags = '{}', idenfy_session_id = 'bench',
            client_id = 'BENCHCLIENT', phone_ip = '203.0.113.7', face_photo_url = NULL, network_match = 'different'
@@ -38,8 +40,8 @@ WITH finished AS (
     WHERE id = :login_id RETURNING id, event_seq, status
 ), event AS (
     INSERT INTO events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
-    SELECT id, event_seq, 'attempt_succeeded', 'webhook', status, :attempt_id, gen_random_uuid(),
-           '{"attempt_number": 1, "idenfy_status": "SUCCESS", "risk_tags": []}' FROM changed
+    SELECT changed.id, event_seq, 'attempt_succeeded', 'webhook', status, :attempt_id, delivery.id,
+           '{"attempt_number": 1, "idenfy_status": "SUCCESS", "risk_tags": []}' FROM changed, delivery
     RETURNING login_id, seq
 ), outbound AS (
     -- its public event (login.approved), for the feed and pushes
@@ -48,9 +50,10 @@ WITH finished AS (
 ), stored AS (
     INSERT INTO deliveries (id, body, body_sha256, content_type, event_type, signing_key_index, token, idenfy_status,
                             verdict, attempt_id, login_id, detail)
-    SELECT gen_random_uuid(), convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
+    SELECT delivery.id, convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
            'application/json', 'FACIAL_AUTHENTICATION', 0, :token::text, 'SUCCESS', 'applied', :attempt_id::uuid,
            :login_id::uuid, NULL
+    FROM delivery
 )
 SELECT seq FROM event;
 COMMIT;

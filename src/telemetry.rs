@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -346,24 +347,34 @@ pub fn write_access(
 }
 
 /// Writes every log line that is still on its way, for at most a second (before the process
-/// exits; logging stops).
+/// exits; logging stops). Skipped when the output has been stalled for 100 ms: its lines
+/// are lost either way, and the writer thread could not take the request to stop.
 pub fn flush() {
-    if let Some(output) = OUTPUT.get() {
-        drop(
-            output
-                .guard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+    let Some(output) = OUTPUT.get() else {
+        return;
+    };
+    let guard = output
+        .guard
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if output
+        .stderr
+        .stalled_for(std::time::Duration::from_millis(100))
+    {
+        // dropped, tracing-appender's guard would wait 100 ms, then print to stdout
+        std::mem::forget(guard);
+    } else {
+        drop(guard);
     }
 }
 
-/// Log lines dropped since the start because the log output stalled.
+/// Log lines dropped since the start: the queue was full (the output stalled), or their
+/// write failed.
 pub fn lines_dropped() -> u64 {
-    OUTPUT
-        .get()
-        .map_or(0, |o| o.writer.error_counter().dropped_lines() as u64)
+    OUTPUT.get().map_or(0, |o| {
+        o.writer.error_counter().dropped_lines() as u64 + o.stderr.failed.load(Ordering::Relaxed)
+    })
 }
 
 /// Lines waiting for a stalled output before new ones are dropped (about 1 MiB).
@@ -374,9 +385,71 @@ const BUFFERED_LINES: usize = 4096;
 struct Output {
     writer: NonBlocking,
     guard: std::sync::Mutex<Option<WorkerGuard>>,
+    stderr: Arc<Written>,
 }
 
 static OUTPUT: OnceLock<Output> = OnceLock::new();
+
+/// What the writer thread's [`Stderr`] tells the others.
+#[derive(Default)]
+struct Written {
+    /// Lines whose write failed.
+    failed: AtomicU64,
+    /// When the write in progress began (ms since the Unix epoch); 0 between writes.
+    writing_since_ms: AtomicU64,
+}
+
+impl Written {
+    fn stalled_for(&self, limit: std::time::Duration) -> bool {
+        let since = self.writing_since_ms.load(Ordering::Relaxed);
+        since != 0 && epoch_ms().saturating_sub(since) >= limit.as_millis() as u64
+    }
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
+/// stderr for the writer thread: lines gather until its queue is empty (or 64 KiB), then go
+/// in one write; the lines of a write that fails are counted.
+struct Stderr {
+    out: Box<dyn std::io::Write + Send>,
+    batch: Vec<u8>,
+    lines: u64,
+    written: Arc<Written>,
+}
+
+impl std::io::Write for Stderr {
+    /// tracing-appender's thread writes each line whole.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.batch.extend_from_slice(line);
+        self.lines += 1;
+        if self.batch.len() >= 64 << 10 {
+            self.flush()?;
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.written
+            .writing_since_ms
+            .store(epoch_ms(), Ordering::Relaxed);
+        if self.out.write_all(&self.batch).is_err() {
+            // how much of it went out is unknown: all of it counts as dropped
+            self.written.failed.fetch_add(self.lines, Ordering::Relaxed);
+        }
+        self.written.writing_since_ms.store(0, Ordering::Relaxed);
+        self.batch.clear();
+        self.batch.shrink_to(64 << 10);
+        self.lines = 0;
+        Ok(())
+    }
+}
 
 fn start_output() -> Option<NonBlocking> {
     let mut started = false;
@@ -390,15 +463,22 @@ fn start_output() -> Option<NonBlocking> {
                 Ok(fd) => Box::new(std::fs::File::from(fd)),
                 Err(_) => Box::new(std::io::stderr()),
             };
-        // buffered: the writer thread flushes whenever its queue empties
+        let written = Arc::new(Written::default());
+        let stderr = Stderr {
+            out,
+            batch: Vec::new(),
+            lines: 0,
+            written: written.clone(),
+        };
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(true)
             .buffered_lines_limit(BUFFERED_LINES)
             .thread_name("facepair-log")
-            .finish(std::io::BufWriter::new(out));
+            .finish(stderr);
         Output {
             writer,
             guard: std::sync::Mutex::new(Some(guard)),
+            stderr: written,
         }
     });
     if !started {
@@ -507,6 +587,65 @@ mod tests {
         let now = Timestamp::now();
         let read = chrono::DateTime::parse_from_rfc3339(now.as_str()).unwrap();
         assert!((chrono::Utc::now() - read.to_utc()).num_seconds().abs() < 2);
+    }
+
+    /// An output that takes nothing, or holds each write until told to go on.
+    struct Output(Option<std::sync::mpsc::Receiver<()>>);
+
+    impl std::io::Write for Output {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match &self.0 {
+                Some(go_on) => {
+                    let _ = go_on.recv();
+                    Ok(buf.len())
+                }
+                None => Err(std::io::ErrorKind::BrokenPipe.into()),
+            }
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn stderr(out: Output) -> (Stderr, Arc<Written>) {
+        let written = Arc::new(Written::default());
+        let stderr = Stderr {
+            out: Box::new(out),
+            batch: Vec::new(),
+            lines: 0,
+            written: written.clone(),
+        };
+        (stderr, written)
+    }
+
+    #[test]
+    fn lines_whose_write_fails_are_counted() {
+        let (mut out, written) = stderr(Output(None));
+        for _ in 0..3 {
+            out.write_all(b"a line\n").unwrap();
+        }
+        std::io::Write::flush(&mut out).unwrap();
+        assert_eq!(written.failed.load(Ordering::Relaxed), 3);
+        std::io::Write::flush(&mut out).unwrap();
+        assert_eq!(written.failed.load(Ordering::Relaxed), 3, "counted once");
+    }
+
+    #[test]
+    fn a_write_held_up_by_the_reader_shows_as_stalled() {
+        let (go_on, held) = std::sync::mpsc::channel();
+        let (mut out, written) = stderr(Output(Some(held)));
+        assert!(!written.stalled_for(std::time::Duration::ZERO));
+        let writer = std::thread::spawn(move || {
+            out.write_all(b"a line\n").unwrap();
+            std::io::Write::flush(&mut out).unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(written.stalled_for(std::time::Duration::from_millis(100)));
+        go_on.send(()).unwrap();
+        writer.join().unwrap();
+        assert!(!written.stalled_for(std::time::Duration::ZERO));
+        assert_eq!(written.failed.load(Ordering::Relaxed), 0);
     }
 
     #[test]

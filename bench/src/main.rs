@@ -117,6 +117,9 @@ async fn run(args: Args, batch: bool) -> anyhow::Result<()> {
     let admin = PgPool::connect(&args.database_url)
         .await
         .context("DATABASE_URL")?;
+    if !usage::reset_statements(&admin).await {
+        eprintln!("statements are not counted: PostgreSQL runs without pg_stat_statements");
+    }
     let app_url = recreate(&admin, &args.database_url, "facepair_bench").await?;
     let ref_url = recreate(&admin, &args.database_url, "facepair_bench_ref").await?;
     let app_db = PgPool::connect(&app_url).await?;

@@ -115,8 +115,8 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 pub struct Usage {
     pub cpu: Cpu,
     pub wal: Wal,
-    /// statements PostgreSQL ran, in every database (pg_stat_statements, which scripts/pg
-    /// loads; `None` without it)
+    /// statements PostgreSQL ran in the suite's databases (pg_stat_statements, which
+    /// scripts/pg loads; `None` without it)
     pub statements: Option<f64>,
 }
 
@@ -154,16 +154,29 @@ impl Usage {
     }
 }
 
-/// Statements run so far in every database; the few of the suite's own reads are noise.
+/// Statements run so far in the suite's two databases (facepair's, with its background work,
+/// and the reference's).
 async fn statements(admin: &PgPool) -> Option<f64> {
+    sqlx::query_scalar(
+        "select coalesce(sum(calls), 0)::float8 from pg_stat_statements s
+         join pg_database d on d.oid = s.dbid where d.datname like 'facepair_bench%'",
+    )
+    .fetch_one(admin)
+    .await
+    .ok()
+}
+
+/// Starts counting statements from zero, so entries of earlier runs (a test suite's hundreds
+/// of databases) do not crowd the suite's out of pg_stat_statements; `false` without it.
+pub async fn reset_statements(admin: &PgPool) -> bool {
     sqlx::query("create extension if not exists pg_stat_statements")
         .execute(admin)
         .await
-        .ok()?;
-    sqlx::query_scalar("select coalesce(sum(calls), 0)::float8 from pg_stat_statements")
-        .fetch_one(admin)
-        .await
-        .ok()
+        .is_ok()
+        && sqlx::query("select pg_stat_statements_reset()")
+            .execute(admin)
+            .await
+            .is_ok()
 }
 
 /// What PostgreSQL has written to its write-ahead log so far, from the log's position, and its
