@@ -669,7 +669,7 @@ impl Report<'_> {
         println!(
             "  {}",
             describe(
-                "stream lost to stream open again (includes the `retry:` wait of 3 s)",
+                "stream lost to stream open again (includes the `retry:` wait of 1-5 s)",
                 &mut resumes
             )
         );
