@@ -347,25 +347,25 @@ pub fn write_access(
 }
 
 /// Writes every log line that is still on its way, for at most a second (before the process
-/// exits; logging stops). Skipped when the output has been stalled for 100 ms: its lines
-/// are lost either way, and the writer thread could not take the request to stop.
+/// exits; logging stops). The writer thread is told to stop from a thread of its own, which a
+/// stalled output may hold: exit does not wait for it.
 pub fn flush() {
-    let Some(output) = OUTPUT.get() else {
+    let Some(guard) = OUTPUT
+        .get()
+        .and_then(|o| o.guard.lock().unwrap_or_else(|e| e.into_inner()).take())
+    else {
         return;
     };
-    let guard = output
-        .guard
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    if output
-        .stderr
-        .stalled_for(std::time::Duration::from_millis(100))
-    {
-        // dropped, tracing-appender's guard would wait 100 ms, then print to stdout
-        std::mem::forget(guard);
-    } else {
-        drop(guard);
+    let (done, finished) = std::sync::mpsc::channel();
+    let stopping = std::thread::Builder::new()
+        .name("facepair-log-stop".into())
+        .spawn(move || {
+            // waits up to 1.1 s for the writer thread to write what is queued
+            drop(guard);
+            let _ = done.send(());
+        });
+    if stopping.is_ok() {
+        let _ = finished.recv_timeout(std::time::Duration::from_millis(1500));
     }
 }
 
@@ -373,7 +373,7 @@ pub fn flush() {
 /// write failed.
 pub fn lines_dropped() -> u64 {
     OUTPUT.get().map_or(0, |o| {
-        o.writer.error_counter().dropped_lines() as u64 + o.stderr.failed.load(Ordering::Relaxed)
+        o.writer.error_counter().dropped_lines() as u64 + o.failed.load(Ordering::Relaxed)
     })
 }
 
@@ -385,47 +385,24 @@ const BUFFERED_LINES: usize = 4096;
 struct Output {
     writer: NonBlocking,
     guard: std::sync::Mutex<Option<WorkerGuard>>,
-    stderr: Arc<Written>,
+    /// Lines whose write failed.
+    failed: Arc<AtomicU64>,
 }
 
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 
-/// What the writer thread's [`Stderr`] tells the others.
-#[derive(Default)]
-struct Written {
-    /// Lines whose write failed.
-    failed: AtomicU64,
-    /// When the write in progress began (ms since the Unix epoch); 0 between writes.
-    writing_since_ms: AtomicU64,
-}
-
-impl Written {
-    fn stalled_for(&self, limit: std::time::Duration) -> bool {
-        let since = self.writing_since_ms.load(Ordering::Relaxed);
-        since != 0 && epoch_ms().saturating_sub(since) >= limit.as_millis() as u64
-    }
-}
-
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis() as u64)
-}
-
 /// stderr for the writer thread: lines gather until its queue is empty (or 64 KiB), then go
-/// in one write; the lines of a write that fails are counted.
+/// in one write; the lines a failed write did not finish are counted.
 struct Stderr {
     out: Box<dyn std::io::Write + Send>,
     batch: Vec<u8>,
-    lines: u64,
-    written: Arc<Written>,
+    failed: Arc<AtomicU64>,
 }
 
 impl std::io::Write for Stderr {
     /// tracing-appender's thread writes each line whole.
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         self.batch.extend_from_slice(line);
-        self.lines += 1;
         if self.batch.len() >= 64 << 10 {
             self.flush()?;
         }
@@ -433,20 +410,24 @@ impl std::io::Write for Stderr {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
+        let mut written = 0;
+        while written < self.batch.len() {
+            match self.out.write(&self.batch[written..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n,
+            }
         }
-        self.written
-            .writing_since_ms
-            .store(epoch_ms(), Ordering::Relaxed);
-        if self.out.write_all(&self.batch).is_err() {
-            // how much of it went out is unknown: all of it counts as dropped
-            self.written.failed.fetch_add(self.lines, Ordering::Relaxed);
+        let (done, lost) = self.batch.split_at(written);
+        if !lost.is_empty() {
+            let lost_lines = lost.iter().filter(|&&b| b == b'\n').count();
+            self.failed.fetch_add(lost_lines as u64, Ordering::Relaxed);
+            // a line cut short is ended, so the next one starts a line of its own
+            if done.last().is_some_and(|&b| b != b'\n') {
+                let _ = self.out.write_all(b"\n");
+            }
         }
-        self.written.writing_since_ms.store(0, Ordering::Relaxed);
         self.batch.clear();
         self.batch.shrink_to(64 << 10);
-        self.lines = 0;
         Ok(())
     }
 }
@@ -463,12 +444,11 @@ fn start_output() -> Option<NonBlocking> {
                 Ok(fd) => Box::new(std::fs::File::from(fd)),
                 Err(_) => Box::new(std::io::stderr()),
             };
-        let written = Arc::new(Written::default());
+        let failed = Arc::new(AtomicU64::new(0));
         let stderr = Stderr {
             out,
             batch: Vec::new(),
-            lines: 0,
-            written: written.clone(),
+            failed: failed.clone(),
         };
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(true)
@@ -478,7 +458,7 @@ fn start_output() -> Option<NonBlocking> {
         Output {
             writer,
             guard: std::sync::Mutex::new(Some(guard)),
-            stderr: written,
+            failed,
         }
     });
     if !started {
@@ -589,18 +569,21 @@ mod tests {
         assert!((chrono::Utc::now() - read.to_utc()).num_seconds().abs() < 2);
     }
 
-    /// An output that takes nothing, or holds each write until told to go on.
-    struct Output(Option<std::sync::mpsc::Receiver<()>>);
+    /// An output that takes `room` bytes, then fails every write.
+    struct Output {
+        room: usize,
+        taken: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
 
     impl std::io::Write for Output {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            match &self.0 {
-                Some(go_on) => {
-                    let _ = go_on.recv();
-                    Ok(buf.len())
-                }
-                None => Err(std::io::ErrorKind::BrokenPipe.into()),
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
             }
+            self.room -= n;
+            self.taken.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
         }
 
         fn flush(&mut self) -> std::io::Result<()> {
@@ -608,44 +591,32 @@ mod tests {
         }
     }
 
-    fn stderr(out: Output) -> (Stderr, Arc<Written>) {
-        let written = Arc::new(Written::default());
-        let stderr = Stderr {
-            out: Box::new(out),
-            batch: Vec::new(),
-            lines: 0,
-            written: written.clone(),
-        };
-        (stderr, written)
-    }
-
     #[test]
-    fn lines_whose_write_fails_are_counted() {
-        let (mut out, written) = stderr(Output(None));
-        for _ in 0..3 {
-            out.write_all(b"a line\n").unwrap();
+    fn lines_a_failed_write_did_not_finish_are_counted() {
+        let failed = Arc::new(AtomicU64::new(0));
+        let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // room for the first line and part of the second
+        let output = Output {
+            room: 12,
+            taken: taken.clone(),
+        };
+        let mut out = Stderr {
+            out: Box::new(output),
+            batch: Vec::new(),
+            failed: failed.clone(),
+        };
+        for line in [b"line one\n", b"line two\n", b"line 333\n"] {
+            out.write_all(line).unwrap();
         }
         std::io::Write::flush(&mut out).unwrap();
-        assert_eq!(written.failed.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            failed.load(Ordering::Relaxed),
+            2,
+            "the cut line and the next"
+        );
+        assert_eq!(&taken.lock().unwrap()[..], b"line one\nlin");
         std::io::Write::flush(&mut out).unwrap();
-        assert_eq!(written.failed.load(Ordering::Relaxed), 3, "counted once");
-    }
-
-    #[test]
-    fn a_write_held_up_by_the_reader_shows_as_stalled() {
-        let (go_on, held) = std::sync::mpsc::channel();
-        let (mut out, written) = stderr(Output(Some(held)));
-        assert!(!written.stalled_for(std::time::Duration::ZERO));
-        let writer = std::thread::spawn(move || {
-            out.write_all(b"a line\n").unwrap();
-            std::io::Write::flush(&mut out).unwrap();
-        });
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        assert!(written.stalled_for(std::time::Duration::from_millis(100)));
-        go_on.send(()).unwrap();
-        writer.join().unwrap();
-        assert!(!written.stalled_for(std::time::Duration::ZERO));
-        assert_eq!(written.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(failed.load(Ordering::Relaxed), 2, "counted once");
     }
 
     #[test]

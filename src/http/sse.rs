@@ -165,7 +165,7 @@ impl Stream {
                         _ = self.keep_alive.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
                         _ = self.state.shutdown.cancelled() => {
                             self.phase = Phase::Done;
-                            return Some(Bytes::from_static(b"retry: 1000\n: server shutting down, reconnect with Last-Event-ID\n\n"));
+                            return Some(Bytes::from(format!("retry: {}\n: server shutting down, reconnect with Last-Event-ID\n\n", retry_ms())));
                         }
                     }
                 }

@@ -90,10 +90,16 @@ impl Hub {
         }
     }
 
-    /// The newest event number of the login its subscribers were woken after, if one is known.
-    fn announced(&self, login_id: &Uuid) -> Option<i32> {
-        let logins = self.logins.lock().unwrap();
-        Some(logins.get(login_id)?.announced).filter(|&seq| seq > 0)
+    /// For a login followed here, the newest event number its subscribers are known to have
+    /// been woken after (0: none), never above `newest`, the number in the database: a number
+    /// above it (a forged NOTIFY, transactions a failover lost) is forgotten.
+    fn announced_at_most(&self, login_id: &Uuid, newest: i32) -> Option<i32> {
+        let mut logins = self.logins.lock().unwrap();
+        let followed = logins.get_mut(login_id)?;
+        if followed.announced > newest {
+            followed.announced = 0;
+        }
+        Some(followed.announced)
     }
 
     pub fn subscribers(&self) -> usize {
@@ -157,8 +163,8 @@ fn parse_payload(payload: &str) -> Option<(Uuid, Option<i32>)> {
 
 /// Wakes local subscribers of logins that changed unheard (a NOTIFY lost to a crash or a failed
 /// batch) and drops their cached rows: one query per period compares the newest event number of
-/// every login followed or cached here with the newest known to have been announced, seen by
-/// the last query, or cached.
+/// every login followed here with the newest a wake-up is known to have followed (announced,
+/// or woken by the last pass), and of every login cached here with its cached row's.
 pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,11 +186,13 @@ pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: Canc
             Ok(newest) => {
                 let mut now_seen = HashMap::with_capacity(newest.len());
                 for (login_id, seq) in newest {
-                    let known = hub
-                        .announced(&login_id)
-                        .max(seen.get(&login_id).copied())
-                        .or_else(|| hub.cache.event_seq(&login_id));
-                    if known.is_none_or(|known| known < seq) {
+                    let known = match hub.announced_at_most(&login_id, seq) {
+                        // followed: a wake-up after its commit, or the last pass's
+                        Some(announced) => announced.max(seen.get(&login_id).copied().unwrap_or(0)),
+                        // only cached: a row older than the database's is dropped
+                        None => hub.cache.event_seq(&login_id).unwrap_or(seq),
+                    };
+                    if known < seq {
                         hub.changed(login_id, Some(seq));
                     }
                     now_seen.insert(login_id, seq);

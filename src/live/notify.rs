@@ -33,9 +33,10 @@ pub struct Notifier {
 
 #[derive(Default)]
 struct Pending {
-    /// In the order they changed, each once, with the newest event number queued for it.
+    /// In the order they changed, each once, with the newest event number its changes are
+    /// known to have committed (none if one of them is not known to have committed).
     ids: Vec<Uuid>,
-    queued: HashMap<Uuid, i32>,
+    queued: HashMap<Uuid, Option<i32>>,
     /// The batch the pending ids will go out in.
     batch: u64,
     /// Someone waits for this batch: it goes out without gathering.
@@ -43,10 +44,11 @@ struct Pending {
 }
 
 impl Pending {
-    fn push(&mut self, id: Uuid, seq: i32) {
+    fn push(&mut self, id: Uuid, seq: Option<i32>) {
         match self.queued.entry(id) {
             std::collections::hash_map::Entry::Occupied(mut queued) => {
-                *queued.get_mut() = seq.max(*queued.get());
+                let merged = seq.zip(*queued.get()).map(|(a, b)| a.max(b));
+                *queued.get_mut() = merged;
             }
             std::collections::hash_map::Entry::Vacant(new) => {
                 new.insert(seq);
@@ -90,9 +92,10 @@ impl Notifier {
         (notifier, task)
     }
 
-    /// Resolves once a batch holding `login_id` (whose events reached `seq`) was sent, at once
-    /// rather than after the gathering; false if it could not be sent within a second.
-    pub async fn notify(&self, login_id: Uuid, seq: i32) -> bool {
+    /// Resolves once a batch holding `login_id` (whose committed events reached `seq`, if
+    /// known) was sent, at once rather than after the gathering; false if it could not be sent
+    /// within a second.
+    pub async fn notify(&self, login_id: Uuid, seq: Option<i32>) -> bool {
         let batch = self.add(login_id, seq, true);
         let mut sent = self.sent.clone();
         matches!(
@@ -102,11 +105,11 @@ impl Notifier {
     }
 
     /// Puts `login_id` in the next batch without waiting for it; returns the batch's number.
-    pub fn enqueue(&self, login_id: Uuid, seq: i32) -> u64 {
+    pub fn enqueue(&self, login_id: Uuid, seq: Option<i32>) -> u64 {
         self.add(login_id, seq, false)
     }
 
-    fn add(&self, login_id: Uuid, seq: i32, awaited: bool) -> u64 {
+    fn add(&self, login_id: Uuid, seq: Option<i32>, awaited: bool) -> u64 {
         let batch = {
             let mut pending = self.pending.lock().unwrap();
             pending.push(login_id, seq);
@@ -119,7 +122,7 @@ impl Notifier {
 
     /// Puts the logins of a batch that could not be sent back into the next one, up to
     /// [`REQUEUE_LIMIT`]; past it, the listeners' backstop finds them.
-    fn requeue(&self, changes: &[(Uuid, i32)]) {
+    fn requeue(&self, changes: &[(Uuid, Option<i32>)]) {
         let mut pending = self.pending.lock().unwrap();
         for &(id, seq) in changes {
             if pending.ids.len() >= REQUEUE_LIMIT {
@@ -133,7 +136,7 @@ impl Notifier {
         self.pending.lock().unwrap().awaited
     }
 
-    fn take(&self) -> (Vec<(Uuid, i32)>, u64) {
+    fn take(&self) -> (Vec<(Uuid, Option<i32>)>, u64) {
         let mut pending = self.pending.lock().unwrap();
         let batch = pending.batch;
         pending.batch += 1;
@@ -262,7 +265,7 @@ const SEND_LIMIT: Duration = Duration::from_secs(2);
 async fn send(
     conn: &mut Option<PgConnection>,
     connect: &PgConnectOptions,
-    changes: &[(Uuid, i32)],
+    changes: &[(Uuid, Option<i32>)],
 ) -> Result<(), sqlx::Error> {
     let sent = tokio::time::timeout(SEND_LIMIT, send_now(conn, connect, changes)).await;
     sent.unwrap_or_else(|_| {
@@ -276,7 +279,7 @@ async fn send(
 async fn send_now(
     conn: &mut Option<PgConnection>,
     connect: &PgConnectOptions,
-    changes: &[(Uuid, i32)],
+    changes: &[(Uuid, Option<i32>)],
 ) -> Result<(), sqlx::Error> {
     if conn.is_none() {
         // a NOTIFY stores nothing, and a crash loses it whether it was flushed or not: its
@@ -290,10 +293,14 @@ async fn send_now(
         *conn = Some(fresh);
     }
     let conn = conn.as_mut().expect("connected above");
-    let (ids, seqs): (Vec<Uuid>, Vec<i32>) = changes.iter().copied().unzip();
-    // the payload `<login id> <event number>`: listeners learn which event it announces
+    // event numbers start at 1: 0 stands for a number not known
+    let (ids, seqs): (Vec<Uuid>, Vec<i32>) = changes
+        .iter()
+        .map(|&(id, seq)| (id, seq.unwrap_or(0)))
+        .unzip();
+    // the payload `<login id> <event number>`, or the id alone where the number is not known
     sqlx::query!(
-        "select pg_notify($1, id::text || ' ' || seq) from unnest($2::uuid[], $3::int4[]) as t(id, seq)",
+        "select pg_notify($1, id::text || case when seq > 0 then ' ' || seq else '' end) from unnest($2::uuid[], $3::int4[]) as t(id, seq)",
         CHANNEL,
         &ids,
         &seqs
@@ -311,11 +318,19 @@ mod tests {
     fn a_login_queued_twice_goes_once_with_its_newest_event() {
         let mut pending = Pending::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        pending.push(a, 3);
-        pending.push(b, 1);
-        pending.push(a, 2);
-        pending.push(a, 5);
-        assert_eq!(pending.ids, [a, b]);
-        assert_eq!((pending.queued[&a], pending.queued[&b]), (5, 1));
+        let c = Uuid::now_v7();
+        pending.push(a, Some(3));
+        pending.push(b, Some(1));
+        pending.push(a, Some(2));
+        pending.push(a, Some(5));
+        // a change not known to have committed makes the login's number unknown
+        pending.push(c, Some(4));
+        pending.push(c, None);
+        pending.push(c, Some(6));
+        assert_eq!(pending.ids, [a, b, c]);
+        assert_eq!(
+            (pending.queued[&a], pending.queued[&b], pending.queued[&c]),
+            (Some(5), Some(1), None)
+        );
     }
 }

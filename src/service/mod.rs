@@ -604,7 +604,7 @@ pub async fn read_login(
 #[must_use = "an announcement is sent after the commit"]
 pub struct Announcement<'a> {
     state: &'a Context,
-    /// The login and the event number its change reached.
+    /// The login and the event number its change reaches once committed.
     change: Option<(Uuid, i32)>,
 }
 
@@ -616,31 +616,34 @@ impl<'a> Announcement<'a> {
         }
     }
 
+    /// Sends it (after the commit succeeded) and waits for the NOTIFY to go out.
     pub async fn send(mut self) {
         if let Some((login_id, seq)) = self.change {
-            self.state.notifier.notify(login_id, seq).await;
+            self.state.notifier.notify(login_id, Some(seq)).await;
             self.state.hub.changed(login_id, Some(seq));
             self.change = None;
         }
     }
 
-    /// Puts the login in the next NOTIFY and wakes this instance's subscribers, without
-    /// waiting for the NOTIFY to go out or hastening it.
+    /// Puts the login in the next NOTIFY (after the commit succeeded) and wakes this
+    /// instance's subscribers, without waiting for the NOTIFY to go out or hastening it.
     pub fn queue(mut self) {
-        self.queue_unsent();
-    }
-
-    fn queue_unsent(&mut self) {
         if let Some((login_id, seq)) = self.change.take() {
-            self.state.notifier.enqueue(login_id, seq);
+            self.state.notifier.enqueue(login_id, Some(seq));
             self.state.hub.changed(login_id, Some(seq));
         }
     }
 }
 
 impl Drop for Announcement<'_> {
+    /// Unsent: the commit failed or was abandoned, perhaps after committing (or the caller
+    /// left while the NOTIFY was on its way). The change is announced without its event
+    /// number, which it may never have reached.
     fn drop(&mut self) {
-        self.queue_unsent();
+        if let Some((login_id, _)) = self.change.take() {
+            self.state.notifier.enqueue(login_id, None);
+            self.state.hub.changed(login_id, None);
+        }
     }
 }
 

@@ -214,7 +214,8 @@ async fn fan_out_across_instances_and_resume_after_one_dies(pool: PgPool) {
     // B stops: its stream closes with a reconnect hint
     b.stop().await;
     assert!(on_b.next(WAIT).await.is_none());
-    assert_eq!(on_b.retry_hints.last(), Some(&1000));
+    let hint = *on_b.retry_hints.last().unwrap();
+    assert!((1000..5000).contains(&hint), "{hint}");
 
     // meanwhile more happens, on A
     let second: Value = a
@@ -459,7 +460,9 @@ async fn a_change_whose_request_was_dropped_is_still_announced(pool: PgPool) {
         .await
         .expect("the NOTIFY goes out")
         .unwrap();
-    assert_eq!(heard.payload(), format!("{id} 1"));
+    // dropped unsent (its commit failed or was abandoned): the id alone, without the event
+    // number the change may never have reached
+    assert_eq!(heard.payload(), id.to_string());
 }
 
 /// A login just created, and an instance that hears no NOTIFY at all (a hub without a
@@ -506,14 +509,16 @@ async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
     let mut subscription = hub.subscribe(id);
     let period = Duration::from_millis(100);
     let _backstop = start_backstop(&hub, &pool, period);
-    // nothing changed since the row was cached: nothing to announce
+    // a login newly followed may be woken once by the first pass (nothing tells it what its
+    // subscriber read); after that, an unchanged login is left alone
+    tokio::time::sleep(period * 3).await;
+    let _ = tokio::time::timeout(Duration::ZERO, subscription.changed()).await;
     assert!(
         tokio::time::timeout(period * 6, subscription.changed())
             .await
             .is_err(),
         "an unchanged login was announced"
     );
-    assert!(hub.cache.get(&id).is_some());
 
     // the hub hears of no NOTIFY: only the backstop can tell it
     assert_eq!(
@@ -541,8 +546,10 @@ async fn the_backstop_leaves_alone_a_change_whose_notify_came(pool: PgPool) {
     let mut subscription = hub.subscribe(id);
     let period = Duration::from_millis(100);
     let _backstop = start_backstop(&hub, &pool, period);
-    // the backstop's first pass: it knows the login as it is
+    // the backstop's first passes: it knows the login as it is (and may have woken its new
+    // subscriber once)
     tokio::time::sleep(period * 3).await;
+    let _ = tokio::time::timeout(Duration::ZERO, subscription.changed()).await;
     assert_eq!(
         app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
         200
@@ -563,6 +570,30 @@ async fn the_backstop_leaves_alone_a_change_whose_notify_came(pool: PgPool) {
             .is_err(),
         "the backstop announced a change its NOTIFY had announced"
     );
+}
+
+/// A number announced that the database never reached (a forged NOTIFY, or transactions a
+/// failover lost) does not blind the backstop to the real change that reaches it.
+#[sqlx::test]
+async fn the_backstop_forgets_a_number_the_database_has_not_reached(pool: PgPool) {
+    let (app, id, hub) = deaf_instance_with_a_login(&pool).await;
+    let mut subscription = hub.subscribe(id);
+    let period = Duration::from_millis(100);
+    hub.changed(id, Some(99));
+    tokio::time::timeout(period, subscription.changed())
+        .await
+        .unwrap();
+    let _backstop = start_backstop(&hub, &pool, period);
+    tokio::time::sleep(period * 3).await;
+    let _ = tokio::time::timeout(Duration::ZERO, subscription.changed()).await;
+    // the hub hears of no NOTIFY for the real change
+    assert_eq!(
+        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
+        200
+    );
+    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
+        .await
+        .expect("the backstop announces the change");
 }
 
 /// With no one waiting, a cached row is still dropped when its NOTIFY never came: plain polls
@@ -689,10 +720,10 @@ impl Gathering {
     /// gathers; returns that change.
     async fn queue_behind_a_batch(&mut self) -> uuid::Uuid {
         let first = uuid::Uuid::now_v7();
-        assert!(self.notifier.notify(first, 1).await);
+        assert!(self.notifier.notify(first, Some(1)).await);
         assert_eq!(heard(&mut self.listener, 1).await, [payload(first)]);
         let queued = uuid::Uuid::now_v7();
-        self.notifier.enqueue(queued, 1);
+        self.notifier.enqueue(queued, Some(1));
         let early = tokio::time::timeout(Duration::from_millis(300), self.listener.recv()).await;
         assert!(
             early.is_err(),
@@ -712,7 +743,7 @@ async fn queued_changes_gather_until_a_change_is_awaited(pool: PgPool) {
 
     // answered as sent, not after notify() gives up waiting
     let awaited = uuid::Uuid::now_v7();
-    assert!(g.notifier.notify(awaited, 1).await);
+    assert!(g.notifier.notify(awaited, Some(1)).await);
     assert_eq!(
         heard(&mut g.listener, 2).await,
         [payload(queued), payload(awaited)]
@@ -722,7 +753,7 @@ async fn queued_changes_gather_until_a_change_is_awaited(pool: PgPool) {
 
     // a notifier stopping while changes gather sends them before it ends
     let gathering = uuid::Uuid::now_v7();
-    g.notifier.enqueue(gathering, 1);
+    g.notifier.enqueue(gathering, Some(1));
     g.stop.cancel();
     tokio::time::timeout(WAIT, g.task)
         .await
@@ -742,7 +773,7 @@ async fn a_stopping_instance_sends_what_it_gathered(pool: PgPool) {
     g.hurry.cancel();
     assert_eq!(heard(&mut g.listener, 1).await, [payload(gathered)]);
     let later = uuid::Uuid::now_v7();
-    g.notifier.enqueue(later, 1);
+    g.notifier.enqueue(later, Some(1));
     assert_eq!(heard(&mut g.listener, 1).await, [payload(later)]);
     // the listener may hear a batch before its sender has read PostgreSQL's answer and
     // counted it: the counters are read once the sender ended

@@ -38,13 +38,13 @@ async fn health(pool: PgPool) {
         .execute(&mut other)
         .await
         .unwrap();
-    sqlx::query(
-        "select pg_terminate_backend(pid) from pg_stat_activity
-         where datname = current_database() and pid <> pg_backend_pid()",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    // also from the other connection: the test's pool may hand out a new connection (one it
+    // just used is still being returned), which the database now refuses
+    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
+        .bind(&database)
+        .execute(&mut other)
+        .await
+        .unwrap();
     // every worker answers for itself: ask more often than there are workers
     for _ in 0..4 {
         let response = app.http.get(app.url("/health/ready")).send().await.unwrap();

@@ -743,4 +743,38 @@ async fn a_stalled_log_reader_holds_up_no_request(pool: PgPool) {
     .await
     .expect("the count was logged once the reader read again");
     assert!(logged >= seen, "{logged} logged, {seen} seen on /metrics");
+
+    // the reader stalls again until more lines are dropped: a stop does not wait on it
+    let stalled_at = dropped(&metrics_text(&http, &base).await);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while dropped(&metrics_text(&http, &base).await) <= stalled_at {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line dropped in 60 s"
+        );
+        for _ in 0..200 {
+            let _ = http.get(format!("{base}/health/live")).send().await;
+        }
+    }
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("facepair stopped within 15 s with its log reader stalled");
+    assert!(stopped.unwrap().success());
+    drop(lines);
+}
+
+async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answered within 2 s")
+        .text()
+        .await
+        .unwrap()
 }

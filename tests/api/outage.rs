@@ -309,7 +309,8 @@ async fn graceful_shutdown_under_load(pool: PgPool) {
     }
     // the stream was closed with a reconnect hint
     while sse.next(Duration::from_secs(5)).await.is_some() {}
-    assert_eq!(sse.retry_hints.last(), Some(&1000));
+    let hint = *sse.retry_hints.last().unwrap();
+    assert!((1000..5000).contains(&hint), "{hint}");
     let accepted = accepted.load(Ordering::SeqCst) as i64;
     let committed = count("select count(*) from deliveries where verdict = 'applied'").await;
     assert_eq!(
