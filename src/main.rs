@@ -165,7 +165,10 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("facepair: {}", facepair::error::error_chain(e.as_ref()));
+            facepair::telemetry::last_words(format!(
+                "facepair: {}",
+                facepair::error::error_chain(e.as_ref())
+            ));
             ExitCode::FAILURE
         }
     }

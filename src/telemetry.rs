@@ -369,6 +369,19 @@ pub fn flush() {
     }
 }
 
+/// Writes a process's last line (its error) to stderr, waiting a second at most: a stalled
+/// stderr does not hold up exit, and one that is gone is ignored.
+pub fn last_words(line: String) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let writing = std::thread::Builder::new().spawn(move || {
+        let _ = writeln!(std::io::stderr(), "{line}");
+        let _ = done.send(());
+    });
+    if writing.is_ok() {
+        let _ = finished.recv_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
 /// Log lines dropped since the start: the queue was full (the output stalled), or their
 /// write failed.
 pub fn lines_dropped() -> u64 {
@@ -413,8 +426,9 @@ impl std::io::Write for Stderr {
         let mut written = 0;
         while written < self.batch.len() {
             match self.out.write(&self.batch[written..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => written += n,
+                Ok(n) if n > 0 => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => break,
             }
         }
         let (done, lost) = self.batch.split_at(written);

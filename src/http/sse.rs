@@ -228,3 +228,13 @@ impl Stream {
         Ok(Some(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retry_hints_are_spread_over_one_to_five_seconds() {
+        let hints: std::collections::HashSet<u32> = (0..200).map(|_| super::retry_ms()).collect();
+        assert!(hints.iter().all(|h| (1000..5000).contains(h)), "{hints:?}");
+        assert!(hints.len() > 50, "{} distinct hints", hints.len());
+    }
+}

@@ -90,16 +90,20 @@ impl Hub {
         }
     }
 
-    /// For a login followed here, the newest event number its subscribers are known to have
-    /// been woken after (0: none), never above `newest`, the number in the database: a number
-    /// above it (a forged NOTIFY, transactions a failover lost) is forgotten.
-    fn announced_at_most(&self, login_id: &Uuid, newest: i32) -> Option<i32> {
-        let mut logins = self.logins.lock().unwrap();
-        let followed = logins.get_mut(login_id)?;
-        if followed.announced > newest {
+    /// The followed logins and the newest event number each one's subscribers are known to have
+    /// been woken after (0: none).
+    fn announced(&self) -> HashMap<Uuid, i32> {
+        let logins = self.logins.lock().unwrap();
+        logins.iter().map(|(id, f)| (*id, f.announced)).collect()
+    }
+
+    /// Forgets the number announced for a login if it is still `number`.
+    fn forget_announced(&self, login_id: &Uuid, number: i32) {
+        if let Some(followed) = self.logins.lock().unwrap().get_mut(login_id)
+            && followed.announced == number
+        {
             followed.announced = 0;
         }
-        Some(followed.announced)
     }
 
     pub fn subscribers(&self) -> usize {
@@ -174,7 +178,9 @@ pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: Canc
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut ids: Vec<Uuid> = hub.logins.lock().unwrap().keys().copied().collect();
+        // what was announced before the query reads the database committed before it
+        let announced = hub.announced();
+        let mut ids: Vec<Uuid> = announced.keys().copied().collect();
         ids.extend(hub.cache.ids());
         ids.sort_unstable();
         ids.dedup();
@@ -186,13 +192,23 @@ pub async fn backstop(hub: Hub, pool: sqlx::PgPool, period: Duration, stop: Canc
             Ok(newest) => {
                 let mut now_seen = HashMap::with_capacity(newest.len());
                 for (login_id, seq) in newest {
-                    let known = match hub.announced_at_most(&login_id, seq) {
+                    let stale = match announced.get(&login_id) {
                         // followed: a wake-up after its commit, or the last pass's
-                        Some(announced) => announced.max(seen.get(&login_id).copied().unwrap_or(0)),
-                        // only cached: a row older than the database's is dropped
-                        None => hub.cache.event_seq(&login_id).unwrap_or(seq),
+                        Some(&number) => {
+                            // above the database yet announced before the query: never
+                            // committed (a forged NOTIFY, transactions a failover lost)
+                            let number = if number > seq {
+                                hub.forget_announced(&login_id, number);
+                                0
+                            } else {
+                                number
+                            };
+                            number.max(seen.get(&login_id).copied().unwrap_or(0)) < seq
+                        }
+                        // only cached: a row other than the database's is dropped
+                        None => hub.cache.event_seq(&login_id).is_some_and(|c| c != seq),
                     };
-                    if known < seq {
+                    if stale {
                         hub.changed(login_id, Some(seq));
                     }
                     now_seen.insert(login_id, seq);

@@ -509,10 +509,11 @@ async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
     let mut subscription = hub.subscribe(id);
     let period = Duration::from_millis(100);
     let _backstop = start_backstop(&hub, &pool, period);
-    // a login newly followed may be woken once by the first pass (nothing tells it what its
+    // a login newly followed is woken once by the first pass (nothing tells it what its
     // subscriber read); after that, an unchanged login is left alone
-    tokio::time::sleep(period * 3).await;
-    let _ = tokio::time::timeout(Duration::ZERO, subscription.changed()).await;
+    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
+        .await
+        .expect("the first pass wakes a login newly followed");
     assert!(
         tokio::time::timeout(period * 6, subscription.changed())
             .await
@@ -545,11 +546,13 @@ async fn the_backstop_leaves_alone_a_change_whose_notify_came(pool: PgPool) {
     let (app, id, hub) = deaf_instance_with_a_login(&pool).await;
     let mut subscription = hub.subscribe(id);
     let period = Duration::from_millis(100);
-    let _backstop = start_backstop(&hub, &pool, period);
-    // the backstop's first passes: it knows the login as it is (and may have woken its new
-    // subscriber once)
-    tokio::time::sleep(period * 3).await;
-    let _ = tokio::time::timeout(Duration::ZERO, subscription.changed()).await;
+    let backstop = start_backstop(&hub, &pool, period);
+    // the backstop's first pass: it wakes the new subscriber once, then knows the login
+    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
+        .await
+        .expect("the first pass wakes a login newly followed");
+    // stopped while the change and its NOTIFY happen, so that no pass runs between the two
+    drop(backstop);
     assert_eq!(
         app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
         200
@@ -564,6 +567,9 @@ async fn the_backstop_leaves_alone_a_change_whose_notify_came(pool: PgPool) {
     tokio::time::timeout(period, subscription.changed())
         .await
         .expect("the NOTIFY wakes the subscriber");
+    // a backstop that starts afresh, with no pass of its own before: the announced number
+    // alone tells it the subscriber was woken
+    let _backstop = start_backstop(&hub, &pool, period);
     assert!(
         tokio::time::timeout(period * 6, subscription.changed())
             .await
@@ -584,8 +590,10 @@ async fn the_backstop_forgets_a_number_the_database_has_not_reached(pool: PgPool
         .await
         .unwrap();
     let _backstop = start_backstop(&hub, &pool, period);
-    tokio::time::sleep(period * 3).await;
-    let _ = tokio::time::timeout(Duration::ZERO, subscription.changed()).await;
+    // the first pass forgets 99, which the database never reached, and wakes the subscriber
+    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
+        .await
+        .expect("the first pass wakes a login newly followed");
     // the hub hears of no NOTIFY for the real change
     assert_eq!(
         app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
