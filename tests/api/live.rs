@@ -500,6 +500,22 @@ fn start_backstop(
     stop.drop_guard()
 }
 
+/// Waits for the subscription's next wake-up, for at most `within`.
+async fn woken(subscription: &mut facepair::live::Subscription, within: Duration, what: &str) {
+    if tokio::time::timeout(within, subscription.changed())
+        .await
+        .is_err()
+    {
+        panic!("{what}");
+    }
+}
+
+/// The subscription is not woken within `within`.
+async fn not_woken(subscription: &mut facepair::live::Subscription, within: Duration, what: &str) {
+    let woken = tokio::time::timeout(within, subscription.changed()).await;
+    assert!(woken.is_err(), "{what}");
+}
+
 /// A change whose NOTIFY never reached an instance (its writer died between commit and NOTIFY,
 /// or the batch was lost) still reaches the instance's waiting readers and cached rows through
 /// the backstop, found by the login's event sequence, and is announced once.
@@ -511,31 +527,37 @@ async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
     let _backstop = start_backstop(&hub, &pool, period);
     // a login newly followed is woken once by the first pass (nothing tells it what its
     // subscriber read); after that, an unchanged login is left alone
-    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
-        .await
-        .expect("the first pass wakes a login newly followed");
-    assert!(
-        tokio::time::timeout(period * 6, subscription.changed())
-            .await
-            .is_err(),
-        "an unchanged login was announced"
-    );
+    woken(
+        &mut subscription,
+        Duration::from_secs(3),
+        "the first pass wakes a login newly followed",
+    )
+    .await;
+    not_woken(
+        &mut subscription,
+        period * 6,
+        "an unchanged login was announced",
+    )
+    .await;
 
     // the hub hears of no NOTIFY: only the backstop can tell it
     assert_eq!(
         app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
         200
     );
-    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
-        .await
-        .expect("the backstop announces the change");
+    woken(
+        &mut subscription,
+        Duration::from_secs(3),
+        "the backstop announces the change",
+    )
+    .await;
     assert!(hub.cache.get(&id).is_none(), "the cached row is dropped");
-    assert!(
-        tokio::time::timeout(period * 6, subscription.changed())
-            .await
-            .is_err(),
-        "one change, announced more than once"
-    );
+    not_woken(
+        &mut subscription,
+        period * 6,
+        "one change, announced more than once",
+    )
+    .await;
 }
 
 /// A change whose NOTIFY came, naming the event it reached, is not announced again by the
@@ -548,9 +570,12 @@ async fn the_backstop_leaves_alone_a_change_whose_notify_came(pool: PgPool) {
     let period = Duration::from_millis(100);
     let backstop = start_backstop(&hub, &pool, period);
     // the backstop's first pass: it wakes the new subscriber once, then knows the login
-    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
-        .await
-        .expect("the first pass wakes a login newly followed");
+    woken(
+        &mut subscription,
+        Duration::from_secs(3),
+        "the first pass wakes a login newly followed",
+    )
+    .await;
     // stopped while the change and its NOTIFY happen, so that no pass runs between the two
     drop(backstop);
     assert_eq!(
@@ -564,18 +589,16 @@ async fn the_backstop_leaves_alone_a_change_whose_notify_came(pool: PgPool) {
         .unwrap();
     // what the listener does with the NOTIFY `<id> <seq>`
     hub.changed(id, Some(seq));
-    tokio::time::timeout(period, subscription.changed())
-        .await
-        .expect("the NOTIFY wakes the subscriber");
+    woken(&mut subscription, period, "the NOTIFY wakes the subscriber").await;
     // a backstop that starts afresh, with no pass of its own before: the announced number
     // alone tells it the subscriber was woken
     let _backstop = start_backstop(&hub, &pool, period);
-    assert!(
-        tokio::time::timeout(period * 6, subscription.changed())
-            .await
-            .is_err(),
-        "the backstop announced a change its NOTIFY had announced"
-    );
+    not_woken(
+        &mut subscription,
+        period * 6,
+        "the backstop announced a change its NOTIFY had announced",
+    )
+    .await;
 }
 
 /// A number announced that the database never reached (a forged NOTIFY, or transactions a
@@ -586,22 +609,31 @@ async fn the_backstop_forgets_a_number_the_database_has_not_reached(pool: PgPool
     let mut subscription = hub.subscribe(id);
     let period = Duration::from_millis(100);
     hub.changed(id, Some(99));
-    tokio::time::timeout(period, subscription.changed())
-        .await
-        .unwrap();
+    woken(
+        &mut subscription,
+        period,
+        "the announcement wakes the subscriber",
+    )
+    .await;
     let _backstop = start_backstop(&hub, &pool, period);
     // the first pass forgets 99, which the database never reached, and wakes the subscriber
-    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
-        .await
-        .expect("the first pass wakes a login newly followed");
+    woken(
+        &mut subscription,
+        Duration::from_secs(3),
+        "the first pass wakes a login newly followed",
+    )
+    .await;
     // the hub hears of no NOTIFY for the real change
     assert_eq!(
         app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
         200
     );
-    tokio::time::timeout(Duration::from_secs(3), subscription.changed())
-        .await
-        .expect("the backstop announces the change");
+    woken(
+        &mut subscription,
+        Duration::from_secs(3),
+        "the backstop announces the change",
+    )
+    .await;
 }
 
 /// With no one waiting, a cached row is still dropped when its NOTIFY never came: plain polls
