@@ -322,11 +322,16 @@ async fn events(database: DatabaseArgs, command: EventsCommand) -> anyhow::Resul
             }
         }
         EventsCommand::Replay { event_id, endpoint } => {
-            let n = events::replay(&pool, Some(event_id), None, endpoint.as_deref()).await?;
-            if n == 0 {
+            let done = events::replay(&pool, Some(event_id), None, endpoint.as_deref()).await?;
+            if done.queued + done.in_flight == 0 {
                 anyhow::bail!("no delivery of event {event_id} to replay");
             }
-            println!("{n} deliveries will be sent again");
+            println!("{}", events::render_replayed(done));
+            if done.queued == 0 {
+                anyhow::bail!(
+                    "event {event_id} is being pushed now; replay it once that push is recorded"
+                );
+            }
         }
         EventsCommand::Enable { url } => {
             if !events::enable_endpoint(&pool, &url).await? {
@@ -336,8 +341,8 @@ async fn events(database: DatabaseArgs, command: EventsCommand) -> anyhow::Resul
         }
         EventsCommand::ReplaySince { since, endpoint } => {
             let since = parse_since(&since).map_err(|e| anyhow::anyhow!("since: {e}"))?;
-            let n = events::replay(&pool, None, Some(since), endpoint.as_deref()).await?;
-            println!("{n} deliveries will be sent again");
+            let done = events::replay(&pool, None, Some(since), endpoint.as_deref()).await?;
+            println!("{}", events::render_replayed(done));
         }
     }
     Ok(())

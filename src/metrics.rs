@@ -223,7 +223,7 @@ impl Default for Metrics {
         let event_pushes = Family::default();
         registry.register(
             "facepair_event_pushes",
-            "Requests sent to event endpoints, by endpoint id and outcome (delivered, retry, failed, gone, skipped)",
+            "Requests sent to event endpoints, by endpoint id and outcome (delivered, retry, failed, gone, skipped; put_off: claimed but not sent, its try handed back)",
             event_pushes.clone(),
         );
         let event_push_latency = latency_histogram();

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use crate::store::outbound::{enable_endpoint, replay};
+pub use crate::store::outbound::{Replayed, enable_endpoint, replay};
 
 /// One event's delivery to one endpoint, as the view shows it.
 #[derive(Debug, Serialize)]
@@ -125,4 +125,17 @@ pub fn render_attempts(rows: &[AttemptLine]) -> String {
         }
     }
     out
+}
+
+/// What a replay did, in a line: deliveries being pushed at that moment are named, since
+/// they were left to that push rather than queued again.
+pub fn render_replayed(done: Replayed) -> String {
+    match done.in_flight {
+        0 => format!("{} deliveries will be sent again", done.queued),
+        n => format!(
+            "{} deliveries will be sent again; {n} being pushed right now were left to that push \
+             (`facepair events attempts <event id>` shows how it ended)",
+            done.queued
+        ),
+    }
 }

@@ -156,7 +156,7 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
     };
     let secrets: Arc<[WebhookSecret]> = events.secrets.clone().into();
     let urls: Vec<String> = events.endpoints.iter().map(|u| u.to_string()).collect();
-    let mut synced = false;
+    let mut confirmed: Option<Instant> = None;
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut per_endpoint: HashMap<Uuid, usize> = HashMap::new();
     let mut backlog_read = Instant::now() - Duration::from_secs(60);
@@ -172,8 +172,8 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
-                if !synced {
-                    synced = sync(&ctx, &urls).await;
+                if confirmed.is_none_or(|at| at.elapsed() >= CONFIRM_EVERY) && sync(&ctx, &urls).await {
+                    confirmed = Some(Instant::now());
                 }
                 if let Err(e) = sequence_all(&ctx, false).await {
                     tracing::warn!(error = %crate::error::error_chain(&e), "could not number new events");
@@ -244,6 +244,10 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
         in_flight.shutdown().await;
     }
 }
+
+/// How often an instance confirms its configured endpoints (and disables those nobody has
+/// confirmed for `store::UNCONFIRMED_AFTER_SECONDS`).
+const CONFIRM_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a stopping instance lets its pushes in flight finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -334,10 +338,11 @@ impl Push {
         }
         let row = match store::find(&self.ctx.pool, c.event_id).await {
             Ok(Some(row)) => row,
+            // removed by retention with its deliveries
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %crate::error::error_chain(&e), "could not read the event to push");
-                return;
+                return self.give_back(&c).await;
             }
         };
         let allow_private = self.ctx.settings.events.allow_private_http;
@@ -360,7 +365,8 @@ impl Push {
         if Instant::now() + self.ctx.settings.events.timeout + Duration::from_secs(1)
             > self.lease_ends
         {
-            return;
+            tracing::warn!("an event push was put off: too little of its lease was left");
+            return self.give_back(&c).await;
         }
         let body = serde_json::to_vec(&OutboundEvent::from(&row)).expect("events serialize");
         let id = row.id.to_string();
@@ -431,6 +437,18 @@ impl Push {
             tracing::info!(status = ?tried.status_code, error = ?tried.error, outcome, "an event push failed");
         }
         self.settle(&c, Some(&tried), next).await;
+    }
+
+    /// Hands the claim back untried (its try is not counted); the metric counts it.
+    async fn give_back(&self, c: &Claimed) {
+        self.ctx
+            .metrics
+            .event_push(&c.endpoint_id.to_string(), "put_off", None);
+        if let Err(e) =
+            store::give_back(&self.ctx.pool, c.endpoint_id, c.event_id, c.attempts).await
+        {
+            tracing::warn!(error = %crate::error::error_chain(&e), "could not hand back an event push; it is tried again when its lease ends");
+        }
     }
 
     /// An API endpoint's own secrets, else the configured ones.

@@ -83,42 +83,59 @@ pub struct OutboundRow {
 }
 
 /// Numbered events after `position`, in order, only `types` when given; and the highest
-/// position numbered, read in the same snapshot (every lower one is committed with it).
+/// position numbered, read by the same statement (so in one snapshot: every lower one is
+/// committed with it).
 pub async fn after(
     conn: &PgPool,
     position: i64,
     types: Option<&[String]>,
     limit: i64,
 ) -> Result<(Vec<OutboundRow>, i64), sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    sqlx::query!("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
-        .await?;
-    let top =
-        sqlx::query_scalar!(r#"select coalesce(max(position), 0) as "top!" from outbound_events"#)
-            .fetch_one(&mut *tx)
-            .await?;
-    let rows = sqlx::query_as!(
-        OutboundRow,
+    let found = sqlx::query!(
         r#"
-        select o.id, o.position as "position!", o.type as "kind: EventType", o.login_id, o.seq,
-               e.created_at, e.kind as "event_kind: EventKind",
-               e.login_status as "login_status: LoginStatus", e.attempt_id,
-               a.number as "attempt_number?", a.fail_reason as "fail_reason?"
-        from outbound_events o
-        join events e on e.login_id = o.login_id and e.seq = o.seq
-        left join attempts a on a.id = e.attempt_id
-        where o.position > $1 and ($2::text[] is null or o.type = any($2))
-        order by o.position
-        limit $3
+        select t.top as "top!", p.id as "id?", p.position as "position?",
+               p.type as "kind?: EventType", p.login_id as "login_id?", p.seq as "seq?",
+               p.created_at as "created_at?", p.kind as "event_kind?: EventKind",
+               p.login_status as "login_status?: LoginStatus", p.attempt_id,
+               p.number as "attempt_number?", p.fail_reason as "fail_reason?"
+        from (select coalesce(max(position), 0) as top from outbound_events) t
+        left join lateral (
+            select o.id, o.position, o.type, o.login_id, o.seq, e.created_at, e.kind,
+                   e.login_status, e.attempt_id, a.number, a.fail_reason
+            from outbound_events o
+            join events e on e.login_id = o.login_id and e.seq = o.seq
+            left join attempts a on a.id = e.attempt_id
+            where o.position > $1 and ($2::text[] is null or o.type = any($2))
+            order by o.position
+            limit $3
+        ) p on true
+        order by p.position
         "#,
         position,
         types,
         limit
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(conn)
     .await?;
-    tx.commit().await?;
+    let top = found.first().map_or(0, |r| r.top);
+    let rows = found
+        .into_iter()
+        .filter_map(|r| {
+            Some(OutboundRow {
+                id: r.id?,
+                position: r.position?,
+                kind: r.kind?,
+                login_id: r.login_id?,
+                seq: r.seq?,
+                created_at: r.created_at?,
+                event_kind: r.event_kind?,
+                login_status: r.login_status?,
+                attempt_id: r.attempt_id,
+                attempt_number: r.attempt_number,
+                fail_reason: r.fail_reason,
+            })
+        })
+        .collect();
     Ok((rows, top))
 }
 
@@ -149,10 +166,14 @@ pub async fn find(
 /// delivery is tried.
 const ENDPOINT_PAUSE_SECONDS: f64 = 60.0;
 
-/// Makes the configured endpoints exist: new ones enabled, one configured again after it was
-/// dropped enabled again, one disabled by a 410 still disabled. One no longer configured here
-/// is left alone (another instance, mid-deploy, may still have it): disabling it is the
-/// operator's call (`POST /v1/event-endpoints/{id}/disable`).
+/// How long a configured endpoint stays enabled without an instance confirming it: well
+/// over the confirmation interval, so a deploy's old and new instances can overlap.
+pub const UNCONFIRMED_AFTER_SECONDS: f64 = 600.0;
+
+/// Confirms this instance's configured endpoints: new ones enabled, one configured again after
+/// it was dropped enabled again, one disabled by a 410 still disabled. A configured endpoint no
+/// instance has confirmed for [`UNCONFIRMED_AFTER_SECONDS`] is disabled as no longer
+/// configured, so no event is queued for it that nobody would send.
 pub async fn sync_configured(
     conn: &mut PgConnection,
     urls: &[String],
@@ -160,17 +181,24 @@ pub async fn sync_configured(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
-        insert into event_endpoints (url, origin, types)
-        select u, 'config', $2 from unnest($1::text[]) as u
-        on conflict (url) do update
-        set origin = 'config', types = excluded.types, secrets = null,
-            disabled_at = case when event_endpoints.disabled_reason = 'no longer configured'
-                               then null else event_endpoints.disabled_at end,
-            disabled_reason = case when event_endpoints.disabled_reason = 'no longer configured'
-                                   then null else event_endpoints.disabled_reason end
+        with confirmed as (
+            insert into event_endpoints (url, origin, types)
+            select u, 'config', $2 from unnest($1::text[]) as u
+            on conflict (url) do update
+            set origin = 'config', types = excluded.types, secrets = null, confirmed_at = now(),
+                disabled_at = case when event_endpoints.disabled_reason = 'no longer configured'
+                                   then null else event_endpoints.disabled_at end,
+                disabled_reason = case when event_endpoints.disabled_reason = 'no longer configured'
+                                       then null else event_endpoints.disabled_reason end
+        )
+        update event_endpoints
+        set disabled_at = now(), disabled_reason = 'no longer configured'
+        where origin = 'config' and disabled_at is null and url <> all($1::text[])
+          and confirmed_at < now() - make_interval(secs => $3)
         "#,
         urls,
-        types
+        types,
+        UNCONFIRMED_AFTER_SECONDS
     )
     .execute(&mut *conn)
     .await?;
@@ -387,40 +415,82 @@ pub async fn settle(
     tx.commit().await
 }
 
+/// Ends the lease of claim number `claimed` without a try: nothing was sent, so the claim's
+/// count is taken back and the delivery is due again at once.
+pub async fn give_back(
+    pool: &PgPool,
+    endpoint_id: Uuid,
+    event_id: Uuid,
+    claimed: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        update event_deliveries set attempts = attempts - 1, leased_until = null
+        where endpoint_id = $1 and event_id = $2 and attempts = $3 and state = 'pending'
+        "#,
+        endpoint_id,
+        event_id,
+        claimed
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// What [`replay`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replayed {
+    /// Deliveries queued to be sent now.
+    pub queued: i64,
+    /// Deliveries being pushed right now, left to that push (its outcome is recorded).
+    pub in_flight: i64,
+}
+
 /// Queues events to be sent now (`event` alone, or every one written since `since`) to every
 /// enabled endpoint that takes their type, or to the one with `endpoint_url`: deliveries that
 /// exist go back to pending, missing ones (an endpoint added or disabled meanwhile) are
-/// added. Event ids stay the same. Returns how many.
+/// added. Event ids stay the same.
 pub async fn replay(
     conn: impl sqlx::PgExecutor<'_>,
     event: Option<Uuid>,
     since: Option<DateTime<Utc>>,
     endpoint_url: Option<&str>,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
+) -> Result<Replayed, sqlx::Error> {
+    let row = sqlx::query!(
         r#"
-        insert into event_deliveries (endpoint_id, event_id, login_id, position)
-        select e.id, o.id, o.login_id, o.position
-        from outbound_events o
-        join event_endpoints e on e.disabled_at is null and (e.types is null or o.type = any(e.types))
-        where o.position is not null
-          and ($1::uuid is null or o.id = $1)
-          and ($2::timestamptz is null or o.created_at >= $2)
-          and ($3::text is null or e.url = $3)
-        on conflict (endpoint_id, event_id) do update
-        set state = 'pending', next_attempt_at = now(), leased_until = null, finished_at = null,
-            -- a finished one starts its schedule again; one being pushed now is left to it
-            attempts = case when event_deliveries.state = 'pending' then event_deliveries.attempts
-                            else 0 end
-        where event_deliveries.leased_until is null or event_deliveries.leased_until < now()
+        with matching as (
+            select e.id as endpoint_id, o.id as event_id, o.login_id, o.position
+            from outbound_events o
+            join event_endpoints e
+              on e.disabled_at is null and (e.types is null or o.type = any(e.types))
+            where o.position is not null
+              and ($1::uuid is null or o.id = $1)
+              and ($2::timestamptz is null or o.created_at >= $2)
+              and ($3::text is null or e.url = $3)
+        ), queued as (
+            insert into event_deliveries (endpoint_id, event_id, login_id, position)
+            select endpoint_id, event_id, login_id, position from matching
+            on conflict (endpoint_id, event_id) do update
+            set state = 'pending', next_attempt_at = now(), leased_until = null, finished_at = null,
+                -- a finished one starts its schedule again; one being pushed now is left to it
+                attempts = case when event_deliveries.state = 'pending'
+                                then event_deliveries.attempts else 0 end
+            where event_deliveries.leased_until is null or event_deliveries.leased_until < now()
+            returning 1
+        )
+        select (select count(*) from queued) as "queued!",
+               (select count(*) from matching) as "matching!"
         "#,
         event,
         since,
         endpoint_url
     )
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(Replayed {
+        queued: row.queued,
+        in_flight: row.matching - row.queued,
+    })
 }
 
 /// Enables the endpoint with `url` again (after a 410, or disabled by the platform), its

@@ -632,6 +632,134 @@ async fn a_hanging_receiver_delays_no_other_endpoint(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(answered, 0);
+
+    // a replay leaves the 8 pushes in flight to themselves, and says so
+    let hang_url = format!("{}/hooks", hang_server.uri());
+    app.eventually(Duration::from_secs(10), || async {
+        app.count(&format!(
+            "select count(*) from event_deliveries d join event_endpoints e on e.id = d.endpoint_id
+             where e.url = '{hang_url}' and d.leased_until > now()"
+        ))
+        .await
+            == 8
+    })
+    .await;
+    let cli = |args: &[&str]| crate::ops_tools::cli(&app.pool, args);
+    let said = cli(&["events", "replay-since", "1h", "--endpoint", &hang_url]);
+    assert!(
+        said.starts_with("12 deliveries will be sent again; 8 being pushed right now"),
+        "{said}"
+    );
+}
+
+/// A configured endpoint that no instance confirms any more is disabled ten minutes after
+/// the last confirmation, and nothing more is queued for it; one another instance confirmed
+/// lately (mid-deploy) stays; configured again, the first is enabled again.
+#[sqlx::test]
+async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
+    const REMOVED: &str = "https://removed.example/hooks";
+    const ELSEWHERE: &str = "https://mid-deploy.example/hooks";
+    sqlx::query(
+        "insert into event_endpoints (url, origin, confirmed_at)
+         values ($1, 'config', now() - interval '11 minutes'),
+                ($2, 'config', now() - interval '2 minutes')",
+    )
+    .bind(REMOVED)
+    .bind(ELSEWHERE)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let receiver = Receiver::ok();
+    let server = receiver.start().await;
+    let app = TestApp::spawn_with(pool, pushing_to(&[&server])).await;
+    app.eventually(Duration::from_secs(10), || async {
+        app.count("select count(*) from event_endpoints where disabled_at is not null")
+            .await
+            == 1
+    })
+    .await;
+    let (url, reason): (String, String) = sqlx::query_as(
+        "select url, disabled_reason from event_endpoints where disabled_at is not null",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (url.as_str(), reason.as_str()),
+        (REMOVED, "no longer configured")
+    );
+
+    app.mock_eligible().await;
+    app.login().await;
+    app.eventually(Duration::from_secs(10), || async {
+        receiver.seen().len() == 1
+    })
+    .await;
+    let queued: Vec<String> = sqlx::query_scalar(
+        "select e.url from event_deliveries d join event_endpoints e on e.id = d.endpoint_id
+         order by e.url",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        queued,
+        [format!("{}/hooks", server.uri()), ELSEWHERE.to_owned()]
+    );
+
+    // an instance starting with it configured enables it again
+    let mut conn = app.pool.acquire().await.unwrap();
+    facepair::store::outbound::sync_configured(&mut conn, &[REMOVED.to_owned()], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.count("select count(*) from event_endpoints where disabled_at is not null")
+            .await,
+        0
+    );
+}
+
+/// A claim handed back untried (its push was put off) is due again at once with its try not
+/// counted; a hand-back from a claim that is no longer the latest changes nothing.
+#[sqlx::test]
+async fn a_push_put_off_hands_its_try_back(pool: PgPool) {
+    use facepair::store::outbound::{claim, give_back};
+    // configured on another instance only: this one's worker leaves it alone
+    const ELSEWHERE: &str = "https://elsewhere.example/hooks";
+    sqlx::query("insert into event_endpoints (url, origin) values ($1, 'config')")
+        .bind(ELSEWHERE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    app.login().await;
+    app.eventually(Duration::from_secs(10), || async {
+        app.count("select count(*) from event_deliveries").await == 1
+    })
+    .await;
+    let elsewhere = [ELSEWHERE.to_owned()];
+    let take = || claim(&app.pool, 10, 60.0, 8, &[], &elsewhere);
+    let first = take().await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempts, 1);
+    assert!(take().await.unwrap().is_empty(), "leased");
+    give_back(&app.pool, first[0].endpoint_id, first[0].event_id, 1)
+        .await
+        .unwrap();
+    let again = take().await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1, "the try put off is not counted");
+    // a hand-back of an older claim leaves the new holder's lease and count alone
+    give_back(&app.pool, again[0].endpoint_id, again[0].event_id, 0)
+        .await
+        .unwrap();
+    assert!(take().await.unwrap().is_empty());
+    assert_eq!(
+        app.count("select attempts::int8 from event_deliveries")
+            .await,
+        1
+    );
 }
 
 /// 410 Gone disables the endpoint: its delivery stays pending for ops, and it is sent no more.
