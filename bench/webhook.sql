@@ -7,44 +7,36 @@
 -- runs go on, more and more often be one already finished, whose update then changes nothing
 -- one body per transaction, hashed once (facepair hashes the raw body once and passes it)
 \set body random(1, 2000000000)
--- 1. facepair sends BEGIN and the body's advisory lock in one simple query; pgbench's prepared
--- mode cannot, so here the lock rides on the next statement instead: the same work in the
--- same number of round trips
-BEGIN;
--- 2. the attempt, its login locked, and whether the body was seen before
-SELECT pg_advisory_xact_lock(hashtextextended('body-' || :client_id || '-' || :body, 0)),
-       a.login_id, a.id AS attempt_id, a.idenfy_token AS token,
-       exists(SELECT 1 FROM deliveries WHERE body_sha256 = sha256(('body-' || :client_id || '-' || :body)::bytea)) AS seen
-FROM attempts a JOIN logins l ON l.id = a.login_id
-WHERE a.idenfy_token = (SELECT 'bench-' || nextval('bench_tokens') % :rows)
-FOR UPDATE OF l \gset
--- 3. the login and its current attempt, read after the lock
-SELECT l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
+-- 1. the attempt, its login and the login's current attempt, and whether the body was stored
+-- before: one read, no lock, no transaction (deliveries::find_by_token)
+SELECT l.id AS login_id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts, l.attempts_forgiven,
        host(l.client_ip), l.status, l.event_seq, l.created_at, l.approved_at, l.redeemed_at, l.canceled_at,
-       a.id, a.number, a.status, a.digit_string, a.idenfy_max_attempt_count, a.created_at, a.expires_at,
-       a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip, a.network_match
-FROM logins l JOIN LATERAL (SELECT * FROM attempts WHERE login_id = l.id ORDER BY number DESC LIMIT 1) a ON true
-WHERE l.id = :login_id;
--- 4. the change: attempt, login, event, outbound event and the delivery (raw, with its
--- verdict) in one statement
-WITH delivery AS (
+       a.id AS attempt_id, a.number, a.status, a.digit_string, a.idenfy_max_attempt_count, a.created_at, a.expires_at,
+       a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id, a.phone_ip, a.network_match,
+       t.id AS claimed, t.idenfy_token AS token,
+       exists(SELECT 1 FROM deliveries WHERE body_sha256 = sha256(('body-' || :client_id || '-' || :body)::bytea)) AS seen
+FROM attempts t JOIN logins l ON l.id = t.login_id
+JOIN LATERAL (SELECT * FROM attempts WHERE login_id = l.id ORDER BY number DESC LIMIT 1) a ON true
+WHERE t.idenfy_token = (SELECT 'bench-' || nextval('bench_tokens') % :rows) \gset
+-- 2. the change: login (only if its event number is still the one read), attempt, event,
+-- outbound event and the delivery (raw, with its verdict) in one statement, committed alone
+WITH changed AS (
+    UPDATE logins SET status = 'approved', event_seq = event_seq + 1, updated_at = now(), approved_at = now(),
+           redeemed_at = redeemed_at, canceled_at = canceled_at, attempts_forgiven = attempts_forgiven
+    WHERE id = :login_id AND event_seq = :event_seq RETURNING id, event_seq, status
+), delivery AS (
     SELECT gen_random_uuid() AS id
 ), finished AS (
     UPDATE attempts SET status = 'succeeded', outcome_source = 'webhook', finished_at = now(), digit_string = NULL,
            idenfy_status = 'SUCCESS', fail_reason = NULL, risk_tags = '{}', idenfy_session_id = 'bench',
            client_id = 'BENCHCLIENT', phone_ip = '203.0.113.7', face_photo_url = NULL, network_match = 'different'
-    WHERE id = :attempt_id AND status = 'pending'
-), changed AS (
-    UPDATE logins SET status = 'approved', event_seq = event_seq + 1, updated_at = now(), approved_at = now(),
-           redeemed_at = redeemed_at, canceled_at = canceled_at, attempts_forgiven = attempts_forgiven
-    WHERE id = :login_id RETURNING id, event_seq, status
+    WHERE id = :attempt_id AND status = 'pending' AND EXISTS (SELECT FROM changed)
 ), event AS (
     INSERT INTO events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
     SELECT changed.id, event_seq, 'attempt_succeeded', 'webhook', status, :attempt_id, delivery.id,
            '{"attempt_number": 1, "idenfy_status": "SUCCESS", "risk_tags": []}' FROM changed, delivery
     RETURNING login_id, seq
 ), outbound AS (
-    -- its public event (login.approved), for the feed and pushes
     INSERT INTO outbound_events (login_id, seq, type)
     SELECT login_id, seq, 'login.approved' FROM event
 ), stored AS (
@@ -53,10 +45,9 @@ WITH delivery AS (
     SELECT delivery.id, convert_to(repeat('x', 420), 'UTF8'), sha256(('body-' || :client_id || '-' || :body)::bytea),
            'application/json', 'FACIAL_AUTHENTICATION', 0, :token::text, 'SUCCESS', 'applied', :attempt_id::uuid,
            :login_id::uuid, NULL
-    FROM delivery
+    FROM changed, delivery
 )
 SELECT seq FROM event;
-COMMIT;
 -- 5. the NOTIFY, in its own round trip after the commit, committed without waiting for the
 -- disk (facepair's NOTIFY connections set synchronous_commit = off when they connect; a
 -- NOTIFY stores nothing). facepair sends its NOTIFYs in batches, on a connection of its own

@@ -116,6 +116,7 @@ async fn expire_approvals(state: &Context) -> Result<(), sqlx::Error> {
                     detail: serde_json::json!({ "attempt_number": row.attempt.number }),
                 },
                 delivery: None,
+                read_at_seq: None,
             },
         )
         .await?;

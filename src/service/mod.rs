@@ -213,7 +213,7 @@ async fn issue(
     }
     reservation.remove(&mut tx).await?;
     // the code being replaced ends first: expired if its time is up, superseded if not
-    let ended = end_current(&mut tx, &row, now, AttemptEvent::Superseded, source).await?;
+    let ended = end_current(&mut tx, &row, now, AttemptEvent::Superseded, source, None).await?;
     let number = row.attempt.number + 1;
     let attempt_id = Uuid::now_v7();
     attempts::insert(
@@ -242,6 +242,7 @@ async fn issue(
                 detail: json!({ "attempt_number": number }),
             },
             delivery: None,
+            read_at_seq: None,
         },
     )
     .await?;
@@ -285,6 +286,7 @@ pub async fn cancel(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
         now,
         AttemptEvent::LoginCanceled,
         Source::Platform,
+        None,
     )
     .await?;
     changes::apply(
@@ -304,6 +306,7 @@ pub async fn cancel(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
                 detail: json!({}),
             },
             delivery: None,
+            read_at_seq: None,
         },
     )
     .await?;
@@ -356,6 +359,7 @@ pub async fn redeem(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
                 detail: json!({}),
             },
             delivery: None,
+            read_at_seq: None,
         },
     )
     .await?;
@@ -389,13 +393,15 @@ impl Moved {
 }
 
 /// Ends the login's current attempt if it is still pending: as expired (source: clock) when
-/// its time is up, otherwise with `event` from `source`. `None` if it had already ended.
+/// its time is up, otherwise with `event` from `source`. `None` if it had already ended. A
+/// webhook `delivery` that found it so is stored with the change.
 pub async fn end_current(
     conn: &mut PgConnection,
     row: &LoginRow,
     now: DateTime<Utc>,
     event: AttemptEvent,
     source: Source,
+    delivery: Option<&NewDelivery<'_>>,
 ) -> Result<Option<Moved>, sqlx::Error> {
     let (event, source) = if view::expired_by_clock(row, now) {
         (AttemptEvent::ClockExpired, Source::Clock)
@@ -410,16 +416,17 @@ pub async fn end_current(
         event,
         source,
         &IdenfyReport::default(),
-        None,
+        delivery,
         no_approval,
     )
     .await
 }
 
-/// Applies `event` to the login's current attempt (already locked) through the state machine:
-/// the attempt, the login's status and one event row, in the caller's transaction. `None` when
-/// the state machine says the event changes nothing. A success may be redeemed for
-/// `approval_ttl`. A webhook `delivery` that causes the move is stored with it.
+/// Applies `event` to the login's current attempt through the state machine: the attempt, the
+/// login's status and one event row, in one statement, only if the login is still as `row`
+/// was read (else `RowNotFound`, nothing changed). `None` when the state machine says the
+/// event changes nothing. A success may be redeemed for `approval_ttl`. A webhook `delivery`
+/// that causes the move is stored with it.
 pub async fn move_attempt(
     conn: &mut PgConnection,
     row: &LoginRow,
@@ -478,6 +485,7 @@ pub async fn move_attempt(
                 detail,
             },
             delivery,
+            read_at_seq: Some(row.event_seq),
         },
     )
     .await?;

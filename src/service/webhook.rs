@@ -1,5 +1,5 @@
 //! Recording one verified webhook delivery: stored raw with its verdict, and the state change
-//! it causes, in one transaction. The caller answers 2xx only after this commits.
+//! it causes, in one statement. The caller answers 2xx only after it committed.
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
@@ -13,7 +13,7 @@ use crate::service::Context;
 use crate::service::{self, view};
 use crate::store::attempts::{self, IdenfyReport};
 use crate::store::deliveries::{self, Claimed, NewDelivery};
-use crate::store::{self, logins};
+use sqlx::PgConnection;
 
 pub struct Received<'a> {
     pub body: &'a [u8],
@@ -27,11 +27,15 @@ pub struct Recorded {
     pub verdict: Verdict,
 }
 
+/// How many times a delivery is judged again because its login changed between the read and
+/// the write. Each time needs another change of that login to commit in that instant.
+const TRIES: usize = 8;
+
 pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded, ApiError> {
     let sha: [u8; 32] = Sha256::digest(received.body).into();
     let parsed = WebhookBody::parse(received.body);
     let body = parsed.as_ref().ok();
-    let mut delivery = NewDelivery {
+    let delivery = NewDelivery {
         id: Uuid::now_v7(),
         body: received.body,
         body_sha256: &sha,
@@ -45,79 +49,29 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
         login_id: None,
         detail: None,
     };
-
-    let mut tx = store::begin_locked(&state.pool, deliveries::body_lock_key(&sha)).await?;
-    let mut change = None;
-    let detail;
-    (delivery.verdict, detail) = match &parsed {
-        Err(e) => (
-            Verdict::Unparseable,
-            Some(format!(
-                "line {} column {}: {}",
-                e.line(),
-                e.column(),
-                format!("{:?}", e.classify()).to_lowercase()
-            )),
-        ),
-        Ok(body) => {
-            let claimed = match body.token.as_deref() {
-                Some(token) => deliveries::claim(&mut tx, &sha, token).await?,
-                None => None,
-            };
-            match claimed {
-                // a duplicate of an unknown-token body is still a duplicate
-                None if deliveries::seen(&mut tx, &sha).await? => (Verdict::Duplicate, None),
-                None => (Verdict::UnknownToken, None),
-                Some(claimed) => {
-                    delivery.login_id = Some(claimed.login_id);
-                    delivery.attempt_id = Some(claimed.attempt_id);
-                    if claimed.seen {
-                        (Verdict::Duplicate, None)
-                    } else {
-                        let (verdict, moved) = judge(
-                            &mut tx,
-                            body,
-                            &claimed,
-                            &delivery,
-                            state.settings.approval_ttl,
-                        )
-                        .await?;
-                        change = moved;
-                        let detail = (verdict == Verdict::UnexpectedType).then(|| {
-                            format!(
-                                "type {:?}, method {:?}",
-                                body.kind.as_deref().unwrap_or_default(),
-                                body.method.as_deref().unwrap_or_default()
-                            )
-                        });
-                        (verdict, detail)
-                    }
-                }
+    // no transaction: one read, then one statement that stores the delivery with the change
+    // it causes, if the login is still as read
+    let mut conn = state.pool.acquire().await?;
+    let mut tries = 1;
+    let stored = loop {
+        match store(&mut conn, &parsed, delivery, state.settings.approval_ttl).await {
+            Err(sqlx::Error::RowNotFound) if tries < TRIES => tries += 1,
+            Err(sqlx::Error::RowNotFound) => {
+                return Err(ApiError::DatabaseUnavailable(sqlx::Error::RowNotFound));
             }
+            done => break done?,
         }
     };
-    delivery.detail = detail.as_deref();
-    // an applied delivery was stored by the change's own statement
-    if delivery.verdict != Verdict::Applied {
-        deliveries::insert(&mut tx, &delivery).await?;
-    }
-    let login_id = delivery.login_id;
-    let announcement = change
-        .as_ref()
-        .zip(login_id)
-        .map(|(moved, login_id)| service::Announcement::new(state, login_id, moved.seq));
-    tx.commit().await?;
+    drop(conn);
 
-    let (delivery_id, verdict) = (delivery.id, delivery.verdict);
+    let (delivery_id, verdict, login_id) = (delivery.id, stored.verdict, stored.login_id);
     state.metrics.delivery(verdict, received.signing_key_index);
     tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = login_id.map(tracing::field::display), "webhook recorded");
-    if let Some(moved) = change {
+    if let (Some(moved), Some(login_id)) = (stored.moved, login_id) {
         moved.record(state);
-    }
-    // iDenfy reads nothing back: its answer need not wait for the NOTIFY, and every webhook
-    // answered sooner leaves PostgreSQL fewer commits to flush one at a time
-    if let Some(announcement) = announcement {
-        announcement.queue();
+        // iDenfy reads nothing back: its answer need not wait for the NOTIFY, and every
+        // webhook answered sooner leaves PostgreSQL fewer commits to flush one at a time
+        service::Announcement::new(state, login_id, moved.seq).queue();
     }
     Ok(Recorded {
         delivery_id,
@@ -125,87 +79,175 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
     })
 }
 
-/// Decides a delivery for a known attempt, moving it when the state machine allows; the
-/// delivery is then stored with the move.
-async fn judge(
-    tx: &mut sqlx::PgConnection,
-    body: &WebhookBody,
-    &Claimed {
-        login_id,
-        attempt_id,
-        ..
-    }: &Claimed,
-    delivery: &NewDelivery<'_>,
+/// A delivery as stored, and the change it made.
+struct Stored {
+    verdict: Verdict,
+    login_id: Option<Uuid>,
+    moved: Option<service::Moved>,
+}
+
+/// Judges a delivery from one read and stores it, with the change it causes (if any) in the
+/// same statement. `RowNotFound` when the login changed after the read: nothing was stored.
+async fn store(
+    conn: &mut PgConnection,
+    parsed: &Result<WebhookBody, serde_json::Error>,
+    d: NewDelivery<'_>,
     approval_ttl: std::time::Duration,
-) -> Result<(Verdict, Option<service::Moved>), ApiError> {
-    if !body.is_face_matching_authentication() {
-        return Ok((Verdict::UnexpectedType, None));
+) -> Result<Stored, sqlx::Error> {
+    let body = match parsed {
+        Ok(body) => body,
+        Err(e) => {
+            let detail = format!(
+                "line {} column {}: {}",
+                e.line(),
+                e.column(),
+                format!("{:?}", e.classify()).to_lowercase()
+            );
+            return insert(conn, d, Verdict::Unparseable, Some(&detail)).await;
+        }
+    };
+    let claimed = match body.token.as_deref() {
+        Some(token) => deliveries::find_by_token(conn, d.body_sha256, token).await?,
+        None => None,
+    };
+    let Some(Claimed {
+        row,
+        attempt_id,
+        seen,
+    }) = claimed
+    else {
+        // a duplicate of an unknown-token body is still a duplicate
+        let verdict = match deliveries::seen(conn, d.body_sha256).await? {
+            true => Verdict::Duplicate,
+            false => Verdict::UnknownToken,
+        };
+        return insert(conn, d, verdict, None).await;
+    };
+    let d = NewDelivery {
+        login_id: Some(row.id),
+        attempt_id: Some(attempt_id),
+        ..d
+    };
+    if seen {
+        return insert(conn, d, Verdict::Duplicate, None).await;
     }
-    // locked by `claim`; read after the lock, so no change made meanwhile is missed
-    let row = logins::find(&mut *tx, login_id)
-        .await?
-        .ok_or(ApiError::LoginNotFound)?;
+    if !body.is_face_matching_authentication() {
+        let detail = format!(
+            "type {:?}, method {:?}",
+            body.kind.as_deref().unwrap_or_default(),
+            body.method.as_deref().unwrap_or_default()
+        );
+        return insert(conn, d, Verdict::UnexpectedType, Some(&detail)).await;
+    }
     if body
         .scan_ref
         .as_deref()
         .is_some_and(|s| Some(s) != row.scan_ref.as_deref())
     {
-        return Ok((Verdict::ScanRefMismatch, None));
+        return insert(conn, d, Verdict::ScanRefMismatch, None).await;
     }
     let outcome = match WebhookStatus::parse(&body.status) {
         WebhookStatus::Outcome(o) => o,
-        WebhookStatus::Unknown(_) => return Ok((Verdict::UnknownStatus, None)),
+        WebhookStatus::Unknown(_) => return insert(conn, d, Verdict::UnknownStatus, None).await,
     };
     if row.attempt.id != attempt_id {
         // an older attempt: it ended when the next code was issued
-        return Ok((settled_verdict(tx, attempt_id).await?, None));
+        let verdict = settled_verdict(conn, attempt_id).await?;
+        return insert(conn, d, verdict, None).await;
     }
     // facepair's clock may already show this code expired: what readers saw stays true
     let now = Utc::now();
-    if view::expired_by_clock(&row, now) {
-        let moved =
-            service::end_current(tx, &row, now, AttemptEvent::ClockExpired, Source::Clock).await?;
-        return Ok((Verdict::Late, moved));
+    let (verdict, moved) = if view::expired_by_clock(&row, now) {
+        let late = NewDelivery {
+            verdict: Verdict::Late,
+            ..d
+        };
+        let moved = service::end_current(
+            conn,
+            &row,
+            now,
+            AttemptEvent::ClockExpired,
+            Source::Clock,
+            Some(&late),
+        )
+        .await?;
+        (Verdict::Late, moved)
+    } else {
+        let report = IdenfyReport {
+            idenfy_status: Some(body.status.clone()),
+            fail_reason: body.fail_reason.clone(),
+            risk_tags: body.risk_tags.clone(),
+            idenfy_session_id: body.id.clone(),
+            client_id: body.client_id.clone(),
+            phone_ip: body.ip_address.clone(),
+            face_photo_url: body.face_photo.clone(),
+            network_match: Some(network::compare(
+                row.client_ip.as_deref(),
+                body.ip_address.as_deref(),
+            )),
+        };
+        let applied = NewDelivery {
+            verdict: Verdict::Applied,
+            ..d
+        };
+        let moved = service::move_attempt(
+            conn,
+            &row,
+            AttemptEvent::Idenfy(outcome),
+            Source::Webhook,
+            &report,
+            Some(&applied),
+            approval_ttl,
+        )
+        .await?;
+        (Verdict::Applied, moved)
+    };
+    match moved {
+        // stored by the change's own statement
+        Some(moved) => Ok(Stored {
+            verdict,
+            login_id: Some(row.id),
+            moved: Some(moved),
+        }),
+        None => {
+            let verdict = match verdict {
+                Verdict::Late => Verdict::Late,
+                _ => settled_verdict(conn, attempt_id).await?,
+            };
+            insert(conn, d, verdict, None).await
+        }
     }
-    let report = IdenfyReport {
-        idenfy_status: Some(body.status.clone()),
-        fail_reason: body.fail_reason.clone(),
-        risk_tags: body.risk_tags.clone(),
-        idenfy_session_id: body.id.clone(),
-        client_id: body.client_id.clone(),
-        phone_ip: body.ip_address.clone(),
-        face_photo_url: body.face_photo.clone(),
-        network_match: Some(network::compare(
-            row.client_ip.as_deref(),
-            body.ip_address.as_deref(),
-        )),
-    };
-    let applied = NewDelivery {
-        verdict: Verdict::Applied,
-        ..*delivery
-    };
-    let moved = service::move_attempt(
-        tx,
-        &row,
-        AttemptEvent::Idenfy(outcome),
-        Source::Webhook,
-        &report,
-        Some(&applied),
-        approval_ttl,
+}
+
+/// Stores a delivery that changed nothing.
+async fn insert(
+    conn: &mut PgConnection,
+    d: NewDelivery<'_>,
+    verdict: Verdict,
+    detail: Option<&str>,
+) -> Result<Stored, sqlx::Error> {
+    deliveries::insert(
+        conn,
+        &NewDelivery {
+            verdict,
+            detail,
+            ..d
+        },
     )
     .await?;
-    match moved {
-        Some(moved) => Ok((Verdict::Applied, Some(moved))),
-        None => Ok((settled_verdict(tx, attempt_id).await?, None)),
-    }
+    Ok(Stored {
+        verdict,
+        login_id: d.login_id,
+        moved: None,
+    })
 }
 
 /// For an attempt that had already ended: was it iDenfy that ended it, or facepair?
 async fn settled_verdict(
-    tx: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     attempt_id: Uuid,
 ) -> Result<Verdict, sqlx::Error> {
-    let source = attempts::outcome_source(tx, attempt_id).await?;
+    let source = attempts::outcome_source(conn, attempt_id).await?;
     Ok(match source {
         Some(Source::Webhook | Source::Reconciliation) => Verdict::AttemptTerminal,
         _ => Verdict::Late,

@@ -48,24 +48,22 @@ pub struct Change<'a> {
     pub event: NewEvent,
     /// The webhook delivery that caused the change, stored with it (the event names it).
     pub delivery: Option<&'a NewDelivery<'a>>,
+    /// The login's event number when it was read: the change is made only if it is still the
+    /// same, so nothing committed since the read is overlooked. `None` for a caller holding
+    /// the login's row lock since it read it.
+    pub read_at_seq: Option<i32>,
 }
 
-/// Applies a change to a login whose row lock the caller holds, with its public event (if
-/// platforms are told of it) in the outbox and the delivery that caused it. Returns the
-/// event's sequence number.
+/// Applies a change to a login, with its public event (if platforms are told of it) in the
+/// outbox and the delivery that caused it. Returns the event's sequence number, or
+/// `RowNotFound` (and changes nothing) when the login moved past `read_at_seq`.
 pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::Error> {
     let f = c.finish.as_ref();
     let report = f.map(|f| f.report);
     let d = c.delivery;
     sqlx::query_scalar!(
         r#"
-        with finished as (
-            update attempts
-            set status = $7, outcome_source = $8, finished_at = now(), digit_string = null,
-                idenfy_status = $9, fail_reason = $10, risk_tags = $11, idenfy_session_id = $12,
-                client_id = $13, phone_ip = $14, face_photo_url = $15, network_match = $16
-            where id = $17 and status = 'pending'
-        ), changed as (
+        with changed as (
             update logins
             set status = $2,
                 event_seq = event_seq + 1,
@@ -77,8 +75,16 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
                 redeemed_at = case when $4 then now() else redeemed_at end,
                 canceled_at = case when $5 then now() else canceled_at end,
                 attempts_forgiven = attempts_forgiven + case when $6 then 1 else 0 end
-            where id = $1
+            where id = $1 and ($35::int4 is null or event_seq = $35)
             returning id, event_seq, status
+        ), finished as (
+            -- every other part hangs on the login's: a login changed since it was read
+            -- changes nothing at all
+            update attempts
+            set status = $7, outcome_source = $8, finished_at = now(), digit_string = null,
+                idenfy_status = $9, fail_reason = $10, risk_tags = $11, idenfy_session_id = $12,
+                client_id = $13, phone_ip = $14, face_photo_url = $15, network_match = $16
+            where id = $17 and status = 'pending' and exists (select from changed)
         ), event as (
             insert into events (login_id, seq, kind, source, login_status, attempt_id, delivery_id, detail)
             select id, event_seq, $18, $19, status, $20, $23, $21 from changed
@@ -92,7 +98,7 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
                                     login_id, detail)
             select $23::uuid, $24::bytea, $25::bytea, $26::text, $27::text, $28::int4, $29::text,
                    $30::text, $31::text, $32::uuid, $33::uuid, $34::text
-            where $23::uuid is not null
+            from changed where $23::uuid is not null
         )
         select seq as "seq!" from event
         "#,
@@ -129,7 +135,8 @@ pub async fn apply(conn: &mut PgConnection, c: Change<'_>) -> Result<i32, sqlx::
         d.map(|d| d.verdict) as Option<Verdict>,
         d.and_then(|d| d.attempt_id),
         d.and_then(|d| d.login_id),
-        d.and_then(|d| d.detail)
+        d.and_then(|d| d.detail),
+        c.read_at_seq
     )
     .fetch_one(conn)
     .await

@@ -4,7 +4,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::Verdict;
+use crate::store::logins::{Joined, LoginRow};
 
+#[derive(Clone, Copy)]
 pub struct NewDelivery<'a> {
     pub id: Uuid,
     pub body: &'a [u8],
@@ -45,50 +47,66 @@ pub async fn insert(conn: &mut PgConnection, d: &NewDelivery<'_>) -> Result<(), 
     Ok(())
 }
 
-/// The advisory lock that serialises deliveries of the same body, so exactly one of them is
-/// judged first and the others are duplicates.
-pub fn body_lock_key(body_sha256: &[u8]) -> i64 {
-    super::lock_key("facepair.webhook_body", body_sha256)
-}
-
-/// What [`claim`] found.
+/// What [`find_by_token`] read, all in one snapshot.
 pub struct Claimed {
-    pub login_id: Uuid,
+    /// The login and its current attempt.
+    pub row: LoginRow,
+    /// The attempt the delivery's token names (the current one, or an older one).
     pub attempt_id: Uuid,
+    /// The same body was stored before.
     pub seen: bool,
 }
 
-/// The delivery's attempt and login, the login locked for the caller's transaction, and
-/// whether the same body was stored before. Run with [`body_lock_key`] held: the statement's
-/// snapshot then sees every earlier delivery of the body. `None` for an unknown token.
-pub async fn claim(
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    joined: Joined,
+    claimed_attempt_id: Uuid,
+    seen: bool,
+}
+
+/// The attempt `token` names, its login with the login's current attempt, and whether the
+/// same body was stored before, in one statement and without a lock: a change made from it
+/// names the event number it read (`changes::Change::read_at_seq`). `None` for an unknown
+/// token.
+pub async fn find_by_token(
     conn: &mut PgConnection,
     body_sha256: &[u8],
     token: &str,
 ) -> Result<Option<Claimed>, sqlx::Error> {
-    // the attempt's token and login never change, so reading them from the snapshot taken
-    // before a wait for the login's lock is safe; the login itself is read again afterwards
-    let row = sqlx::query!(
+    // columns named as `Joined`'s fields; checked by every webhook test rather than by the
+    // query macros, which cannot fill a struct with fields of its own beside them
+    let found: Option<ClaimedRow> = sqlx::query_as(
         r#"
-        select a.login_id, a.id as attempt_id,
-               exists(select 1 from deliveries where body_sha256 = $1) as "seen!"
-        from attempts a join logins l on l.id = a.login_id
-        where a.idenfy_token = $2
-        for update of l
+        select l.id, l.scan_ref, l.user_ref, l.locale, l.lifetime_seconds, l.max_attempts,
+               l.attempts_forgiven, host(l.client_ip) as client_ip, l.status, l.event_seq,
+               l.created_at, l.approved_at, l.approval_expires_at, l.redeemed_at, l.canceled_at,
+               l.state, l.platform_name, l.desktop_place, a.id as attempt_id,
+               a.number as attempt_number, a.status as attempt_status, a.digit_string,
+               a.idenfy_max_attempt_count, a.created_at as attempt_created_at, a.expires_at,
+               a.finished_at, a.outcome_source, a.fail_reason, a.risk_tags, a.client_id,
+               a.phone_ip, a.network_match, t.id as claimed_attempt_id,
+               exists(select 1 from deliveries where body_sha256 = $1) as seen
+        from attempts t
+        join logins l on l.id = t.login_id
+        join lateral (
+            select * from attempts where login_id = l.id order by number desc limit 1
+        ) a on true
+        where t.idenfy_token = $2
         "#,
-        body_sha256,
-        token
     )
+    .bind(body_sha256)
+    .bind(token)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| Claimed {
-        login_id: r.login_id,
-        attempt_id: r.attempt_id,
-        seen: r.seen,
+    Ok(found.map(|f| Claimed {
+        row: f.joined.into_row(),
+        attempt_id: f.claimed_attempt_id,
+        seen: f.seen,
     }))
 }
 
-/// Whether the same body was stored before (with [`body_lock_key`] held).
+/// Whether the same body was stored before.
 pub async fn seen(conn: &mut PgConnection, body_sha256: &[u8]) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
         r#"select exists(select 1 from deliveries where body_sha256 = $1) as "seen!""#,

@@ -153,6 +153,7 @@ pub async fn find(conn: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LoginRow
 
 /// A login joined with its current attempt, as [`find`] and a creation
 /// (`store::changes::create`) read it, before it is nested.
+#[derive(sqlx::FromRow)]
 pub(crate) struct Joined {
     pub id: Uuid,
     pub scan_ref: Option<String>,

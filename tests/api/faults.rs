@@ -50,14 +50,14 @@ async fn hold_lock(pool: &PgPool, key: i64) -> PgConnection {
     conn
 }
 
-/// Waits until a facepair connection waits on an advisory lock.
-async fn someone_waits_on_a_lock(app: &TestApp) {
+/// Waits until a facepair connection waits on a lock in a statement containing `sql`.
+async fn someone_waits_on_a_lock(app: &TestApp, sql: &str) {
     app.eventually(Duration::from_secs(5), || async {
-        app.count(
+        app.count(&format!(
             "select count(*) from pg_stat_activity
              where datname = current_database() and wait_event_type = 'Lock'
-               and query like '%pg_advisory_xact_lock%'",
-        )
+               and query like '%{sql}%'"
+        ))
         .await
             > 0
     })
@@ -99,17 +99,26 @@ async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(
     let key = facepair::store::attempts::scan_ref_lock_key(SCAN_REF);
     let holder = hold_lock(&app.pool, key).await;
     let waiting = tokio::spawn(abandoned(create(), Duration::from_millis(800)));
-    someone_waits_on_a_lock(&app).await;
+    someone_waits_on_a_lock(&app, "pg_advisory_xact_lock").await;
     waiting.await.unwrap();
     holder.close().await.unwrap();
     no_connection_left_in_a_transaction(&app).await;
 
-    // a duplicate webhook whose sender leaves while the first delivery holds the body's lock
+    // a webhook whose sender leaves while another transaction holds its login's row
     let login = app.login().await;
+    let login_id = login["login_id"].as_str().unwrap().to_owned();
     let token = app.token_of(login["attempt"]["id"].as_str().unwrap()).await;
     let body = webhook_body(&token, "SUCCESS", json!({}));
     let sha: [u8; 32] = Sha256::digest(body.as_bytes()).into();
-    let holder = hold_lock(&app.pool, facepair::store::deliveries::body_lock_key(&sha)).await;
+    let mut holder = PgConnection::connect_with(&app.pool.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("begin").execute(&mut holder).await.unwrap();
+    sqlx::query("select 1 from logins where id = $1::uuid for update")
+        .bind(&login_id)
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let signed = || {
         app.http
             .post(app.url("/v1/webhooks/idenfy"))
@@ -121,15 +130,25 @@ async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(
             .body(body.clone())
     };
     let waiting = tokio::spawn(abandoned(signed(), Duration::from_millis(800)));
-    someone_waits_on_a_lock(&app).await;
+    someone_waits_on_a_lock(&app, "update logins").await;
     waiting.await.unwrap();
     holder.close().await.unwrap();
     no_connection_left_in_a_transaction(&app).await;
+    // its one statement was sent whole: it commits once the row is free, and an answer
+    // nobody read is what iDenfy's retry makes good (a duplicate, below)
+    let stored = format!(
+        "select count(*) from deliveries where verdict = 'applied' and body_sha256 = '\\x{}'",
+        hex::encode(sha)
+    );
+    app.eventually(Duration::from_secs(5), || async {
+        app.count(&stored).await == 1
+    })
+    .await;
 
     // a lock wait that fails (canceled by an operator): the transaction is rolled back
     let holder = hold_lock(&app.pool, key).await;
     let failing = tokio::spawn(create().send());
-    someone_waits_on_a_lock(&app).await;
+    someone_waits_on_a_lock(&app, "pg_advisory_xact_lock").await;
     sqlx::query(
         "select pg_cancel_backend(pid) from pg_stat_activity
          where datname = current_database() and wait_event_type = 'Lock'
@@ -153,7 +172,12 @@ async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(
     let response = signed().send().await.unwrap();
     assert_eq!(response.status(), 200);
     let verdict: Value = response.json().await.unwrap();
-    assert_eq!(verdict["verdict"], "applied");
+    assert_eq!(verdict["verdict"], "duplicate");
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'attempt_succeeded'")
+            .await,
+        1
+    );
     // the event's sequencer may be between two statements of its own transaction just now
     no_connection_left_in_a_transaction(&app).await;
 }

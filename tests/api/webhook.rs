@@ -492,3 +492,89 @@ async fn a_webhook_of_another_kind_of_session_changes_nothing(pool: PgPool) {
     );
     assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
 }
+
+/// A webhook's change is made only if its login is still as the webhook read it: one read
+/// before another change committed changes nothing at all (no attempt, event or delivery
+/// row) and says so (`RowNotFound`, on which the webhook path reads again); a delivery read
+/// afresh is applied.
+#[sqlx::test]
+async fn a_change_from_a_stale_read_changes_nothing(pool: PgPool) {
+    use facepair::domain::{AttemptStatus, EventKind, LoginStatus, Source};
+    use facepair::store::attempts::IdenfyReport;
+    use facepair::store::changes::{Change, Finish, NewEvent, StatusChange, apply};
+    use facepair::store::deliveries::NewDelivery;
+
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id: uuid::Uuid = login_id(&login).parse().unwrap();
+    let attempt: uuid::Uuid = attempt_id(&login).parse().unwrap();
+    let row = facepair::store::logins::find(&app.pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.event_seq, 1);
+    let mut conn = app.pool.acquire().await.unwrap();
+    let event = |kind| NewEvent {
+        kind,
+        source: Source::Webhook,
+        attempt_id: Some(attempt),
+        detail: json!({}),
+    };
+    // another change commits after the read
+    let other = Change {
+        login_id: id,
+        status: LoginStatus::Pending,
+        flags: StatusChange::default(),
+        finish: None,
+        event: event(EventKind::AttemptIssued),
+        delivery: None,
+        read_at_seq: Some(1),
+    };
+    assert_eq!(apply(&mut conn, other).await.unwrap(), 2);
+    let report = IdenfyReport::default();
+    let delivery = NewDelivery {
+        id: uuid::Uuid::now_v7(),
+        body: b"{}",
+        body_sha256: &[7; 32],
+        content_type: None,
+        event_type: None,
+        signing_key_index: 0,
+        token: None,
+        idenfy_status: None,
+        verdict: facepair::domain::Verdict::Applied,
+        attempt_id: Some(attempt),
+        login_id: Some(id),
+        detail: None,
+    };
+    let stale = Change {
+        login_id: id,
+        status: LoginStatus::Approved,
+        flags: StatusChange::default(),
+        finish: Some(Finish {
+            attempt_id: attempt,
+            status: AttemptStatus::Succeeded,
+            source: Source::Webhook,
+            report: &report,
+        }),
+        event: event(EventKind::AttemptSucceeded),
+        delivery: Some(&delivery),
+        read_at_seq: Some(1),
+    };
+    let refused = apply(&mut conn, stale).await.unwrap_err();
+    assert!(matches!(refused, sqlx::Error::RowNotFound), "{refused:?}");
+    assert_eq!(
+        app.state(&login_id(&login)).await["attempt"]["status"],
+        "pending"
+    );
+    assert_eq!(app.count("select count(*) from deliveries").await, 0);
+    assert_eq!(app.count("select count(*) from events").await, 2);
+    drop(conn);
+
+    // through the endpoint, from a fresh read
+    assert_eq!(
+        app.webhook(&attempt_id(&login), "SUCCESS", json!({})).await,
+        (200, "applied".into())
+    );
+    assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
+}
