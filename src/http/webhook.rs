@@ -1,4 +1,4 @@
-//! `POST /v1/webhooks/idenfy`: verify, then store and apply in one transaction, then 2xx.
+//! `POST /v1/webhooks/idenfy`: verify, then store and apply (one read, one write), then 2xx.
 //! A verified webhook is either committed or answered non-2xx so iDenfy retries.
 
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::idenfy::signature::{self, SignatureError};
-use crate::service::Context;
 use crate::service::webhook::{self, Received, Verdict};
+use crate::service::{self, Context};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryReceipt {
@@ -51,16 +51,24 @@ pub async fn receive(
             }));
         }
     };
-    let text = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let recorded = webhook::record(
-        &state,
-        Received {
+    let text = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (content_type, event_type) = (text(CONTENT_TYPE.as_str()), text("idenfy-event-type"));
+    // to its end even if iDenfy hangs up: a write that commits after the sender left is
+    // still announced, counted and logged
+    let recorded = service::detached(async move {
+        let received = Received {
             body: &body,
             signing_key_index: key_index,
-            content_type: text(CONTENT_TYPE.as_str()),
-            event_type: text("idenfy-event-type"),
-        },
-    )
+            content_type: content_type.as_deref(),
+            event_type: event_type.as_deref(),
+        };
+        webhook::record(&state, received).await
+    })
     .await?;
     Ok(HttpResponse::Ok().json(DeliveryReceipt {
         delivery_id: recorded.delivery_id,

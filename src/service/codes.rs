@@ -16,7 +16,6 @@ use crate::service::Context;
 use crate::store::attempts::scan_ref_lock_key;
 use crate::store::logins;
 use crate::store::reservations::{self, NewReservation};
-use crate::telemetry;
 
 /// The address bucket a scan_ref's per-address budget is counted in.
 pub fn requested_from(ip: Option<IpAddr>) -> String {
@@ -31,29 +30,21 @@ pub fn issuing_limit(idenfy_timeout: Duration) -> Duration {
 
 /// Runs the issuing of a code to its end in a task of its own, within [`issuing_limit`]: the
 /// request that asked may be dropped (its client left), the session iDenfy creates is stored
-/// all the same. Lines it logs keep the request's id.
+/// all the same.
 pub async fn to_completion<T, F>(state: &Context, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     let limit = issuing_limit(state.settings.idenfy_timeout);
-    let request = telemetry::current_id();
-    let bounded = async move {
+    crate::service::detached(async move {
         tokio::time::timeout(limit, work)
             .await
             .unwrap_or(Err(ApiError::IdenfyTimeout(
                 crate::idenfy::IdenfyError::Timeout,
             )))
-    };
-    let task = tokio::spawn(async move {
-        match request {
-            Some(id) => telemetry::in_request(id, bounded).await,
-            None => bounded.await,
-        }
-    });
-    task.await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("issuing a code failed: {e}")))?
+    })
+    .await
 }
 
 /// A code reserved for one login. Dropped before [`Reservation::settled`], it is released in

@@ -633,6 +633,11 @@ impl<'a> Announcement<'a> {
         }
     }
 
+    /// The change was not made (nothing was written): nothing to announce.
+    pub fn forget(mut self) {
+        self.change = None;
+    }
+
     /// Puts the login in the next NOTIFY (after the commit succeeded) and wakes this
     /// instance's subscribers, without waiting for the NOTIFY to go out or hastening it.
     pub fn queue(mut self) {
@@ -653,6 +658,22 @@ impl Drop for Announcement<'_> {
             self.state.hub.changed(login_id, None);
         }
     }
+}
+
+/// Runs `work` to its end in a task of its own, whether or not the request that started it
+/// is dropped (its client left); lines it logs keep the request's id.
+pub async fn detached<T, F>(work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    let work = match crate::telemetry::current_id() {
+        Some(id) => futures_util::future::Either::Left(crate::telemetry::in_request(id, work)),
+        None => futures_util::future::Either::Right(work),
+    };
+    tokio::spawn(work)
+        .await
+        .map_err(|e| internal(&format!("a task that outlives its request failed: {e}")))?
 }
 
 fn internal(what: &str) -> ApiError {

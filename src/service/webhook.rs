@@ -54,9 +54,13 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
     let mut conn = state.pool.acquire().await?;
     let mut tries = 1;
     let stored = loop {
-        match store(&mut conn, &parsed, delivery, state.settings.approval_ttl).await {
+        match store(state, &mut conn, &parsed, delivery).await {
             Err(sqlx::Error::RowNotFound) if tries < TRIES => tries += 1,
             Err(sqlx::Error::RowNotFound) => {
+                tracing::warn!(
+                    tries,
+                    "a webhook's login kept changing while it was judged; answered 503 for iDenfy to retry"
+                );
                 return Err(ApiError::DatabaseUnavailable(sqlx::Error::RowNotFound));
             }
             done => break done?,
@@ -67,11 +71,11 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
     let (delivery_id, verdict, login_id) = (delivery.id, stored.verdict, stored.login_id);
     state.metrics.delivery(verdict, received.signing_key_index);
     tracing::info!(%delivery_id, verdict = verdict.as_str(), login_id = login_id.map(tracing::field::display), "webhook recorded");
-    if let (Some(moved), Some(login_id)) = (stored.moved, login_id) {
+    if let Some((moved, announcement)) = stored.moved {
         moved.record(state);
         // iDenfy reads nothing back: its answer need not wait for the NOTIFY, and every
         // webhook answered sooner leaves PostgreSQL fewer commits to flush one at a time
-        service::Announcement::new(state, login_id, moved.seq).queue();
+        announcement.queue();
     }
     Ok(Recorded {
         delivery_id,
@@ -79,21 +83,21 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
     })
 }
 
-/// A delivery as stored, and the change it made.
-struct Stored {
+/// A delivery as stored, and the change it made with its announcement, to be queued.
+struct Stored<'s> {
     verdict: Verdict,
     login_id: Option<Uuid>,
-    moved: Option<service::Moved>,
+    moved: Option<(service::Moved, service::Announcement<'s>)>,
 }
 
 /// Judges a delivery from one read and stores it, with the change it causes (if any) in the
 /// same statement. `RowNotFound` when the login changed after the read: nothing was stored.
-async fn store(
+async fn store<'s>(
+    state: &'s Context,
     conn: &mut PgConnection,
     parsed: &Result<WebhookBody, serde_json::Error>,
     d: NewDelivery<'_>,
-    approval_ttl: std::time::Duration,
-) -> Result<Stored, sqlx::Error> {
+) -> Result<Stored<'s>, sqlx::Error> {
     let body = match parsed {
         Ok(body) => body,
         Err(e) => {
@@ -155,6 +159,9 @@ async fn store(
         let verdict = settled_verdict(conn, attempt_id).await?;
         return insert(conn, d, verdict, None).await;
     }
+    // made before the write: a sender that leaves while the write waits for the login's row
+    // leaves a statement that may still commit, and its change is announced all the same
+    let announcement = service::Announcement::new(state, row.id, row.event_seq + 1);
     // facepair's clock may already show this code expired: what readers saw stays true
     let now = Utc::now();
     let (verdict, moved) = if view::expired_by_clock(&row, now) {
@@ -170,7 +177,7 @@ async fn store(
             Source::Clock,
             Some(&late),
         )
-        .await?;
+        .await;
         (Verdict::Late, moved)
     } else {
         let report = IdenfyReport {
@@ -197,19 +204,29 @@ async fn store(
             Source::Webhook,
             &report,
             Some(&applied),
-            approval_ttl,
+            state.settings.approval_ttl,
         )
-        .await?;
+        .await;
         (Verdict::Applied, moved)
+    };
+    let moved = match moved {
+        Err(sqlx::Error::RowNotFound) => {
+            // the login changed after the read: nothing was written
+            announcement.forget();
+            return Err(sqlx::Error::RowNotFound);
+        }
+        // any other failure may have come after the commit: dropped, it announces the login
+        moved => moved?,
     };
     match moved {
         // stored by the change's own statement
         Some(moved) => Ok(Stored {
             verdict,
             login_id: Some(row.id),
-            moved: Some(moved),
+            moved: Some((moved, announcement)),
         }),
         None => {
+            announcement.forget();
             let verdict = match verdict {
                 Verdict::Late => Verdict::Late,
                 _ => settled_verdict(conn, attempt_id).await?,
@@ -220,12 +237,12 @@ async fn store(
 }
 
 /// Stores a delivery that changed nothing.
-async fn insert(
+async fn insert<'s>(
     conn: &mut PgConnection,
     d: NewDelivery<'_>,
     verdict: Verdict,
     detail: Option<&str>,
-) -> Result<Stored, sqlx::Error> {
+) -> Result<Stored<'s>, sqlx::Error> {
     deliveries::insert(
         conn,
         &NewDelivery {

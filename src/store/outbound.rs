@@ -179,25 +179,33 @@ pub async fn sync_configured(
     urls: &[String],
     types: Option<&[String]>,
 ) -> Result<(), sqlx::Error> {
+    // two statements, the URLs in one order: instances confirming at once never wait on
+    // each other in a cycle
     sqlx::query!(
         r#"
-        with confirmed as (
-            insert into event_endpoints (url, origin, types)
-            select u, 'config', $2 from unnest($1::text[]) as u
-            on conflict (url) do update
-            set origin = 'config', types = excluded.types, secrets = null, confirmed_at = now(),
-                disabled_at = case when event_endpoints.disabled_reason = 'no longer configured'
-                                   then null else event_endpoints.disabled_at end,
-                disabled_reason = case when event_endpoints.disabled_reason = 'no longer configured'
-                                       then null else event_endpoints.disabled_reason end
-        )
-        update event_endpoints
-        set disabled_at = now(), disabled_reason = 'no longer configured'
-        where origin = 'config' and disabled_at is null and url <> all($1::text[])
-          and confirmed_at < now() - make_interval(secs => $3)
+        insert into event_endpoints (url, origin, types)
+        select u, 'config', $2 from unnest($1::text[]) as u order by u
+        on conflict (url) do update
+        set origin = 'config', types = excluded.types, secrets = null, confirmed_at = now(),
+            disabled_at = case when event_endpoints.disabled_reason = 'no longer configured'
+                               then null else event_endpoints.disabled_at end,
+            disabled_reason = case when event_endpoints.disabled_reason = 'no longer configured'
+                                   then null else event_endpoints.disabled_reason end
         "#,
         urls,
-        types,
+        types
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        r#"
+        update event_endpoints
+        set disabled_at = now(), disabled_reason = 'no longer configured'
+        where id in (select id from event_endpoints
+                     where origin = 'config' and disabled_at is null
+                       and confirmed_at < now() - make_interval(secs => $1)
+                     for update skip locked)
+        "#,
         UNCONFIRMED_AFTER_SECONDS
     )
     .execute(&mut *conn)
@@ -213,7 +221,11 @@ pub struct Claimed {
     /// An API endpoint's own secrets; `None` for a configured one.
     pub secrets: Option<Vec<String>>,
     pub event_id: Uuid,
+    /// Tries counted so far, this one included.
     pub attempts: i32,
+    /// The lease's end as stored: it names this claim, which alone may settle or hand back
+    /// the delivery.
+    pub lease: DateTime<Utc>,
     /// The event is `login.approved` and its approval has expired meanwhile.
     pub stale: bool,
 }
@@ -271,9 +283,10 @@ pub async fn claim(
             update event_deliveries d
             set leased_until = now() + make_interval(secs => $2), attempts = d.attempts + 1
             from due where d.endpoint_id = due.endpoint_id and d.event_id = due.event_id
-            returning d.endpoint_id, d.event_id, d.attempts, d.login_id
+            returning d.endpoint_id, d.event_id, d.attempts, d.login_id, d.leased_until
         )
         select l.endpoint_id, e.url, e.secrets, l.event_id, l.attempts,
+               l.leased_until as "lease!",
                (o.type = 'login.approved'
                 and coalesce(g.approval_expires_at <= now(), true)) as "stale!"
         from leased l
@@ -331,14 +344,14 @@ impl Next {
     }
 }
 
-/// Records a try (none when `tried` is `None`) and what follows, ending the lease of claim
-/// number `claimed` (the delivery's `attempts` when it was claimed). A lease that ran out and
-/// was claimed again meanwhile is the new holder's: only the try is recorded.
+/// Records a try (none when `tried` is `None`) and what follows, ending the claim whose lease
+/// ends at `lease`. A lease that ran out and was claimed again (or replayed) meanwhile is no
+/// longer this claim's: only the try is recorded.
 pub async fn settle(
     pool: &PgPool,
     endpoint_id: Uuid,
     event_id: Uuid,
-    claimed: i32,
+    lease: DateTime<Utc>,
     tried: Option<&Tried>,
     next: Next,
 ) -> Result<(), sqlx::Error> {
@@ -384,13 +397,13 @@ pub async fn settle(
             next_attempt_at = case when $4::float8 is null then next_attempt_at
                                    else now() + make_interval(secs => $4) end,
             finished_at = case when $3 = 'pending' then null else now() end
-        where endpoint_id = $1 and event_id = $2 and attempts = $5 and state = 'pending'
+        where endpoint_id = $1 and event_id = $2 and leased_until = $5 and state = 'pending'
         "#,
         endpoint_id,
         event_id,
         state,
         after,
-        claimed
+        lease
     )
     .execute(&mut *tx)
     .await?;
@@ -415,22 +428,26 @@ pub async fn settle(
     tx.commit().await
 }
 
-/// Ends the lease of claim number `claimed` without a try: nothing was sent, so the claim's
-/// count is taken back and the delivery is due again at once.
+/// Ends the claim whose lease ends at `lease` without a try: nothing was sent, so its try is
+/// not counted, and the delivery is due again after `after_seconds`.
 pub async fn give_back(
     pool: &PgPool,
     endpoint_id: Uuid,
     event_id: Uuid,
-    claimed: i32,
+    lease: DateTime<Utc>,
+    after_seconds: f64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
-        update event_deliveries set attempts = attempts - 1, leased_until = null
-        where endpoint_id = $1 and event_id = $2 and attempts = $3 and state = 'pending'
+        update event_deliveries
+        set attempts = attempts - 1, leased_until = null,
+            next_attempt_at = now() + make_interval(secs => $4)
+        where endpoint_id = $1 and event_id = $2 and leased_until = $3 and state = 'pending'
         "#,
         endpoint_id,
         event_id,
-        claimed
+        lease,
+        after_seconds
     )
     .execute(pool)
     .await?;

@@ -134,14 +134,20 @@ async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(
     waiting.await.unwrap();
     holder.close().await.unwrap();
     no_connection_left_in_a_transaction(&app).await;
-    // its one statement was sent whole: it commits once the row is free, and an answer
-    // nobody read is what iDenfy's retry makes good (a duplicate, below)
+    // the webhook runs to its end without its sender: it commits once the row is free and
+    // is counted (so announced too); iDenfy's retry finds it a duplicate (below)
     let stored = format!(
         "select count(*) from deliveries where verdict = 'applied' and body_sha256 = '\\x{}'",
         hex::encode(sha)
     );
     app.eventually(Duration::from_secs(5), || async {
         app.count(&stored).await == 1
+    })
+    .await;
+    app.eventually(Duration::from_secs(5), || async {
+        app.metric("facepair_webhook_deliveries_total{verdict=\"applied\"}")
+            .await
+            == 1.0
     })
     .await;
 

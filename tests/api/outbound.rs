@@ -719,8 +719,9 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
     );
 }
 
-/// A claim handed back untried (its push was put off) is due again at once with its try not
-/// counted; a hand-back from a claim that is no longer the latest changes nothing.
+/// A claim handed back untried (its push was put off) is due again when asked, its try not
+/// counted; a hand-back or settle from a claim that is no longer the latest changes nothing,
+/// even when the newer claim has the same try number.
 #[sqlx::test]
 async fn a_push_put_off_hands_its_try_back(pool: PgPool) {
     use facepair::store::outbound::{claim, give_back};
@@ -744,21 +745,44 @@ async fn a_push_put_off_hands_its_try_back(pool: PgPool) {
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].attempts, 1);
     assert!(take().await.unwrap().is_empty(), "leased");
-    give_back(&app.pool, first[0].endpoint_id, first[0].event_id, 1)
+    let (endpoint, event) = (first[0].endpoint_id, first[0].event_id);
+    give_back(&app.pool, endpoint, event, first[0].lease, 0.0)
         .await
         .unwrap();
     let again = take().await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1, "the try put off is not counted");
-    // a hand-back of an older claim leaves the new holder's lease and count alone
-    give_back(&app.pool, again[0].endpoint_id, again[0].event_id, 0)
+    assert_ne!(again[0].lease, first[0].lease);
+    // the first claim's holder, late, can neither hand back nor settle the new claim, though
+    // its try number is the same
+    give_back(&app.pool, endpoint, event, first[0].lease, 0.0)
+        .await
+        .unwrap();
+    facepair::store::outbound::settle(
+        &app.pool,
+        endpoint,
+        event,
+        first[0].lease,
+        None,
+        facepair::store::outbound::Next::Delivered,
+    )
+    .await
+    .unwrap();
+    assert!(take().await.unwrap().is_empty());
+    assert_eq!(
+        app.count("select count(*) from event_deliveries where state = 'pending'")
+            .await,
+        1
+    );
+    // handed back to be due later, it is not claimed before then
+    give_back(&app.pool, endpoint, event, again[0].lease, 3600.0)
         .await
         .unwrap();
     assert!(take().await.unwrap().is_empty());
     assert_eq!(
         app.count("select attempts::int8 from event_deliveries")
             .await,
-        1
+        0
     );
 }
 
@@ -1350,10 +1374,11 @@ async fn a_settle_from_a_lost_lease_leaves_the_delivery_to_its_new_holder(pool: 
     })
     .await;
     // as if claim 1's lease ran out and claim 2 holds it now
-    let (endpoint, event): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+    type Held = (uuid::Uuid, uuid::Uuid, chrono::DateTime<chrono::Utc>);
+    let (endpoint, event, lease): Held = sqlx::query_as(
         "update event_deliveries set state = 'pending', attempts = 2, finished_at = null,
              leased_until = now() + interval '1 minute'
-         returning endpoint_id, event_id",
+         returning endpoint_id, event_id, leased_until",
     )
     .fetch_one(&app.pool)
     .await
@@ -1368,7 +1393,8 @@ async fn a_settle_from_a_lost_lease_leaves_the_delivery_to_its_new_holder(pool: 
         after_seconds: 3600.0,
         endpoint_too: true,
     };
-    settle(&app.pool, endpoint, event, 1, Some(&tried), late)
+    let lost = lease - chrono::Duration::seconds(30);
+    settle(&app.pool, endpoint, event, lost, Some(&tried), late)
         .await
         .unwrap();
     let (state, held, retry_at): (String, bool, Option<chrono::DateTime<chrono::Utc>>) =
@@ -1387,7 +1413,7 @@ async fn a_settle_from_a_lost_lease_leaves_the_delivery_to_its_new_holder(pool: 
         "the late try is still recorded"
     );
     // the holder's own settle counts
-    settle(&app.pool, endpoint, event, 2, None, Next::Delivered)
+    settle(&app.pool, endpoint, event, lease, None, Next::Delivered)
         .await
         .unwrap();
     assert_eq!(

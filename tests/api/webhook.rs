@@ -578,3 +578,62 @@ async fn a_change_from_a_stale_read_changes_nothing(pool: PgPool) {
     );
     assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
 }
+
+/// A webhook whose write waits while another transaction changes its login (a cancel, held
+/// open) is judged again after that change: `late`, and the login is never approved.
+#[sqlx::test]
+async fn a_webhook_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgPool) {
+    use sqlx::Connection;
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login_id(&login);
+    let mut holder = sqlx::PgConnection::connect_with(&app.pool.connect_options())
+        .await
+        .unwrap();
+    for sql in [
+        "begin",
+        "update logins set status = 'canceled', canceled_at = now(), event_seq = event_seq + 1
+         where id = $1::uuid",
+        "update attempts set status = 'canceled', outcome_source = 'platform',
+             finished_at = now(), digit_string = null
+         where login_id = $1::uuid",
+        "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
+         select l.id, l.event_seq, 'login_canceled', 'platform', 'canceled', a.id, '{}'
+         from logins l join attempts a on a.login_id = l.id where l.id = $1::uuid",
+    ] {
+        let query = sqlx::query(sql);
+        let query = if sql.contains("$1") {
+            query.bind(&id)
+        } else {
+            query
+        };
+        query.execute(&mut holder).await.unwrap();
+    }
+    let commit_once_the_webhook_waits = async {
+        app.eventually(std::time::Duration::from_secs(5), || async {
+            app.count(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'
+                   and query like '%update logins%'",
+            )
+            .await
+                == 1
+        })
+        .await;
+        sqlx::query("commit").execute(&mut holder).await.unwrap();
+    };
+    let attempt = attempt_id(&login);
+    let (answer, ()) = tokio::join!(
+        app.webhook(&attempt, "SUCCESS", json!({})),
+        commit_once_the_webhook_waits
+    );
+    assert_eq!(answer, (200, "late".into()));
+    assert_eq!(app.state(&id).await["status"], "canceled");
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'attempt_succeeded'")
+            .await,
+        0
+    );
+    assert_eq!(app.count("select count(*) from deliveries").await, 1);
+}

@@ -12,7 +12,7 @@ use crate::db::settle;
 use crate::load::percentile;
 use crate::pgbench::pgbench;
 use crate::report::Row;
-use crate::server::{API_KEY, SIM_KEY, SIM_SECRET, Server};
+use crate::server::{API_KEY, SIGNING_KEY, SIM_KEY, SIM_SECRET, Server};
 use crate::usage::Usage;
 
 /// facepair's own time: a creation's whole time less the simulator's answering the same calls.
@@ -41,6 +41,7 @@ pub async fn run(suite: &Suite, server: &Server) -> anyhow::Result<Vec<Row>> {
     let minimal = Usage::now(server.pid, admin, None)
         .await?
         .each(before, tps * secs.as_secs_f64());
+    let redeemed = redeems(suite, server, count).await?;
     total.sort();
     sim.sort();
     let (t50, t99, s50, s99) = (
@@ -67,16 +68,79 @@ pub async fn run(suite: &Suite, server: &Server) -> anyhow::Result<Vec<Row>> {
             ),
             target: "reported".into(),
         },
+        Row {
+            scenario: "4. redeem of an approved login: PostgreSQL's share".into(),
+            facepair: describe(&redeemed),
+            reference: "-".into(),
+            ratio: "-".into(),
+            target: "reported".into(),
+        },
     ])
 }
 
-/// Each creation's statements and PostgreSQL CPU.
+/// Each operation's statements, PostgreSQL CPU and write-ahead log.
 fn describe(each: &Usage) -> String {
     format!(
-        "{}, {:.3} ms PostgreSQL CPU",
+        "{}, {:.3} ms PostgreSQL CPU, WAL {}",
         each.describe_statements(),
-        each.cpu.postgres
+        each.cpu.postgres,
+        each.wal.describe()
     )
+}
+
+/// Approves the `count` logins just created (webhooks, not measured), then redeems them one
+/// at a time: what each redeem costs.
+async fn redeems(suite: &Suite, server: &Server, count: usize) -> anyhow::Result<Usage> {
+    let app = sqlx::PgPool::connect(&suite.app_url).await?;
+    let created: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+        "select l.id, l.scan_ref, a.idenfy_token from logins l join attempts a on a.login_id = l.id
+         where l.scan_ref like 'bench-person-%' and l.status = 'pending'",
+    )
+    .fetch_all(&app)
+    .await?;
+    if created.len() != count {
+        bail!("{} of {count} created logins are pending", created.len());
+    }
+    for (_, scan_ref, token) in &created {
+        let body = json!({
+            "id": uuid::Uuid::new_v4(), "scanRef": scan_ref, "clientId": "BENCHCLIENT",
+            "token": token, "status": "SUCCESS", "type": "AUTHENTICATION",
+            "method": "FACE_MATCHING", "ipAddress": "203.0.113.7", "riskTags": []
+        })
+        .to_string();
+        let r = suite
+            .http
+            .post(format!("{}/v1/webhooks/idenfy", server.url))
+            .header("content-type", "application/json")
+            .header(
+                "idenfy-signature",
+                facepair::idenfy::signature::sign(SIGNING_KEY.as_bytes(), body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await?;
+        if !r.text().await?.contains("\"applied\"") {
+            bail!("a webhook for a created login was not applied");
+        }
+    }
+    settle(&suite.admin).await?;
+    let before = Usage::now(server.pid, &suite.admin, None).await?;
+    for (id, _, _) in &created {
+        let r = suite
+            .http
+            .post(format!("{}/v1/logins/{id}/redeem", server.url))
+            .bearer_auth(API_KEY)
+            .send()
+            .await?;
+        if r.status() != 200 {
+            bail!("redeem answered {}: {}", r.status(), r.text().await?);
+        }
+        r.bytes().await?;
+    }
+    app.close().await;
+    Ok(Usage::now(server.pid, &suite.admin, None)
+        .await?
+        .each(before, count as f64))
 }
 
 /// The simulator answering the two iDenfy calls facepair makes for a creation, `count` times.
