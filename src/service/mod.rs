@@ -661,19 +661,27 @@ impl Drop for Announcement<'_> {
 }
 
 /// Runs `work` to its end in a task of its own, whether or not the request that started it
-/// is dropped (its client left); lines it logs keep the request's id.
-pub async fn detached<T, F>(work: F) -> Result<T, ApiError>
+/// is dropped (its client left); lines it logs keep the request's id, and a failure nobody
+/// is left to answer is logged. A stopping instance waits for it (`Context::detached`).
+pub async fn detached<T, F>(state: &Context, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
-    let work = match crate::telemetry::current_id() {
-        Some(id) => futures_util::future::Either::Left(crate::telemetry::in_request(id, work)),
-        None => futures_util::future::Either::Right(work),
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let task = async move {
+        let done = work.await;
+        if let Err(Err(e)) = answer.send(done) {
+            tracing::warn!(error = %crate::error::error_chain(&e), "work whose client left failed");
+        }
     };
-    tokio::spawn(work)
+    match crate::telemetry::current_id() {
+        Some(id) => state.detached.spawn(crate::telemetry::in_request(id, task)),
+        None => state.detached.spawn(task),
+    };
+    answered
         .await
-        .map_err(|e| internal(&format!("a task that outlives its request failed: {e}")))?
+        .map_err(|_| internal("work that outlives its request ended without an answer"))?
 }
 
 fn internal(what: &str) -> ApiError {

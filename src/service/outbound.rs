@@ -249,10 +249,6 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
 /// confirmed for `store::UNCONFIRMED_AFTER_SECONDS`).
 const CONFIRM_EVERY: Duration = Duration::from_secs(60);
 
-/// A push put off because its event could not be read waits this long: an error that
-/// repeats is not retried in a tight loop.
-const PUT_OFF_AFTER_ERROR: Duration = Duration::from_secs(30);
-
 /// How long a stopping instance lets its pushes in flight finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -345,8 +341,19 @@ impl Push {
             // removed by retention with its deliveries
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = %crate::error::error_chain(&e), "could not read the event to push; it is put off");
-                return self.give_back(&c, PUT_OFF_AFTER_ERROR).await;
+                // a failed try, nothing sent: retried by the schedule, which a lasting error
+                // runs through to `failed` rather than looping
+                let error = crate::error::error_chain(&e).to_string();
+                tracing::warn!(%error, "could not read the event to push");
+                let tried = Tried {
+                    status_code: None,
+                    latency_ms: 0,
+                    error: Some(format!("the event could not be read: {error}")),
+                    response_excerpt: None,
+                };
+                let next = self.after_failure(&c, None, false);
+                self.ctx.metrics.event_push(&endpoint, next.outcome(), None);
+                return self.settle(&c, Some(&tried), next).await;
             }
         };
         let allow_private = self.ctx.settings.events.allow_private_http;
@@ -370,7 +377,7 @@ impl Push {
             > self.lease_ends
         {
             tracing::warn!("an event push was put off: too little of its lease was left");
-            return self.give_back(&c, Duration::ZERO).await;
+            return self.give_back(&c).await;
         }
         let body = serde_json::to_vec(&OutboundEvent::from(&row)).expect("events serialize");
         let id = row.id.to_string();
@@ -443,20 +450,12 @@ impl Push {
         self.settle(&c, Some(&tried), next).await;
     }
 
-    /// Hands the claim back untried (its try is not counted), due again `after`; the metric
-    /// counts it.
-    async fn give_back(&self, c: &Claimed, after: Duration) {
+    /// Hands the claim back untried (its try is not counted); the metric counts it.
+    async fn give_back(&self, c: &Claimed) {
         self.ctx
             .metrics
             .event_push(&c.endpoint_id.to_string(), "put_off", None);
-        let pool = &self.ctx.pool;
-        let given = store::give_back(
-            pool,
-            c.endpoint_id,
-            c.event_id,
-            c.lease,
-            after.as_secs_f64(),
-        );
+        let given = store::give_back(&self.ctx.pool, c.endpoint_id, c.event_id, c.lease);
         if let Err(e) = given.await {
             tracing::warn!(error = %crate::error::error_chain(&e), "could not hand back an event push; it is tried again when its lease ends");
         }

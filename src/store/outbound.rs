@@ -171,18 +171,36 @@ const ENDPOINT_PAUSE_SECONDS: f64 = 60.0;
 pub const UNCONFIRMED_AFTER_SECONDS: f64 = 600.0;
 
 /// Confirms this instance's configured endpoints: new ones enabled, one configured again after
-/// it was dropped enabled again, one disabled by a 410 still disabled. A configured endpoint no
-/// instance has confirmed for [`UNCONFIRMED_AFTER_SECONDS`] is disabled as no longer
-/// configured, so no event is queued for it that nobody would send.
+/// it was dropped enabled again and queued what was numbered meanwhile, one disabled by a 410
+/// still disabled. A configured endpoint no instance has confirmed for
+/// [`UNCONFIRMED_AFTER_SECONDS`] is disabled as no longer configured, so no event is queued
+/// for it that nobody would send.
 pub async fn sync_configured(
     conn: &mut PgConnection,
     urls: &[String],
     types: Option<&[String]>,
 ) -> Result<(), sqlx::Error> {
-    // two statements, the URLs in one order: instances confirming at once never wait on
-    // each other in a cycle
+    // under the sequencer's lock, so no event is numbered between the catch-up and the
+    // endpoint's enabling; the URLs in one order, so instances confirming at once never wait
+    // on each other in a cycle
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query!("select pg_advisory_xact_lock($1)", sequencer_key())
+        .execute(&mut *tx)
+        .await?;
     sqlx::query!(
         r#"
+        with back as (
+            select id, disabled_at from event_endpoints
+            where url = any($1) and disabled_reason = 'no longer configured'
+        ), missed as (
+            -- a minute's margin for an event written before the disabling, numbered after it
+            insert into event_deliveries (endpoint_id, event_id, login_id, position)
+            select b.id, o.id, o.login_id, o.position
+            from back b join outbound_events o
+              on o.position is not null and o.created_at >= b.disabled_at - interval '1 minute'
+             and ($2::text[] is null or o.type = any($2))
+            on conflict (endpoint_id, event_id) do nothing
+        )
         insert into event_endpoints (url, origin, types)
         select u, 'config', $2 from unnest($1::text[]) as u order by u
         on conflict (url) do update
@@ -195,8 +213,9 @@ pub async fn sync_configured(
         urls,
         types
     )
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     sqlx::query!(
         r#"
         update event_endpoints
@@ -429,25 +448,21 @@ pub async fn settle(
 }
 
 /// Ends the claim whose lease ends at `lease` without a try: nothing was sent, so its try is
-/// not counted, and the delivery is due again after `after_seconds`.
+/// not counted, and the delivery is due again at once.
 pub async fn give_back(
     pool: &PgPool,
     endpoint_id: Uuid,
     event_id: Uuid,
     lease: DateTime<Utc>,
-    after_seconds: f64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
-        update event_deliveries
-        set attempts = attempts - 1, leased_until = null,
-            next_attempt_at = now() + make_interval(secs => $4)
+        update event_deliveries set attempts = attempts - 1, leased_until = null
         where endpoint_id = $1 and event_id = $2 and leased_until = $3 and state = 'pending'
         "#,
         endpoint_id,
         event_id,
-        lease,
-        after_seconds
+        lease
     )
     .execute(pool)
     .await?;

@@ -72,8 +72,9 @@ async fn no_connection_left_in_a_transaction(app: &TestApp) {
 }
 
 /// Requests dropped at each await of the creation and webhook paths (during iDenfy's answer,
-/// while waiting for the scan_ref's lock, while waiting for a duplicate delivery's lock, and a
-/// lock wait that fails) leave no connection in a transaction, and the next requests succeed.
+/// while waiting for the scan_ref's lock, while a webhook's write waits for its login's row,
+/// and a lock wait that fails) leave no connection in a transaction, and the next requests
+/// succeed.
 #[sqlx::test]
 async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

@@ -637,3 +637,53 @@ async fn a_webhook_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgP
     );
     assert_eq!(app.count("select count(*) from deliveries").await, 1);
 }
+
+/// Two copies of one body whose writes both wait for the login's row (held by another
+/// transaction), then race: one is applied, the other, read again, is a duplicate.
+#[sqlx::test]
+async fn two_copies_waiting_on_the_same_login_apply_once(pool: PgPool) {
+    use sqlx::Connection;
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let token = app.token_of(&attempt_id(&login)).await;
+    let body = webhook_body(&token, "SUCCESS", json!({}));
+    let mut holder = sqlx::PgConnection::connect_with(&app.pool.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("begin").execute(&mut holder).await.unwrap();
+    sqlx::query("select 1 from logins where id = $1::uuid for update")
+        .bind(login_id(&login))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let release_once_both_wait = async {
+        app.eventually(std::time::Duration::from_secs(5), || async {
+            app.count(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'
+                   and query like '%update logins%'",
+            )
+            .await
+                == 2
+        })
+        .await;
+        sqlx::query("rollback").execute(&mut holder).await.unwrap();
+    };
+    let send = || async {
+        let response = app.send_webhook(body.as_bytes(), SIGNING_KEY).await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        answer["verdict"].as_str().unwrap().to_owned()
+    };
+    let (first, second, ()) = tokio::join!(send(), send(), release_once_both_wait);
+    let mut verdicts = [first, second];
+    verdicts.sort();
+    assert_eq!(verdicts, ["applied", "duplicate"]);
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'attempt_succeeded'")
+            .await,
+        1
+    );
+    assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
+}
