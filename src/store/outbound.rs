@@ -233,7 +233,7 @@ pub async fn sync_configured(
 }
 
 /// A delivery an instance has leased and now sends.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
     pub endpoint_id: Uuid,
     pub url: String,
@@ -263,8 +263,9 @@ pub async fn claim(
     configured: &[String],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let (ids, left): (Vec<Uuid>, Vec<i64>) = rooms.iter().copied().unzip();
-    sqlx::query_as!(
-        Claimed,
+    // planned at each call, not once per connection: a plan made while the table was small
+    // (a new deployment) scans it once per row when it has grown, and claims stall
+    sqlx::query_as::<_, Claimed>(
         r#"
         with eligible as (
             select e.id, coalesce(r.left_, $3) as room
@@ -305,21 +306,22 @@ pub async fn claim(
             returning d.endpoint_id, d.event_id, d.attempts, d.login_id, d.leased_until
         )
         select l.endpoint_id, e.url, e.secrets, l.event_id, l.attempts,
-               l.leased_until as "lease!",
+               l.leased_until as lease,
                (o.type = 'login.approved'
-                and coalesce(g.approval_expires_at <= now(), true)) as "stale!"
+                and coalesce(g.approval_expires_at <= now(), true)) as stale
         from leased l
         join event_endpoints e on e.id = l.endpoint_id
         join outbound_events o on o.id = l.event_id
         join logins g on g.id = l.login_id
         "#,
-        limit,
-        lease_seconds,
-        room,
-        &ids,
-        &left,
-        configured
     )
+    .bind(limit)
+    .bind(lease_seconds)
+    .bind(room)
+    .bind(&ids)
+    .bind(&left)
+    .bind(configured)
+    .persistent(false)
     .fetch_all(pool)
     .await
 }
@@ -545,19 +547,20 @@ pub async fn enable_endpoint(
 
 /// Ops figures: the age of the oldest undelivered event, endpoints disabled.
 pub async fn backlog(conn: impl sqlx::PgExecutor<'_>) -> Result<(f64, i64), sqlx::Error> {
-    let row = sqlx::query!(
+    // planned at each call, for the same reason as `claim`
+    sqlx::query_as(
         r#"
         select
           coalesce((select extract(epoch from now() - min(o.created_at))::float8
                     from event_deliveries d join outbound_events o on o.id = d.event_id
                     join event_endpoints e on e.id = d.endpoint_id
-                    where d.state = 'pending' and e.disabled_at is null), 0) as "oldest!",
-          (select count(*) from event_endpoints where disabled_at is not null) as "disabled!"
-        "#
+                    where d.state = 'pending' and e.disabled_at is null), 0),
+          (select count(*) from event_endpoints where disabled_at is not null)
+        "#,
     )
+    .persistent(false)
     .fetch_one(conn)
-    .await?;
-    Ok((row.oldest, row.disabled))
+    .await
 }
 
 /// An endpoint as the API shows it (never its secrets).
