@@ -579,20 +579,54 @@ async fn a_change_from_a_stale_read_changes_nothing(pool: PgPool) {
     assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
 }
 
+/// Another transaction holding the login's row (with `changes` made in it, `$1` the login's
+/// id) until it ends: a webhook's write waits for it.
+async fn hold_login(app: &TestApp, id: &str, changes: &[&'static str]) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect_with(&app.pool.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("begin").execute(&mut holder).await.unwrap();
+    let lock = "select 1 from logins where id = $1::uuid for update";
+    for sql in std::iter::once(&lock).chain(changes) {
+        sqlx::query(*sql)
+            .bind(id)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+    }
+    holder
+}
+
+/// Ends `holder`'s transaction with `end` once `writes` webhook writes wait for its row.
+async fn end_once_waited_on(
+    app: &TestApp,
+    mut holder: sqlx::PgConnection,
+    writes: i64,
+    end: &'static str,
+) {
+    app.eventually(std::time::Duration::from_secs(5), || async {
+        app.count(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'
+               and query like '%update logins%'",
+        )
+        .await
+            == writes
+    })
+    .await;
+    sqlx::query(end).execute(&mut holder).await.unwrap();
+}
+
 /// A webhook whose write waits while another transaction changes its login (a cancel, held
 /// open) is judged again after that change: `late`, and the login is never approved.
 #[sqlx::test]
 async fn a_webhook_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgPool) {
-    use sqlx::Connection;
     let app = TestApp::spawn(pool).await;
     app.mock_eligible().await;
     let login = app.login().await;
     let id = login_id(&login);
-    let mut holder = sqlx::PgConnection::connect_with(&app.pool.connect_options())
-        .await
-        .unwrap();
-    for sql in [
-        "begin",
+    let cancel = [
         "update logins set status = 'canceled', canceled_at = now(), event_seq = event_seq + 1
          where id = $1::uuid",
         "update attempts set status = 'canceled', outcome_source = 'platform',
@@ -601,32 +635,12 @@ async fn a_webhook_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgP
         "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
          select l.id, l.event_seq, 'login_canceled', 'platform', 'canceled', a.id, '{}'
          from logins l join attempts a on a.login_id = l.id where l.id = $1::uuid",
-    ] {
-        let query = sqlx::query(sql);
-        let query = if sql.contains("$1") {
-            query.bind(&id)
-        } else {
-            query
-        };
-        query.execute(&mut holder).await.unwrap();
-    }
-    let commit_once_the_webhook_waits = async {
-        app.eventually(std::time::Duration::from_secs(5), || async {
-            app.count(
-                "select count(*) from pg_stat_activity
-                 where datname = current_database() and wait_event_type = 'Lock'
-                   and query like '%update logins%'",
-            )
-            .await
-                == 1
-        })
-        .await;
-        sqlx::query("commit").execute(&mut holder).await.unwrap();
-    };
+    ];
+    let holder = hold_login(&app, &id, &cancel).await;
     let attempt = attempt_id(&login);
     let (answer, ()) = tokio::join!(
         app.webhook(&attempt, "SUCCESS", json!({})),
-        commit_once_the_webhook_waits
+        end_once_waited_on(&app, holder, 1, "commit")
     );
     assert_eq!(answer, (200, "late".into()));
     assert_eq!(app.state(&id).await["status"], "canceled");
@@ -642,41 +656,23 @@ async fn a_webhook_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgP
 /// transaction), then race: one is applied, the other, read again, is a duplicate.
 #[sqlx::test]
 async fn two_copies_waiting_on_the_same_login_apply_once(pool: PgPool) {
-    use sqlx::Connection;
     let app = TestApp::spawn(pool).await;
     app.mock_eligible().await;
     let login = app.login().await;
     let token = app.token_of(&attempt_id(&login)).await;
     let body = webhook_body(&token, "SUCCESS", json!({}));
-    let mut holder = sqlx::PgConnection::connect_with(&app.pool.connect_options())
-        .await
-        .unwrap();
-    sqlx::query("begin").execute(&mut holder).await.unwrap();
-    sqlx::query("select 1 from logins where id = $1::uuid for update")
-        .bind(login_id(&login))
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    let release_once_both_wait = async {
-        app.eventually(std::time::Duration::from_secs(5), || async {
-            app.count(
-                "select count(*) from pg_stat_activity
-                 where datname = current_database() and wait_event_type = 'Lock'
-                   and query like '%update logins%'",
-            )
-            .await
-                == 2
-        })
-        .await;
-        sqlx::query("rollback").execute(&mut holder).await.unwrap();
-    };
+    let holder = hold_login(&app, &login_id(&login), &[]).await;
     let send = || async {
         let response = app.send_webhook(body.as_bytes(), SIGNING_KEY).await;
         assert_eq!(response.status(), 200);
         let answer: Value = response.json().await.unwrap();
         answer["verdict"].as_str().unwrap().to_owned()
     };
-    let (first, second, ()) = tokio::join!(send(), send(), release_once_both_wait);
+    let (first, second, ()) = tokio::join!(
+        send(),
+        send(),
+        end_once_waited_on(&app, holder, 2, "rollback")
+    );
     let mut verdicts = [first, second];
     verdicts.sort();
     assert_eq!(verdicts, ["applied", "duplicate"]);
