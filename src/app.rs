@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::http;
@@ -79,7 +78,6 @@ impl Application {
             settings: Arc::new(settings),
             pool,
             shutdown,
-            detached: TaskTracker::new(),
         };
 
         let stop = state.shutdown.clone();
@@ -181,17 +179,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let stop = self.stop.clone();
-        let detached = self.state.detached.clone();
         let signals = tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("shutting down"),
                 _ = stop.cancelled() => {}
             }
             stop.cancel();
-            // work whose client left runs on the HTTP workers: it ends before they do
-            handle.pause().await;
-            detached.close();
-            let _ = tokio::time::timeout(DETACHED_GRACE, detached.wait()).await;
             handle.stop(true).await;
         });
         let result = self.server.await;
@@ -206,10 +199,6 @@ impl Application {
         result
     }
 }
-
-/// How long a stopping instance waits for work that outlives its request (a webhook or a
-/// code being issued whose client left) before its HTTP workers stop.
-const DETACHED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The context one HTTP worker's requests see: a pool and a NOTIFY connection of its own, opened
 /// lazily on the worker's thread, because a socket is driven by the runtime that opened it and

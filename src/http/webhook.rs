@@ -60,7 +60,7 @@ pub async fn receive(
     let (content_type, event_type) = (text(CONTENT_TYPE.as_str()), text("idenfy-event-type"));
     // to its end even if iDenfy hangs up: a write that commits after the sender left is
     // still announced, counted and logged
-    let recorded = service::detached(&state.clone(), async move {
+    let recorded = service::detached(async move {
         let received = Received {
             body: &body,
             signing_key_index: key_index,

@@ -37,7 +37,7 @@ where
     F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     let limit = issuing_limit(state.settings.idenfy_timeout);
-    crate::service::detached(state, async move {
+    crate::service::detached(async move {
         tokio::time::timeout(limit, work)
             .await
             .unwrap_or(Err(ApiError::IdenfyTimeout(

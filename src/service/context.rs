@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::idenfy::IdenfyClient;
@@ -26,7 +25,4 @@ pub struct Context {
     /// Cancelled when the instance begins to stop: streams and long polls answer, background
     /// tasks end.
     pub shutdown: CancellationToken,
-    /// Work that outlives its request (`service::detached`), waited for before the HTTP
-    /// workers stop.
-    pub detached: TaskTracker,
 }

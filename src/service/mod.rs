@@ -662,23 +662,24 @@ impl Drop for Announcement<'_> {
 
 /// Runs `work` to its end in a task of its own, whether or not the request that started it
 /// is dropped (its client left); lines it logs keep the request's id, and a failure nobody
-/// is left to answer is logged. A stopping instance waits for it (`Context::detached`).
-pub async fn detached<T, F>(state: &Context, work: F) -> Result<T, ApiError>
+/// is left to answer is logged.
+pub async fn detached<T, F>(work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     let (answer, answered) = tokio::sync::oneshot::channel();
     let task = async move {
-        let done = work.await;
-        if let Err(Err(e)) = answer.send(done) {
+        if let Err(Err(e)) = answer.send(work.await) {
             tracing::warn!(error = %crate::error::error_chain(&e), "work whose client left failed");
         }
     };
-    match crate::telemetry::current_id() {
-        Some(id) => state.detached.spawn(crate::telemetry::in_request(id, task)),
-        None => state.detached.spawn(task),
+    let task = match crate::telemetry::current_id() {
+        Some(id) => tokio::spawn(crate::telemetry::in_request(id, task)),
+        None => tokio::spawn(task),
     };
+    task.await
+        .map_err(|e| internal(&format!("work that outlives its request failed: {e}")))?;
     answered
         .await
         .map_err(|_| internal("work that outlives its request ended without an answer"))?

@@ -171,7 +171,8 @@ const ENDPOINT_PAUSE_SECONDS: f64 = 60.0;
 pub const UNCONFIRMED_AFTER_SECONDS: f64 = 600.0;
 
 /// Confirms this instance's configured endpoints: new ones enabled, one configured again after
-/// it was dropped enabled again and queued what was numbered meanwhile, one disabled by a 410
+/// it was dropped enabled again and queued what was numbered meanwhile (the last day of it;
+/// `facepair events replay-since` sends older events), one disabled by a 410
 /// still disabled. A configured endpoint no instance has confirmed for
 /// [`UNCONFIRMED_AFTER_SECONDS`] is disabled as no longer configured, so no event is queued
 /// for it that nobody would send.
@@ -193,11 +194,14 @@ pub async fn sync_configured(
             select id, disabled_at from event_endpoints
             where url = any($1) and disabled_reason = 'no longer configured'
         ), missed as (
-            -- a minute's margin for an event written before the disabling, numbered after it
+            -- a minute's margin for an event written before the disabling, numbered after it;
+            -- a day at most, so one statement under the lock stays short
             insert into event_deliveries (endpoint_id, event_id, login_id, position)
             select b.id, o.id, o.login_id, o.position
             from back b join outbound_events o
-              on o.position is not null and o.created_at >= b.disabled_at - interval '1 minute'
+              on o.position is not null
+             and o.created_at >= greatest(b.disabled_at - interval '1 minute',
+                                          now() - interval '1 day')
              and ($2::text[] is null or o.type = any($2))
             on conflict (endpoint_id, event_id) do nothing
         )

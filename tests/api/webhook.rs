@@ -612,7 +612,7 @@ async fn end_once_waited_on(
                and query like '%update logins%'",
         )
         .await
-            == writes
+            >= writes
     })
     .await;
     sqlx::query(end).execute(&mut holder).await.unwrap();
