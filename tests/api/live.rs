@@ -500,6 +500,28 @@ fn start_backstop(
     stop.drop_guard()
 }
 
+/// How long a test waits for the backstop to act, many of its periods.
+const BACKSTOP_WAIT: Duration = Duration::from_secs(3);
+
+/// The backstop's first pass wakes a login newly followed (nothing tells it what its
+/// subscriber read).
+async fn first_pass_wakes(subscription: &mut facepair::live::Subscription) {
+    woken(
+        subscription,
+        BACKSTOP_WAIT,
+        "the first pass wakes a login newly followed",
+    )
+    .await;
+}
+
+/// Cancels the login through the API (a deaf instance hears no NOTIFY of it).
+async fn cancel(app: &TestApp, id: impl std::fmt::Display) {
+    assert_eq!(
+        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
+        200
+    );
+}
+
 /// Waits for the subscription's next wake-up, for at most `within`.
 async fn woken(subscription: &mut facepair::live::Subscription, within: Duration, what: &str) {
     if tokio::time::timeout(within, subscription.changed())
@@ -527,12 +549,7 @@ async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
     let _backstop = start_backstop(&hub, &pool, period);
     // a login newly followed is woken once by the first pass (nothing tells it what its
     // subscriber read); after that, an unchanged login is left alone
-    woken(
-        &mut subscription,
-        Duration::from_secs(3),
-        "the first pass wakes a login newly followed",
-    )
-    .await;
+    first_pass_wakes(&mut subscription).await;
     not_woken(
         &mut subscription,
         period * 6,
@@ -541,13 +558,10 @@ async fn the_backstop_announces_a_change_without_notify_once(pool: PgPool) {
     .await;
 
     // the hub hears of no NOTIFY: only the backstop can tell it
-    assert_eq!(
-        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
-        200
-    );
+    cancel(&app, id).await;
     woken(
         &mut subscription,
-        Duration::from_secs(3),
+        BACKSTOP_WAIT,
         "the backstop announces the change",
     )
     .await;
@@ -570,18 +584,10 @@ async fn the_backstop_leaves_alone_a_change_whose_notify_came(pool: PgPool) {
     let period = Duration::from_millis(100);
     let backstop = start_backstop(&hub, &pool, period);
     // the backstop's first pass: it wakes the new subscriber once, then knows the login
-    woken(
-        &mut subscription,
-        Duration::from_secs(3),
-        "the first pass wakes a login newly followed",
-    )
-    .await;
+    first_pass_wakes(&mut subscription).await;
     // stopped while the change and its NOTIFY happen, so that no pass runs between the two
     drop(backstop);
-    assert_eq!(
-        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
-        200
-    );
+    cancel(&app, id).await;
     let seq: i32 = sqlx::query_scalar("select event_seq from logins where id = $1")
         .bind(id)
         .fetch_one(&pool)
@@ -617,20 +623,12 @@ async fn the_backstop_forgets_a_number_the_database_has_not_reached(pool: PgPool
     .await;
     let _backstop = start_backstop(&hub, &pool, period);
     // the first pass forgets 99, which the database never reached, and wakes the subscriber
-    woken(
-        &mut subscription,
-        Duration::from_secs(3),
-        "the first pass wakes a login newly followed",
-    )
-    .await;
+    first_pass_wakes(&mut subscription).await;
     // the hub hears of no NOTIFY for the real change
-    assert_eq!(
-        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
-        200
-    );
+    cancel(&app, id).await;
     woken(
         &mut subscription,
-        Duration::from_secs(3),
+        BACKSTOP_WAIT,
         "the backstop announces the change",
     )
     .await;
@@ -642,10 +640,7 @@ async fn the_backstop_forgets_a_number_the_database_has_not_reached(pool: PgPool
 async fn the_backstop_drops_cached_rows_without_subscribers(pool: PgPool) {
     let (app, id, hub) = deaf_instance_with_a_login(&pool).await;
     let _backstop = start_backstop(&hub, &pool, Duration::from_millis(100));
-    assert_eq!(
-        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
-        200
-    );
+    cancel(&app, id).await;
     app.eventually(Duration::from_secs(3), || async {
         hub.cache.get(&id).is_none()
     })
@@ -832,10 +827,7 @@ async fn a_settled_login_tells_a_caught_up_client_to_stop(pool: PgPool) {
     app.mock_eligible().await;
     let login = app.login().await;
     let id = login["login_id"].as_str().unwrap();
-    assert_eq!(
-        app.post(&format!("/v1/logins/{id}/cancel")).await.status(),
-        200
-    );
+    cancel(&app, id).await;
     let open = |last: Option<&str>| {
         let mut request = app
             .http
