@@ -345,15 +345,8 @@ impl Push {
                 // runs through to `failed` rather than looping
                 let error = crate::error::error_chain(&e).to_string();
                 tracing::warn!(%error, "could not read the event to push");
-                let tried = Tried {
-                    status_code: None,
-                    latency_ms: 0,
-                    error: Some(format!("the event could not be read: {error}")),
-                    response_excerpt: None,
-                };
-                let next = self.after_failure(&c, None, false);
-                self.ctx.metrics.event_push(&endpoint, next.outcome(), None);
-                return self.settle(&c, Some(&tried), next).await;
+                let error = format!("the event could not be read: {error}");
+                return self.failed_unsent(&c, error, false).await;
             }
         };
         let allow_private = self.ctx.settings.events.allow_private_http;
@@ -361,16 +354,8 @@ impl Push {
             .map_err(|_| "is not a URL")
             .and_then(|u| outbound::check_endpoint_url(&u, allow_private))
         {
-            let tried = Tried {
-                status_code: None,
-                latency_ms: 0,
-                error: Some(format!("the endpoint URL {refused}")),
-                response_excerpt: None,
-            };
-            let next = self.after_failure(&c, None, true);
-            self.ctx.metrics.event_push(&endpoint, next.outcome(), None);
-            self.settle(&c, Some(&tried), next).await;
-            return;
+            let error = format!("the endpoint URL {refused}");
+            return self.failed_unsent(&c, error, true).await;
         }
         // a push that could outlast the lease could meet another instance's: leave it to that one
         if Instant::now() + self.ctx.settings.events.timeout + Duration::from_secs(1)
@@ -448,6 +433,21 @@ impl Push {
             tracing::info!(status = ?tried.status_code, error = ?tried.error, outcome, "an event push failed");
         }
         self.settle(&c, Some(&tried), next).await;
+    }
+
+    /// Records a try that failed before anything was sent, and what follows by the schedule
+    /// (`endpoint_too`: the endpoint itself is at fault and waits as well).
+    async fn failed_unsent(&self, c: &Claimed, error: String, endpoint_too: bool) {
+        let tried = Tried {
+            status_code: None,
+            latency_ms: 0,
+            error: Some(error),
+            response_excerpt: None,
+        };
+        let next = self.after_failure(c, None, endpoint_too);
+        let endpoint = c.endpoint_id.to_string();
+        self.ctx.metrics.event_push(&endpoint, next.outcome(), None);
+        self.settle(c, Some(&tried), next).await;
     }
 
     /// Hands the claim back untried (its try is not counted); the metric counts it.
