@@ -549,7 +549,8 @@ pub async fn enable_endpoint(
     Ok(done.rows_affected() > 0)
 }
 
-/// Ops figures: the age of the oldest undelivered event, endpoints disabled.
+/// Ops figures: the age of the oldest undelivered event, endpoints disabled (by a 410 or
+/// the platform, not those no longer configured).
 pub async fn backlog(conn: impl sqlx::PgExecutor<'_>) -> Result<(f64, i64), sqlx::Error> {
     // planned at each call, for the same reason as `claim`
     sqlx::query_as(
@@ -559,7 +560,10 @@ pub async fn backlog(conn: impl sqlx::PgExecutor<'_>) -> Result<(f64, i64), sqlx
                     from event_deliveries d join outbound_events o on o.id = d.event_id
                     join event_endpoints e on e.id = d.endpoint_id
                     where d.state = 'pending' and e.disabled_at is null), 0),
-          (select count(*) from event_endpoints where disabled_at is not null)
+          -- an endpoint no longer configured is not in trouble
+          (select count(*) from event_endpoints
+           where disabled_at is not null
+             and disabled_reason is distinct from 'no longer configured')
         "#,
     )
     .persistent(false)

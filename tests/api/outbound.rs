@@ -690,6 +690,9 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
         (url.as_str(), reason.as_str()),
         (REMOVED, "no longer configured")
     );
+    // not counted among the endpoints disabled for trouble
+    let (_, disabled) = facepair::store::outbound::backlog(&app.pool).await.unwrap();
+    assert_eq!(disabled, 0);
 
     app.mock_eligible().await;
     app.login().await;
