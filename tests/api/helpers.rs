@@ -365,3 +365,60 @@ impl Respond for Sessions {
         }))
     }
 }
+
+/// Another transaction holding the login's row (with `changes` made in it, `$1` the login's
+/// id) until it ends: a write to the login (a webhook's, a redeem's) waits for it.
+pub async fn hold_login(app: &TestApp, id: &str, changes: &[&'static str]) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect_with(&app.pool.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("begin").execute(&mut holder).await.unwrap();
+    let lock = "select 1 from logins where id = $1::uuid for update";
+    for sql in std::iter::once(&lock).chain(changes) {
+        sqlx::query(*sql)
+            .bind(id)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+    }
+    holder
+}
+
+/// What a cancel writes, for [`hold_login`]: a change of the login that a waiting write must
+/// judge itself after.
+pub const A_CANCEL: [&str; 3] = [
+    "update logins set status = 'canceled', canceled_at = now(), event_seq = event_seq + 1
+     where id = $1::uuid",
+    "update attempts set status = 'canceled', outcome_source = 'platform',
+         finished_at = now(), digit_string = null
+     where login_id = $1::uuid and status = 'pending'",
+    "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
+     select l.id, l.event_seq, 'login_canceled', 'platform', 'canceled', a.id, '{}'
+     from logins l join attempts a on a.login_id = l.id where l.id = $1::uuid",
+];
+
+/// Ends `holder`'s transaction with `end` once `writes` writes to the login wait for its row.
+pub async fn end_once_waited_on(
+    app: &TestApp,
+    mut holder: sqlx::PgConnection,
+    writes: i64,
+    end: &'static str,
+) {
+    writes_wait(app, writes).await;
+    sqlx::query(end).execute(&mut holder).await.unwrap();
+}
+
+/// Returns once `writes` writes to a login wait for its row.
+pub async fn writes_wait(app: &TestApp, writes: i64) {
+    app.eventually(std::time::Duration::from_secs(5), || async {
+        app.count(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'
+               and query like '%update logins%'",
+        )
+        .await
+            >= writes
+    })
+    .await;
+}

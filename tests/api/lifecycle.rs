@@ -110,6 +110,95 @@ async fn concurrent_redeems_exactly_one_wins(pool: PgPool) {
     );
 }
 
+/// A redeem whose write waits while another transaction cancels the login is judged again
+/// after the cancel: 409, and the login is never redeemed.
+#[sqlx::test]
+async fn a_redeem_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
+        .await;
+    let holder = hold_login(&app, &lid, &A_CANCEL).await;
+    let redeem = async {
+        let response = app.post(&format!("/v1/logins/{lid}/redeem")).await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (
+            status,
+            body["error"]["code"].clone(),
+            body["error"]["message"].clone(),
+        )
+    };
+    let ((status, error, message), ()) =
+        tokio::join!(redeem, end_once_waited_on(&app, holder, 1, "commit"));
+    assert_eq!((status, error), (409, json!("not_approved")), "{message}");
+    assert!(message.as_str().unwrap().contains("canceled"), "{message}");
+    assert_eq!(app.state(&lid).await["status"], "canceled");
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'login_redeemed'")
+            .await,
+        0
+    );
+}
+
+/// A redeem whose client leaves while its write waits for the login's row still commits once
+/// the row is free, and is announced: a long poll on the login answers `redeemed` at once,
+/// not at the 5 s backstop's next pass. The platform's retry is told `already_redeemed`.
+#[sqlx::test]
+async fn a_redeem_whose_client_left_commits_and_is_announced(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let lid = id(&login, "login");
+    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
+        .await;
+    let etag = app.get_login(&lid).await.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut holder = hold_login(&app, &lid, &[]).await;
+    let path = format!("/v1/logins/{lid}/redeem");
+    let abandoned = app
+        .http
+        .post(app.url(&path))
+        .bearer_auth(API_KEY)
+        .timeout(Duration::from_millis(800))
+        .send();
+    let (result, ()) = tokio::join!(abandoned, writes_wait(&app, 1));
+    assert!(
+        result.is_err_and(|e| e.is_timeout()),
+        "the client left first"
+    );
+    let poll = app
+        .http
+        .get(app.url(&format!("/v1/logins/{lid}?wait=20")))
+        .bearer_auth(API_KEY)
+        .header("if-none-match", &etag)
+        .send();
+    let (answer, freed) = tokio::join!(poll, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("rollback").execute(&mut holder).await.unwrap();
+        std::time::Instant::now()
+    });
+    let answer = answer.unwrap();
+    assert!(
+        freed.elapsed() < Duration::from_secs(3),
+        "answered on the announcement, not by the backstop"
+    );
+    assert_eq!(answer.json::<Value>().await.unwrap()["status"], "redeemed");
+    assert_eq!(
+        code(app.post(&path).await).await,
+        (409, "already_redeemed".into())
+    );
+    assert_eq!(
+        app.count("select count(*) from events where kind = 'login_redeemed'")
+            .await,
+        1
+    );
+}
+
 #[sqlx::test]
 async fn a_new_code_after_failure_and_the_budget(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

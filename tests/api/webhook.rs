@@ -579,45 +579,6 @@ async fn a_change_from_a_stale_read_changes_nothing(pool: PgPool) {
     assert_eq!(app.state(&login_id(&login)).await["status"], "approved");
 }
 
-/// Another transaction holding the login's row (with `changes` made in it, `$1` the login's
-/// id) until it ends: a webhook's write waits for it.
-async fn hold_login(app: &TestApp, id: &str, changes: &[&'static str]) -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let mut holder = sqlx::PgConnection::connect_with(&app.pool.connect_options())
-        .await
-        .unwrap();
-    sqlx::query("begin").execute(&mut holder).await.unwrap();
-    let lock = "select 1 from logins where id = $1::uuid for update";
-    for sql in std::iter::once(&lock).chain(changes) {
-        sqlx::query(*sql)
-            .bind(id)
-            .execute(&mut holder)
-            .await
-            .unwrap();
-    }
-    holder
-}
-
-/// Ends `holder`'s transaction with `end` once `writes` webhook writes wait for its row.
-async fn end_once_waited_on(
-    app: &TestApp,
-    mut holder: sqlx::PgConnection,
-    writes: i64,
-    end: &'static str,
-) {
-    app.eventually(std::time::Duration::from_secs(5), || async {
-        app.count(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'
-               and query like '%update logins%'",
-        )
-        .await
-            >= writes
-    })
-    .await;
-    sqlx::query(end).execute(&mut holder).await.unwrap();
-}
-
 /// A webhook whose write waits while another transaction changes its login (a cancel, held
 /// open) is judged again after that change: `late`, and the login is never approved.
 #[sqlx::test]
@@ -626,17 +587,7 @@ async fn a_webhook_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgP
     app.mock_eligible().await;
     let login = app.login().await;
     let id = login_id(&login);
-    let cancel = [
-        "update logins set status = 'canceled', canceled_at = now(), event_seq = event_seq + 1
-         where id = $1::uuid",
-        "update attempts set status = 'canceled', outcome_source = 'platform',
-             finished_at = now(), digit_string = null
-         where login_id = $1::uuid",
-        "insert into events (login_id, seq, kind, source, login_status, attempt_id, detail)
-         select l.id, l.event_seq, 'login_canceled', 'platform', 'canceled', a.id, '{}'
-         from logins l join attempts a on a.login_id = l.id where l.id = $1::uuid",
-    ];
-    let holder = hold_login(&app, &id, &cancel).await;
+    let holder = hold_login(&app, &id, &A_CANCEL).await;
     let attempt = attempt_id(&login);
     let (answer, ()) = tokio::join!(
         app.webhook(&attempt, "SUCCESS", json!({})),
