@@ -191,17 +191,16 @@ pub async fn sync_configured(
     sqlx::query!(
         r#"
         with back as (
-            select id, disabled_at from event_endpoints
+            select id, disabled_after_position from event_endpoints
             where url = any($1) and disabled_reason = 'no longer configured'
         ), missed as (
-            -- a minute's margin for an event written before the disabling, numbered after it;
-            -- a day at most, so one statement under the lock stays short
+            -- every event numbered after the disabling; a day at most, so one statement under
+            -- the lock stays short
             insert into event_deliveries (endpoint_id, event_id, login_id, position)
             select b.id, o.id, o.login_id, o.position
             from back b join outbound_events o
-              on o.position is not null
-             and o.created_at >= greatest(b.disabled_at - interval '1 minute',
-                                          now() - interval '1 day')
+              on o.position > b.disabled_after_position
+             and o.created_at >= now() - interval '1 day'
              and ($2::text[] is null or o.type = any($2))
             on conflict (endpoint_id, event_id) do nothing
         )
@@ -212,7 +211,8 @@ pub async fn sync_configured(
             disabled_at = case when event_endpoints.disabled_reason = 'no longer configured'
                                then null else event_endpoints.disabled_at end,
             disabled_reason = case when event_endpoints.disabled_reason = 'no longer configured'
-                                   then null else event_endpoints.disabled_reason end
+                                   then null else event_endpoints.disabled_reason end,
+            disabled_after_position = null
         "#,
         urls,
         types
@@ -222,8 +222,11 @@ pub async fn sync_configured(
     tx.commit().await?;
     sqlx::query!(
         r#"
+        -- what was numbered before this statement's snapshot was queued for the endpoint; what
+        -- commits after it is numbered higher (the sequencer numbers under its lock, in order)
         update event_endpoints
-        set disabled_at = now(), disabled_reason = 'no longer configured'
+        set disabled_at = now(), disabled_reason = 'no longer configured',
+            disabled_after_position = (select coalesce(max(position), 0) from outbound_events)
         where id in (select id from event_endpoints
                      where origin = 'config' and disabled_at is null
                        and confirmed_at < now() - make_interval(secs => $1)

@@ -712,6 +712,11 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
         [format!("{}/hooks", server.uri()), ELSEWHERE.to_owned()]
     );
 
+    // written long before it was numbered (a sequencer that fell behind): missed all the same
+    sqlx::query("update outbound_events set created_at = now() - interval '2 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     // an instance starting with it configured enables it again, with the event it missed
     let mut conn = app.pool.acquire().await.unwrap();
     facepair::store::outbound::sync_configured(&mut conn, &[REMOVED.to_owned()], None)
