@@ -148,16 +148,7 @@ async fn concurrent_first_hits_never_pass_the_cap(pool: PgPool) {
         }
     });
     let release = async {
-        a.eventually(std::time::Duration::from_secs(10), || async {
-            a.count(
-                "select count(*) from pg_stat_activity
-                 where datname = current_database() and wait_event_type = 'Lock'
-                   and query like '%rate_limits%'",
-            )
-            .await
-                >= 8
-        })
-        .await;
+        lock_waiters(&a, "rate_limits", 8).await;
         gate.rollback().await.unwrap();
     };
     let (answers, ()) = tokio::join!(futures_util::future::join_all(creations), release);

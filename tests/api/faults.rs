@@ -11,7 +11,8 @@ use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    API_KEY, SCAN_REF, SIGNING_KEY, TestApp, mock_check_status, mock_sessions, webhook_body,
+    API_KEY, SCAN_REF, SIGNING_KEY, TestApp, lock_waiters, mock_check_status, mock_sessions,
+    webhook_body,
 };
 
 /// A client that gives up after `after`: its request's future is dropped wherever it waits.
@@ -51,19 +52,6 @@ async fn hold_lock(pool: &PgPool, key: i64) -> PgConnection {
 }
 
 /// Waits until a facepair connection waits on a lock in a statement containing `sql`.
-async fn someone_waits_on_a_lock(app: &TestApp, sql: &str) {
-    app.eventually(Duration::from_secs(5), || async {
-        app.count(&format!(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'
-               and query like '%{sql}%'"
-        ))
-        .await
-            > 0
-    })
-    .await;
-}
-
 async fn no_connection_left_in_a_transaction(app: &TestApp) {
     app.eventually(Duration::from_secs(5), || async {
         idle_in_transaction(&app.pool).await == 0
@@ -100,7 +88,7 @@ async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(
     let key = facepair::store::attempts::scan_ref_lock_key(SCAN_REF);
     let holder = hold_lock(&app.pool, key).await;
     let waiting = tokio::spawn(abandoned(create(), Duration::from_millis(800)));
-    someone_waits_on_a_lock(&app, "pg_advisory_xact_lock").await;
+    lock_waiters(&app, "pg_advisory_xact_lock", 1).await;
     waiting.await.unwrap();
     holder.close().await.unwrap();
     no_connection_left_in_a_transaction(&app).await;
@@ -131,7 +119,7 @@ async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(
             .body(body.clone())
     };
     let waiting = tokio::spawn(abandoned(signed(), Duration::from_millis(800)));
-    someone_waits_on_a_lock(&app, "update logins").await;
+    lock_waiters(&app, "update logins", 1).await;
     waiting.await.unwrap();
     holder.close().await.unwrap();
     no_connection_left_in_a_transaction(&app).await;
@@ -155,7 +143,7 @@ async fn requests_abandoned_at_every_await_leave_no_connection_in_a_transaction(
     // a lock wait that fails (canceled by an operator): the transaction is rolled back
     let holder = hold_lock(&app.pool, key).await;
     let failing = tokio::spawn(create().send());
-    someone_waits_on_a_lock(&app, "pg_advisory_xact_lock").await;
+    lock_waiters(&app, "pg_advisory_xact_lock", 1).await;
     sqlx::query(
         "select pg_cancel_backend(pid) from pg_stat_activity
          where datname = current_database() and wait_event_type = 'Lock'

@@ -411,14 +411,19 @@ pub async fn end_once_waited_on(
 
 /// Returns once `writes` writes to a login wait for its row.
 pub async fn writes_wait(app: &TestApp, writes: i64) {
-    app.eventually(std::time::Duration::from_secs(5), || async {
-        app.count(
+    lock_waiters(app, "update logins", writes).await;
+}
+
+/// Returns once at least `n` statements containing `sql` wait for a lock.
+pub async fn lock_waiters(app: &TestApp, sql: &str, n: i64) {
+    app.eventually(std::time::Duration::from_secs(10), || async {
+        app.count(&format!(
             "select count(*) from pg_stat_activity
              where datname = current_database() and wait_event_type = 'Lock'
-               and query like '%update logins%'",
-        )
+               and query like '%{sql}%'"
+        ))
         .await
-            >= writes
+            >= n
     })
     .await;
 }

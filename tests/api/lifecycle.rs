@@ -24,6 +24,36 @@ async fn code(response: reqwest::Response) -> (u16, String) {
     )
 }
 
+async fn etag_of(app: &TestApp, lid: &str) -> String {
+    let response = app.get_login(lid).await;
+    response.headers()["etag"].to_str().unwrap().to_owned()
+}
+
+/// A long poll on the login, answered once it differs from `etag` or after `wait` seconds.
+async fn long_poll(app: &TestApp, lid: &str, etag: &str, wait: u32) -> reqwest::Response {
+    app.http
+        .get(app.url(&format!("/v1/logins/{lid}?wait={wait}")))
+        .bearer_auth(API_KEY)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn redeemed_events(app: &TestApp) -> i64 {
+    app.count("select count(*) from events where kind = 'login_redeemed'")
+        .await
+}
+
+/// A login approved by a webhook: its id.
+async fn approved_login(app: &TestApp) -> String {
+    app.mock_eligible().await;
+    let login = app.login().await;
+    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
+        .await;
+    id(&login, "login")
+}
+
 #[sqlx::test]
 async fn redeem_once_after_approval(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -57,11 +87,7 @@ async fn redeem_once_after_approval(pool: PgPool) {
         (409, "already_redeemed".into())
     );
     assert_eq!(app.state(&lid).await["status"], "redeemed");
-    assert_eq!(
-        app.count("select count(*) from events where kind = 'login_redeemed'")
-            .await,
-        1
-    );
+    assert_eq!(redeemed_events(&app).await, 1);
     // nothing moves a redeemed login
     assert_eq!(
         code(app.post(&format!("/v1/logins/{lid}/attempts")).await).await,
@@ -76,11 +102,7 @@ async fn redeem_once_after_approval(pool: PgPool) {
 #[sqlx::test]
 async fn concurrent_redeems_exactly_one_wins(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.mock_eligible().await;
-    let login = app.login().await;
-    let lid = id(&login, "login");
-    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
-        .await;
+    let lid = approved_login(&app).await;
     let other = app.second_instance().await;
     let path = format!("/v1/logins/{lid}/redeem");
     let mut calls = Vec::new();
@@ -103,11 +125,7 @@ async fn concurrent_redeems_exactly_one_wins(pool: PgPool) {
         15,
         "{statuses:?}"
     );
-    assert_eq!(
-        app.count("select count(*) from events where kind = 'login_redeemed'")
-            .await,
-        1
-    );
+    assert_eq!(redeemed_events(&app).await, 1);
 }
 
 /// A redeem whose write waits while another transaction cancels the login is judged again
@@ -115,11 +133,7 @@ async fn concurrent_redeems_exactly_one_wins(pool: PgPool) {
 #[sqlx::test]
 async fn a_redeem_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.mock_eligible().await;
-    let login = app.login().await;
-    let lid = id(&login, "login");
-    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
-        .await;
+    let lid = approved_login(&app).await;
     let holder = hold_login(&app, &lid, &A_CANCEL).await;
     let redeem = async {
         let response = app.post(&format!("/v1/logins/{lid}/redeem")).await;
@@ -136,11 +150,7 @@ async fn a_redeem_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgPo
     assert_eq!((status, error), (409, json!("not_approved")), "{message}");
     assert!(message.as_str().unwrap().contains("canceled"), "{message}");
     assert_eq!(app.state(&lid).await["status"], "canceled");
-    assert_eq!(
-        app.count("select count(*) from events where kind = 'login_redeemed'")
-            .await,
-        0
-    );
+    assert_eq!(redeemed_events(&app).await, 0);
 }
 
 /// A redeem whose client leaves while its write waits for the login's row still commits once
@@ -149,15 +159,8 @@ async fn a_redeem_waiting_on_a_change_of_its_login_is_judged_after_it(pool: PgPo
 #[sqlx::test]
 async fn a_redeem_whose_client_left_commits_and_is_announced(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.mock_eligible().await;
-    let login = app.login().await;
-    let lid = id(&login, "login");
-    app.webhook(&id(&login, "attempt"), "SUCCESS", json!({}))
-        .await;
-    let etag = app.get_login(&lid).await.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let lid = approved_login(&app).await;
+    let etag = etag_of(&app, &lid).await;
     let mut holder = hold_login(&app, &lid, &[]).await;
     let path = format!("/v1/logins/{lid}/redeem");
     let abandoned = app
@@ -171,18 +174,12 @@ async fn a_redeem_whose_client_left_commits_and_is_announced(pool: PgPool) {
         result.is_err_and(|e| e.is_timeout()),
         "the client left first"
     );
-    let poll = app
-        .http
-        .get(app.url(&format!("/v1/logins/{lid}?wait=20")))
-        .bearer_auth(API_KEY)
-        .header("if-none-match", &etag)
-        .send();
+    let poll = long_poll(&app, &lid, &etag, 20);
     let (answer, freed) = tokio::join!(poll, async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         sqlx::query("rollback").execute(&mut holder).await.unwrap();
         std::time::Instant::now()
     });
-    let answer = answer.unwrap();
     assert!(
         freed.elapsed() < Duration::from_secs(3),
         "answered on the announcement, not by the backstop"
@@ -192,11 +189,7 @@ async fn a_redeem_whose_client_left_commits_and_is_announced(pool: PgPool) {
         code(app.post(&path).await).await,
         (409, "already_redeemed".into())
     );
-    assert_eq!(
-        app.count("select count(*) from events where kind = 'login_redeemed'")
-            .await,
-        1
-    );
+    assert_eq!(redeemed_events(&app).await, 1);
 }
 
 #[sqlx::test]
@@ -469,25 +462,16 @@ async fn long_poll_answers_when_the_webhook_lands(pool: PgPool) {
     app.mock_eligible().await;
     let login = app.login().await;
     let lid = id(&login, "login");
-    let etag = app.get_login(&lid).await.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let etag = etag_of(&app, &lid).await;
     let other = app.second_instance().await;
     let started = std::time::Instant::now();
-    let poll = app
-        .http
-        .get(app.url(&format!("/v1/logins/{lid}?wait=20")))
-        .bearer_auth(API_KEY)
-        .header("if-none-match", &etag)
-        .send();
+    let poll = long_poll(&app, &lid, &etag, 20);
     let attempt = id(&login, "attempt");
     // the webhook lands on the other instance
     let (response, _) = tokio::join!(poll, async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         other.webhook(&attempt, "SUCCESS", json!({})).await
     });
-    let response = response.unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -499,18 +483,8 @@ async fn long_poll_answers_when_the_webhook_lands(pool: PgPool) {
     );
 
     // unchanged until the deadline: 304
-    let etag = app.get_login(&lid).await.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let response = app
-        .http
-        .get(app.url(&format!("/v1/logins/{lid}?wait=1")))
-        .bearer_auth(API_KEY)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let etag = etag_of(&app, &lid).await;
+    let response = long_poll(&app, &lid, &etag, 1).await;
     assert_eq!(response.status(), 304);
 }
 
