@@ -323,70 +323,56 @@ pub async fn cancel(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiErro
     Ok(row)
 }
 
-/// Consumes an approved login exactly once, without a transaction: one read, then the change,
-/// made only if the login is still as read. Of concurrent redeems one changes it; the others
-/// read it again and find it `redeemed`. Returns the login as read, which the answer needs.
-/// Runs to its end if the client leaves, so a change that commits is announced and logged.
+/// Consumes an approved login exactly once: judged under the login's row lock, so concurrent
+/// redeems queue and the second sees `redeemed`, and an approval cannot expire between the
+/// judgement and the change. Runs to its end if the client leaves, so a change that commits
+/// is announced and logged. Returns the login as read: a redeem changes nothing it answers.
 pub async fn redeem(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiError> {
     let state = state.clone();
     detached(async move { redeem_now(&state, login_id).await }).await
 }
 
 async fn redeem_now(state: &Context, login_id: Uuid) -> Result<LoginRow, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    for _ in 0..CHANGE_TRIES {
-        let row = logins::find(&mut *conn, login_id)
-            .await?
-            .ok_or(ApiError::LoginNotFound)?;
-        match view::effective(&row, Utc::now()).1 {
-            LoginStatus::Approved => {}
-            LoginStatus::Redeemed => return Err(ApiError::AlreadyRedeemed),
-            LoginStatus::Expired if row.attempt.status == AttemptStatus::Succeeded => {
-                return Err(ApiError::ApprovalExpired);
-            }
-            other => {
-                return Err(ApiError::NotApproved {
-                    status: other.as_str(),
-                });
-            }
+    let mut tx = logins::begin_locked(&state.pool, login_id).await?;
+    let row = logins::find(&mut *tx, login_id)
+        .await?
+        .ok_or(ApiError::LoginNotFound)?;
+    match view::effective(&row, Utc::now()).1 {
+        LoginStatus::Approved => {}
+        LoginStatus::Redeemed => return Err(ApiError::AlreadyRedeemed),
+        LoginStatus::Expired if row.attempt.status == AttemptStatus::Succeeded => {
+            return Err(ApiError::ApprovalExpired);
         }
-        let announcement = Announcement::new(state, login_id, row.event_seq + 1);
-        let change = Change {
-            login_id,
-            status: LoginStatus::Redeemed,
-            flags: StatusChange {
-                redeemed: true,
-                ..Default::default()
-            },
-            finish: None,
-            event: NewEvent {
-                kind: EventKind::LoginRedeemed,
-                source: Source::Platform,
-                attempt_id: Some(row.attempt.id),
-                detail: json!({}),
-            },
-            delivery: None,
-            read_at_seq: Some(row.event_seq),
-        };
-        match changes::apply(&mut conn, change).await {
-            Err(sqlx::Error::RowNotFound) => announcement.forget(),
-            applied => {
-                applied?;
-                drop(conn);
-                announcement.send().await;
-                tracing::info!(%login_id, "login redeemed");
-                return Ok(row);
-            }
+        other => {
+            return Err(ApiError::NotApproved {
+                status: other.as_str(),
+            });
         }
     }
-    tracing::warn!(%login_id, "a login kept changing while it was redeemed; answered 503");
-    Err(ApiError::DatabaseUnavailable(sqlx::Error::RowNotFound))
+    let change = Change {
+        login_id,
+        status: LoginStatus::Redeemed,
+        flags: StatusChange {
+            redeemed: true,
+            ..Default::default()
+        },
+        finish: None,
+        event: NewEvent {
+            kind: EventKind::LoginRedeemed,
+            source: Source::Platform,
+            attempt_id: Some(row.attempt.id),
+            detail: json!({}),
+        },
+        delivery: None,
+        read_at_seq: None,
+    };
+    let seq = changes::apply(&mut tx, change).await?;
+    let announcement = Announcement::new(state, login_id, seq);
+    tx.commit().await?;
+    announcement.send().await;
+    tracing::info!(%login_id, "login redeemed");
+    Ok(row)
 }
-
-/// How many times a change guarded by the event number it read (`Change::read_at_seq`) is
-/// judged again because its login changed in between. Each time needs another change of that
-/// login to commit in that instant.
-pub const CHANGE_TRIES: usize = 8;
 
 /// What a move did, for the caller's verdict and metrics.
 #[derive(Debug, Clone)]

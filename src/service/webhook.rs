@@ -27,6 +27,10 @@ pub struct Recorded {
     pub verdict: Verdict,
 }
 
+/// How many times a delivery is judged again because its login changed between the read and
+/// the write. Each time needs another change of that login to commit in that instant.
+const TRIES: usize = 8;
+
 pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded, ApiError> {
     let sha: [u8; 32] = Sha256::digest(received.body).into();
     let parsed = WebhookBody::parse(received.body);
@@ -51,7 +55,7 @@ pub async fn record(state: &Context, received: Received<'_>) -> Result<Recorded,
     let mut tries = 1;
     let stored = loop {
         match store(state, &mut conn, &parsed, delivery).await {
-            Err(sqlx::Error::RowNotFound) if tries < service::CHANGE_TRIES => tries += 1,
+            Err(sqlx::Error::RowNotFound) if tries < TRIES => tries += 1,
             Err(sqlx::Error::RowNotFound) => {
                 tracing::warn!(
                     tries,

@@ -191,15 +191,19 @@ pub async fn sync_configured(
     sqlx::query!(
         r#"
         with back as (
-            select id, disabled_after_position from event_endpoints
-            where url = any($1) and disabled_reason = 'no longer configured'
+            select e.id, coalesce(e.disabled_after_position,
+                                  -- disabled by an instance that predates the mark
+                                  (select coalesce(max(o.position), 0) from outbound_events o
+                                   where o.created_at < e.disabled_at - interval '1 minute')) as mark
+            from event_endpoints e
+            where e.url = any($1) and e.disabled_reason = 'no longer configured'
         ), missed as (
             -- every event numbered after the disabling; a day at most, so one statement under
             -- the lock stays short
             insert into event_deliveries (endpoint_id, event_id, login_id, position)
             select b.id, o.id, o.login_id, o.position
             from back b join outbound_events o
-              on o.position > b.disabled_after_position
+              on o.position > b.mark
              and o.created_at >= now() - interval '1 day'
              and ($2::text[] is null or o.type = any($2))
             on conflict (endpoint_id, event_id) do nothing

@@ -398,7 +398,7 @@ pub const A_CANCEL: [&str; 3] = [
      from logins l join attempts a on a.login_id = l.id where l.id = $1::uuid",
 ];
 
-/// Ends `holder`'s transaction with `end` once `writes` writes to the login wait for its row.
+/// Ends `holder`'s transaction with `end` once `writes` statements wait for the login's row.
 pub async fn end_once_waited_on(
     app: &TestApp,
     mut holder: sqlx::PgConnection,
@@ -409,9 +409,10 @@ pub async fn end_once_waited_on(
     sqlx::query(end).execute(&mut holder).await.unwrap();
 }
 
-/// Returns once `writes` writes to a login wait for its row.
+/// Returns once `writes` statements on logins (a webhook's write, a redeem's lock) wait for a
+/// login's row.
 pub async fn writes_wait(app: &TestApp, writes: i64) {
-    lock_waiters(app, "update logins", writes).await;
+    lock_waiters(app, "logins", writes).await;
 }
 
 /// Returns once at least `n` statements containing `sql` wait for a lock.

@@ -656,7 +656,7 @@ async fn a_hanging_receiver_delays_no_other_endpoint(pool: PgPool) {
 /// A configured endpoint that no instance confirms any more is disabled ten minutes after
 /// the last confirmation, and nothing more is queued for it; one another instance confirmed
 /// lately (mid-deploy) stays; configured again, the first is enabled again and queued what
-/// it missed meanwhile.
+/// was numbered while it was disabled, and nothing from before.
 #[sqlx::test]
 async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
     const REMOVED: &str = "https://removed.example/hooks";
@@ -736,6 +736,54 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(caught_up, ["login.created"]);
+
+    // removed again after that event was numbered, and its deliveries since removed (as the
+    // retention job does): the next catch-up starts after the event all the same
+    sqlx::query(
+        "update event_endpoints set confirmed_at = now() - interval '11 minutes' where url = $1",
+    )
+    .bind(REMOVED)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let configured = [format!("{}/hooks", server.uri()), ELSEWHERE.to_owned()];
+    facepair::store::outbound::sync_configured(&mut conn, &configured, None)
+        .await
+        .unwrap();
+    let (removed, disabled): (uuid::Uuid, Option<String>) =
+        sqlx::query_as("select id, disabled_reason from event_endpoints where url = $1")
+            .bind(REMOVED)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(disabled.as_deref(), Some("no longer configured"));
+    sqlx::query("delete from event_deliveries where endpoint_id = $1")
+        .bind(removed)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let second = app.login().await;
+    app.eventually(Duration::from_secs(10), || async {
+        receiver.seen().len() == 2
+    })
+    .await;
+    facepair::store::outbound::sync_configured(&mut conn, &[REMOVED.to_owned()], None)
+        .await
+        .unwrap();
+    let caught_up: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select login_id from event_deliveries where endpoint_id = $1")
+            .bind(removed)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        caught_up,
+        [second["login_id"]
+            .as_str()
+            .unwrap()
+            .parse::<uuid::Uuid>()
+            .unwrap()]
+    );
 }
 
 /// A claim handed back untried (its push was put off) is due again at once, its try not
