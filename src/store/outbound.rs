@@ -192,9 +192,11 @@ pub async fn sync_configured(
         r#"
         with back as (
             select e.id, coalesce(e.disabled_after_position,
-                                  -- disabled by an instance that predates the mark
+                                  -- disabled by an instance that predates the mark; only
+                                  -- the last day matters below
                                   (select coalesce(max(o.position), 0) from outbound_events o
-                                   where o.created_at < e.disabled_at - interval '1 minute')) as mark
+                                   where o.created_at < e.disabled_at - interval '1 minute'
+                                     and o.created_at >= now() - interval '1 day 1 minute')) as mark
             from event_endpoints e
             where e.url = any($1) and e.disabled_reason = 'no longer configured'
         ), missed as (

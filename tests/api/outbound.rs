@@ -757,6 +757,15 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(disabled.as_deref(), Some("no longer configured"));
+    assert_eq!(
+        app.count(
+            "select count(*) from event_endpoints
+             where disabled_after_position = (select max(position) from outbound_events)"
+        )
+        .await,
+        1,
+        "the disabling marks the newest event numbered"
+    );
     sqlx::query("delete from event_deliveries where endpoint_id = $1")
         .bind(removed)
         .execute(&app.pool)
