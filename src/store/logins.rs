@@ -241,15 +241,18 @@ pub async fn id_for_watch_hash(
         .await
 }
 
-/// Begins a transaction holding the login's row lock, in one round trip (as
-/// [`super::begin_locked`]); read the login after it, with [`find`].
+/// Begins a transaction holding the login's row lock, in one round trip; read the login
+/// after it, with [`find`].
 pub async fn begin_locked(
     pool: &sqlx::PgPool,
     id: Uuid,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     // a UUID: nothing in it can be read as SQL
-    let sql = format!("begin; select from logins where id = '{id}' for update");
-    pool.begin_with(sqlx::AssertSqlSafe(sql)).await
+    super::begin_locking(
+        pool,
+        format!("select from logins where id = '{id}' for update"),
+    )
+    .await
 }
 
 /// Takes the login's row lock, then reads it with its current attempt. Every writer takes this

@@ -81,13 +81,21 @@ pub fn lock_key(namespace: &str, value: &[u8]) -> i64 {
 }
 
 /// Begins a transaction holding the advisory lock `key` until it ends, in one round trip.
-/// sqlx counts the transaction open before sending it, so a wait that is dropped or fails
-/// still ends in a `ROLLBACK` before the connection is used again.
 pub async fn begin_locked(
     pool: &PgPool,
     key: i64,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     // an integer: nothing in it can be read as SQL
-    let sql = format!("begin; select pg_advisory_xact_lock({key})");
-    pool.begin_with(sqlx::AssertSqlSafe(sql)).await
+    begin_locking(pool, format!("select pg_advisory_xact_lock({key})")).await
+}
+
+/// Begins a transaction with `lock`, a statement taking a lock held until it ends, in one
+/// round trip. sqlx counts the transaction open before sending it, so a wait that is dropped
+/// or fails still ends in a `ROLLBACK` before the connection is used again.
+pub(crate) async fn begin_locking(
+    pool: &PgPool,
+    lock: String,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with(sqlx::AssertSqlSafe(format!("begin; {lock}")))
+        .await
 }

@@ -793,6 +793,32 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
             .parse::<uuid::Uuid>()
             .unwrap()]
     );
+
+    // disabled by an instance older than the mark: the catch-up goes by the disabling's time
+    // (the first event, written two hours before, is not queued again; the second is)
+    sqlx::query(
+        "update event_endpoints set disabled_at = now(), disabled_reason = 'no longer configured',
+             disabled_after_position = null where id = $1",
+    )
+    .bind(removed)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("delete from event_deliveries where endpoint_id = $1")
+        .bind(removed)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    facepair::store::outbound::sync_configured(&mut conn, &[REMOVED.to_owned()], None)
+        .await
+        .unwrap();
+    let again: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select login_id from event_deliveries where endpoint_id = $1")
+            .bind(removed)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(again, caught_up);
 }
 
 /// A claim handed back untried (its push was put off) is due again at once, its try not
