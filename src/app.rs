@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::task::JoinHandle;
@@ -123,7 +123,7 @@ impl Application {
             .options()
             .get_max_connections()
             .div_ceil(workers as u32);
-        let server = HttpServer::new(move || {
+        let server = http::server::serve(listener, workers, stop.clone(), move || {
             App::new()
                 .app_data(web::Data::new(for_worker(
                     &app_state,
@@ -134,16 +134,7 @@ impl Application {
                 .app_data(shared.clone())
                 .wrap(from_fn(http::request::request_context))
                 .configure(http::configure)
-        })
-        .workers(workers)
-        // a client that closes its side of the connection has left: its request stops being
-        // served at once (a Server-Sent Events stream or a long poll would otherwise hold
-        // its memory until a write to it failed, up to two keep-alive intervals)
-        .h1_allow_half_closed(false)
-        .listen(listener)?
-        .shutdown_timeout(10)
-        .disable_signals()
-        .run();
+        })?;
         tracing::info!(%address, "facepair listening");
         Ok(Self {
             port: address.port(),

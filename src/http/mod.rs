@@ -12,6 +12,7 @@ pub mod platform;
 pub mod poll;
 pub mod request;
 pub mod sdk;
+pub mod server;
 pub mod sse;
 pub mod watch;
 pub mod webhook;

@@ -14,7 +14,8 @@ pub struct Event {
     pub data: Value,
 }
 
-/// Reads an event stream chunk by chunk.
+/// Reads an event stream chunk by chunk, on a connection of its own (as a browser's
+/// EventSource often has): one served by `http::server` itself.
 pub struct Sse {
     response: reqwest::Response,
     buffer: String,
@@ -24,7 +25,7 @@ pub struct Sse {
 
 impl Sse {
     pub async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>, auth: bool) -> Sse {
-        let mut request = app.http.get(app.url(path));
+        let mut request = reqwest::Client::new().get(app.url(path));
         if auth {
             request = request.bearer_auth(API_KEY);
         }
@@ -850,4 +851,157 @@ async fn a_settled_login_tells_a_caught_up_client_to_stop(pool: PgPool) {
             .contains("event: login_canceled")
     );
     assert_eq!(open(None).await.unwrap().status(), 200);
+}
+
+/// A raw HTTP/1.1 connection: what a test writes is sent as it is, and what comes back is read
+/// as bytes, framing included.
+struct Raw(tokio::net::TcpStream);
+
+impl Raw {
+    async fn connect(app: &TestApp) -> Raw {
+        let address = app.base.trim_start_matches("http://");
+        Raw(tokio::net::TcpStream::connect(address).await.unwrap())
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Reads until `seen` holds what was read so far, or the server closes (`true` then).
+    async fn read_until(&mut self, text: &mut String, seen: impl Fn(&str) -> bool) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !seen(text) {
+            let n = tokio::time::timeout(WAIT, self.0.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            if n == 0 {
+                return true;
+            }
+            text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        false
+    }
+}
+
+/// A stream whose request is the connection's first, its head sent in pieces, is written
+/// with chunked framing and the route table's headers, and the connection closes once the
+/// login has ended and its last event is sent.
+#[sqlx::test]
+async fn a_stream_on_a_fresh_connection_is_framed_and_closed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    let mut raw = Raw::connect(&app).await;
+    raw.send("GET /v1/lo").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.send(&format!("gins/{id}/events HTTP/1.1\r\nHost: facepair\r\n"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.send(&format!(
+        "Authorization: Bearer {API_KEY}\r\nX-Request-Id: raw-1\r\n\r\n"
+    ))
+    .await;
+    let mut text = String::new();
+    raw.read_until(&mut text, |t| t.contains("event: login_created"))
+        .await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for line in [
+        "content-type: text/event-stream",
+        "cache-control: no-store",
+        "x-accel-buffering: no",
+        "x-request-id: raw-1",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "date: ",
+    ] {
+        assert!(head.contains(line), "{line} in {head}");
+    }
+    assert!(!head.contains("content-length"), "{head}");
+    // every chunk is its length in hex, then the data
+    let first = body.split_once("\r\n").unwrap();
+    let length = usize::from_str_radix(first.0, 16).unwrap();
+    assert!(first.1.starts_with("retry: "), "{body}");
+    assert!(first.1.len() >= length, "{body}");
+
+    let canceled = app
+        .http
+        .post(app.url(&format!("/v1/logins/{id}/cancel")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 200);
+    let closed = raw.read_until(&mut text, |_| false).await;
+    assert!(closed);
+    assert!(text.contains("event: login_canceled"), "{text}");
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "{text}");
+    app.eventually(Duration::from_secs(3), || async {
+        app.metric("facepair_sse_streams_open").await == 0.0
+    })
+    .await;
+}
+
+/// A stream request the route table refuses is answered with its error, framed by its
+/// length, and the connection closes.
+#[sqlx::test]
+async fn a_refused_stream_request_gets_its_error_on_a_fresh_connection(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let mut raw = Raw::connect(&app).await;
+    let id = uuid::Uuid::new_v4();
+    raw.send(&format!(
+        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: facepair\r\nAuthorization: Bearer wrong\r\n\r\n"
+    ))
+    .await;
+    let mut text = String::new();
+    assert!(raw.read_until(&mut text, |_| false).await);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_lowercase();
+    assert!(head.starts_with("http/1.1 401 unauthorized\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{head}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    let error: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(error["error"]["code"], "unauthorized", "{error}");
+}
+
+/// A stream opened on a connection that served another request first, and a request that
+/// only starts like a stream request, are served as every other request: the connection stays
+/// open between them.
+#[sqlx::test]
+async fn streams_on_kept_alive_connections_and_look_alikes_are_served(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    let mut raw = Raw::connect(&app).await;
+    raw.send(&format!(
+        "GET /v1/logins/{id}/events/ HTTP/1.1\r\nHost: facepair\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+    ))
+    .await;
+    let mut text = String::new();
+    raw.read_until(&mut text, |t| t.contains("\r\n\r\n") && t.contains('}'))
+        .await;
+    assert!(text.to_lowercase().starts_with("http/1.1 404"), "{text}");
+    assert!(!text.to_lowercase().contains("connection: close"), "{text}");
+
+    raw.send(&format!(
+        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: facepair\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+    ))
+    .await;
+    let mut text = String::new();
+    raw.read_until(&mut text, |t| t.contains("event: login_created"))
+        .await;
+    assert!(text.to_lowercase().starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.to_lowercase().contains("transfer-encoding: chunked"),
+        "{text}"
+    );
 }

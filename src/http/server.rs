@@ -1,0 +1,297 @@
+//! The listening socket. A connection whose first request opens a login's event stream is
+//! answered here, the route table's response written to the socket as it comes; every other
+//! connection is served by actix-http. Why not actix-http for streams too: it keeps two 8 KiB
+//! buffers per connection for as long as a stream stays open (BENCHMARKS.md, scenario 3).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::h1::{Codec, Message, MessageType};
+use actix_http::{HttpService, KeepAlive, Method, Request, Response, StatusCode, Version};
+use actix_service::boxed::{self, RcService};
+use actix_service::{
+    IntoServiceFactory, Service, ServiceExt, ServiceFactory, fn_factory, fn_service, map_config,
+};
+use actix_web::dev::{AppConfig, Server, ServiceResponse};
+use actix_web::web::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// How long a client has to send its first request's head, as actix-http allows.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream request's head larger than this is left to actix-http.
+const HEAD_LIMIT: usize = 8 * 1024;
+/// The starts of the requests answered here: `GET /v1/logins/{id}/events` and
+/// `GET /v1/watch/{token}/events`.
+const STREAMS: [&[u8]; 2] = [b"GET /v1/logins/", b"GET /v1/watch/"];
+
+type Routes = RcService<Request, Response<BoxBody>, actix_web::Error>;
+
+/// Serves `app` on `listener` with `workers` threads, each with its own instance of the route
+/// table. `stop` cancelled: idle keep-alive connections close.
+pub fn serve<F, I, S, B>(
+    listener: TcpListener,
+    workers: usize,
+    stop: CancellationToken,
+    app: F,
+) -> io::Result<Server>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<
+            Request,
+            Config = AppConfig,
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    S::Future: 'static,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let local = listener.local_addr()?;
+    Ok(Server::build()
+        .workers(workers)
+        .shutdown_timeout(10)
+        .disable_signals()
+        .listen("facepair", listener, move || {
+            let (app, stop) = (app.clone(), stop.clone());
+            fn_factory(move || {
+                let (app, stop) = (app(), stop.clone());
+                async move {
+                    let routes = map_config(app.into_factory(), |()| AppConfig::default())
+                        .new_service(())
+                        .await?;
+                    let routes: Routes =
+                        boxed::rc_service(routes.map(|res: ServiceResponse<B>| {
+                            Response::from(res.map_into_boxed_body())
+                        }));
+                    let h1 = HttpService::build()
+                        .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
+                        .client_request_timeout(HEAD_TIMEOUT)
+                        .client_disconnect_timeout(Duration::from_secs(1))
+                        // a client that closes its side has left: its stream or long poll
+                        // ends at once, not when a write to it fails
+                        .h1_allow_half_closed(false)
+                        .local_addr(local)
+                        .graceful_shutdown_signal(move || stop.clone().cancelled_owned())
+                        .h1(fn_factory({
+                            let routes = routes.clone();
+                            move || std::future::ready(Ok::<_, ()>(routes.clone()))
+                        }))
+                        .new_service(())
+                        .await?;
+                    let h1 = Rc::new(h1);
+                    Ok::<_, ()>(fn_service(move |io: TcpStream| {
+                        connection(io, routes.clone(), h1.clone())
+                    }))
+                }
+            })
+        })?
+        .run())
+}
+
+async fn connection<H>(mut io: TcpStream, routes: Routes, h1: Rc<H>) -> Result<(), ()>
+where
+    H: Service<(Rewound, Option<SocketAddr>)>,
+{
+    let peer = io.peer_addr().ok();
+    match first_request(&mut io).await {
+        Ok(mut req) => {
+            req.head_mut().peer_addr = peer;
+            stream(io, &routes, req).await;
+            Ok(())
+        }
+        // boxed: a stream's task does not carry the size of actix-http's connection state
+        Err(head) => Box::pin(h1.call((Rewound { head, io }, peer)))
+            .await
+            .map(drop)
+            .map_err(drop),
+    }
+}
+
+/// The first request, if it opens an event stream; else the bytes read so far, for actix-http.
+async fn first_request(io: &mut TcpStream) -> Result<Request, Bytes> {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let mut head = BytesMut::with_capacity(1024);
+    loop {
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut head)).await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return Err(head.freeze());
+        }
+        let started = |p: &[u8]| p.starts_with(&head[..head.len().min(p.len())]);
+        if !STREAMS.iter().any(|p| started(p)) {
+            return Err(head.freeze());
+        }
+        if !STREAMS.iter().any(|p| head.starts_with(p)) {
+            continue;
+        }
+        let mut codec = Codec::new(Default::default());
+        match codec.decode(&mut head.clone()) {
+            Ok(Some(Message::Item(req))) if opens_a_stream(&codec, &req) => return Ok(req),
+            Ok(None) if head.len() < HEAD_LIMIT => {}
+            _ => return Err(head.freeze()),
+        }
+    }
+}
+
+/// A GET of `…/{id}/events` without a body, an upgrade or `Expect`, on HTTP/1.1.
+fn opens_a_stream(codec: &Codec, req: &Request) -> bool {
+    let events = STREAMS.iter().any(|p| {
+        let prefix = std::str::from_utf8(&p[4..]).unwrap_or_default();
+        req.path()
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(id, tail)| !id.is_empty() && tail == "events")
+    });
+    events
+        && req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && codec.message_type() == MessageType::None
+        && !codec.upgrade()
+        && !req.head().headers.contains_key("expect")
+}
+
+/// Answers `req` through the route table and writes the response as its body comes, until it
+/// ends or the client leaves; then closes the connection.
+async fn stream(mut io: TcpStream, routes: &Routes, req: Request) {
+    let (mut reader, mut writer) = io.split();
+    let res = tokio::select! {
+        res = routes.call(req) => res.unwrap_or_else(Response::from),
+        () = gone(&mut reader) => return,
+    };
+    let (res, mut body) = res.into_parts();
+    let status = res.status();
+    let size = match status {
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => BodySize::None,
+        _ => body.size(),
+    };
+    if writer.write_all(&head(&res, size)).await.is_err() {
+        return;
+    }
+    loop {
+        let next = tokio::select! {
+            next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)) => next,
+            () = gone(&mut reader) => return,
+        };
+        let done = next.is_none();
+        let written = match next {
+            Some(Ok(chunk)) if chunk.is_empty() => continue,
+            Some(Ok(chunk)) if size == BodySize::Stream => {
+                let mut framed = Vec::with_capacity(chunk.len() + 12);
+                framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                framed.extend_from_slice(&chunk);
+                framed.extend_from_slice(b"\r\n");
+                writer.write_all(&framed).await
+            }
+            Some(Ok(chunk)) => writer.write_all(&chunk).await,
+            // the client sees a body cut short, not a whole one
+            Some(Err(_)) => return,
+            None if size == BodySize::Stream => writer.write_all(b"0\r\n\r\n").await,
+            None => Ok(()),
+        };
+        if written.is_err() || done {
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// The status line and headers, with the body's framing, the date and `connection: close`.
+fn head(res: &Response<()>, size: BodySize) -> Vec<u8> {
+    let status = res.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default()
+    )
+    .into_bytes();
+    for (name, value) in res.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match size {
+        BodySize::None => {}
+        BodySize::Sized(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        BodySize::Stream => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
+    head.extend_from_slice(format!("date: {date}\r\nconnection: close\r\n\r\n").as_bytes());
+    head
+}
+
+/// Ends when the client closes its side or the connection fails; anything it sends after
+/// its request is dropped.
+async fn gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut scratch = [0u8; 64];
+    while let Ok(n) = reader.read(&mut scratch).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+pub struct Rewound {
+    head: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.head.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.head.len().min(buf.remaining());
+        buf.put_slice(&self.head.split_to(n));
+        if self.head.is_empty() {
+            // lets go of the allocation, which an empty view would keep
+            self.head = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
