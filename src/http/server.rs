@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::h1::{Codec, Message, MessageType};
-use actix_http::{HttpService, KeepAlive, Method, Request, Response, StatusCode, Version};
+use actix_http::{
+    HttpService, KeepAlive, Method, Request, Response, ServiceConfig, StatusCode, Version,
+};
 use actix_service::boxed::{self, RcService};
 use actix_service::{
     IntoServiceFactory, Service, ServiceExt, ServiceFactory, fn_factory, fn_service, map_config,
@@ -24,8 +26,9 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-/// How long a client has to send its first request's head, as actix-http allows.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to send enough of its first request to tell whether it opens a
+/// stream (the whole head if it does), as actix-http allows for a head; then it is closed.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A stream request's head larger than this is left to actix-http.
 const HEAD_LIMIT: usize = 8 * 1024;
 /// The starts of the requests answered here: `GET /v1/logins/{id}/events` and
@@ -89,9 +92,13 @@ where
                         }))
                         .new_service(())
                         .await?;
-                    let h1 = Rc::new(h1);
+                    let worker = Rc::new(Worker {
+                        routes,
+                        h1,
+                        decoding: ServiceConfig::default(),
+                    });
                     Ok::<_, ()>(fn_service(move |io: TcpStream| {
-                        connection(io, routes.clone(), h1.clone())
+                        connection(io, worker.clone())
                     }))
                 }
             })
@@ -99,46 +106,65 @@ where
         .run())
 }
 
-async fn connection<H>(mut io: TcpStream, routes: Routes, h1: Rc<H>) -> Result<(), ()>
+/// What one worker's connections share: its route table, actix-http, and the settings
+/// (with actix-http's clock) the stream requests' heads are read with.
+struct Worker<H> {
+    routes: Routes,
+    h1: H,
+    decoding: ServiceConfig,
+}
+
+async fn connection<H>(mut io: TcpStream, worker: Rc<Worker<H>>) -> Result<(), ()>
 where
     H: Service<(Rewound, Option<SocketAddr>)>,
 {
     let peer = io.peer_addr().ok();
-    match first_request(&mut io).await {
-        Ok(mut req) => {
+    match first_request(&mut io, &worker.decoding).await {
+        First::Stream(mut req) => {
             req.head_mut().peer_addr = peer;
-            stream(io, &routes, req).await;
+            stream(io, &worker.routes, req).await;
             Ok(())
         }
         // boxed: a stream's task does not carry the size of actix-http's connection state
-        Err(head) => Box::pin(h1.call((Rewound { head, io }, peer)))
+        First::Other(head) => Box::pin(worker.h1.call((Rewound { head, io }, peer)))
             .await
             .map(drop)
             .map_err(drop),
+        First::Gone => Ok(()),
     }
 }
 
-/// The first request, if it opens an event stream; else the bytes read so far, for actix-http.
-async fn first_request(io: &mut TcpStream) -> Result<Request, Bytes> {
+enum First {
+    /// A request that opens an event stream.
+    Stream(Request),
+    /// Anything else: the bytes read so far, for actix-http.
+    Other(Bytes),
+    /// Closed, failed, or silent for [`HEAD_TIMEOUT`] before anything was decided.
+    Gone,
+}
+
+async fn first_request(io: &mut TcpStream, config: &ServiceConfig) -> First {
     let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let mut head = BytesMut::with_capacity(1024);
     loop {
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut head)).await;
         if !matches!(read, Ok(Ok(n)) if n > 0) {
-            return Err(head.freeze());
+            return First::Gone;
         }
         let started = |p: &[u8]| p.starts_with(&head[..head.len().min(p.len())]);
         if !STREAMS.iter().any(|p| started(p)) {
-            return Err(head.freeze());
+            return First::Other(head.freeze());
         }
         if !STREAMS.iter().any(|p| head.starts_with(p)) {
             continue;
         }
-        let mut codec = Codec::new(Default::default());
+        let mut codec = Codec::new(config.clone());
         match codec.decode(&mut head.clone()) {
-            Ok(Some(Message::Item(req))) if opens_a_stream(&codec, &req) => return Ok(req),
+            Ok(Some(Message::Item(req))) if opens_a_stream(&codec, &req) => {
+                return First::Stream(req);
+            }
             Ok(None) if head.len() < HEAD_LIMIT => {}
-            _ => return Err(head.freeze()),
+            _ => return First::Other(head.freeze()),
         }
     }
 }
@@ -174,9 +200,13 @@ async fn stream(mut io: TcpStream, routes: &Routes, req: Request) {
         StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => BodySize::None,
         _ => body.size(),
     };
-    if writer.write_all(&head(&res, size)).await.is_err() {
+    let head = head(&res, size);
+    // the response's head is pooled by actix-http: given back before the body's long wait
+    drop(res);
+    if writer.write_all(&head).await.is_err() {
         return;
     }
+    drop(head);
     loop {
         let next = tokio::select! {
             next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)) => next,

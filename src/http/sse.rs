@@ -140,7 +140,7 @@ impl Stream {
                 Phase::Opening => {
                     self.phase = Phase::Live;
                     let mut out = format!("retry: {}\n\n", retry_ms());
-                    match self.pending_events().await {
+                    match Box::pin(self.pending_events()).await {
                         Ok(Some(events)) => out.push_str(&events),
                         Ok(None) => {}
                         Err(()) => self.phase = Phase::Done,
@@ -150,7 +150,8 @@ impl Stream {
                 Phase::Live => {
                     tokio::select! {
                         _ = self.subscription.changed() => {
-                            match self.pending_events().await {
+                            // boxed: a waiting stream does not carry the reads' state
+                            match Box::pin(self.pending_events()).await {
                                 Ok(Some(events)) => return Some(Bytes::from(events)),
                                 Ok(None) => continue,
                                 // what woke the stream is unsent: ending it makes the client

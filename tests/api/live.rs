@@ -982,6 +982,15 @@ async fn streams_on_kept_alive_connections_and_look_alikes_are_served(pool: PgPo
     let login = app.login().await;
     let id = login["login_id"].as_str().unwrap();
     let mut raw = Raw::connect(&app).await;
+    // a head sent in pieces that only turns out not to open a stream
+    raw.send("GE").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.send("T /health/live HTTP/1.1\r\nHost: facepair\r\n\r\n")
+        .await;
+    let mut text = String::new();
+    raw.read_until(&mut text, |t| t.contains("\"ok\"")).await;
+    assert!(text.to_lowercase().starts_with("http/1.1 200"), "{text}");
+
     raw.send(&format!(
         "GET /v1/logins/{id}/events/ HTTP/1.1\r\nHost: facepair\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
     ))
@@ -1004,4 +1013,27 @@ async fn streams_on_kept_alive_connections_and_look_alikes_are_served(pool: PgPo
         text.to_lowercase().contains("transfer-encoding: chunked"),
         "{text}"
     );
+}
+
+/// A connection that never completes a request that may open a stream is closed after
+/// [`facepair::http::server::HEAD_TIMEOUT`], as one that sends nothing.
+#[sqlx::test]
+async fn a_head_that_never_ends_is_closed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (mut partial, mut silent) = (Raw::connect(&app).await, Raw::connect(&app).await);
+    partial
+        .send("GET /v1/watch/abc/events HTTP/1.1\r\nHost: fa")
+        .await;
+    let started = tokio::time::Instant::now();
+    for raw in [&mut partial, &mut silent] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(
+            facepair::http::server::HEAD_TIMEOUT + Duration::from_secs(3),
+            tokio::io::AsyncReadExt::read(&mut raw.0, &mut buf),
+        )
+        .await
+        .expect("closed by the server");
+        assert_eq!(read.unwrap(), 0);
+    }
+    assert!(started.elapsed() >= facepair::http::server::HEAD_TIMEOUT - Duration::from_millis(100));
 }
