@@ -13,7 +13,8 @@ use std::time::Duration;
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::h1::{Codec, Message, MessageType};
 use actix_http::{
-    HttpService, KeepAlive, Method, Request, Response, ServiceConfig, StatusCode, Version,
+    ConnectionType, HttpService, KeepAlive, Method, Request, Response, ServiceConfig, StatusCode,
+    Version,
 };
 use actix_service::boxed::{self, RcService};
 use actix_service::{
@@ -23,7 +24,7 @@ use actix_web::dev::{AppConfig, Server, ServiceResponse};
 use actix_web::web::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 /// How long a client has to send enough of its first request to tell whether it opens a
@@ -69,7 +70,10 @@ where
             let (app, stop) = (app.clone(), stop.clone());
             fn_factory(move || {
                 let (app, stop) = (app(), stop.clone());
+                let stop_streams = stop.clone();
                 async move {
+                    // the host and address it holds are read by nothing: links are built from
+                    // FACEPAIR_PUBLIC_URL
                     let routes = map_config(app.into_factory(), |()| AppConfig::default())
                         .new_service(())
                         .await?;
@@ -95,7 +99,8 @@ where
                     let worker = Rc::new(Worker {
                         routes,
                         h1,
-                        decoding: ServiceConfig::default(),
+                        codec: ServiceConfig::default(),
+                        stop: stop_streams,
                     });
                     Ok::<_, ()>(fn_service(move |io: TcpStream| {
                         connection(io, worker.clone())
@@ -106,12 +111,13 @@ where
         .run())
 }
 
-/// What one worker's connections share: its route table, actix-http, and the settings
-/// (with actix-http's clock) the stream requests' heads are read with.
+/// What one worker's connections share: its route table, actix-http, the settings (with
+/// actix-http's clock) stream requests are read and answered with, and the stop signal.
 struct Worker<H> {
     routes: Routes,
     h1: H,
-    decoding: ServiceConfig,
+    codec: ServiceConfig,
+    stop: CancellationToken,
 }
 
 async fn connection<H>(mut io: TcpStream, worker: Rc<Worker<H>>) -> Result<(), ()>
@@ -119,10 +125,10 @@ where
     H: Service<(Rewound, Option<SocketAddr>)>,
 {
     let peer = io.peer_addr().ok();
-    match first_request(&mut io, &worker.decoding).await {
-        First::Stream(mut req) => {
+    match first_request(&mut io, &worker).await {
+        First::Stream(mut req, codec) => {
             req.head_mut().peer_addr = peer;
-            stream(io, &worker.routes, req).await;
+            stream(io, codec, &worker.routes, req).await;
             Ok(())
         }
         // boxed: a stream's task does not carry the size of actix-http's connection state
@@ -130,26 +136,38 @@ where
             .await
             .map(drop)
             .map_err(drop),
+        First::TimedOut(codec) => {
+            let timeout = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
+            let _ = write_head(&mut io, codec, timeout, BodySize::None).await;
+            Ok(())
+        }
         First::Gone => Ok(()),
     }
 }
 
 enum First {
-    /// A request that opens an event stream.
-    Stream(Request),
+    /// A request that opens an event stream, and the codec that read it.
+    Stream(Request, Codec),
     /// Anything else: the bytes read so far, for actix-http.
     Other(Bytes),
-    /// Closed, failed, or silent for [`HEAD_TIMEOUT`] before anything was decided.
+    /// Nothing decided within [`HEAD_TIMEOUT`]: answered 408, as actix-http does.
+    TimedOut(Codec),
+    /// Closed, failed, or the instance is stopping.
     Gone,
 }
 
-async fn first_request(io: &mut TcpStream, config: &ServiceConfig) -> First {
+async fn first_request<H>(io: &mut TcpStream, worker: &Worker<H>) -> First {
     let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let mut head = BytesMut::with_capacity(1024);
     loop {
-        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut head)).await;
-        if !matches!(read, Ok(Ok(n)) if n > 0) {
-            return First::Gone;
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, io.read_buf(&mut head)) => read,
+            () = worker.stop.cancelled() => return First::Gone,
+        };
+        match read {
+            Ok(Ok(0) | Err(_)) => return First::Gone,
+            Err(_) => return First::TimedOut(Codec::new(worker.codec.clone())),
+            Ok(Ok(_)) => {}
         }
         let started = |p: &[u8]| p.starts_with(&head[..head.len().min(p.len())]);
         if !STREAMS.iter().any(|p| started(p)) {
@@ -158,12 +176,15 @@ async fn first_request(io: &mut TcpStream, config: &ServiceConfig) -> First {
         if !STREAMS.iter().any(|p| head.starts_with(p)) {
             continue;
         }
-        let mut codec = Codec::new(config.clone());
+        if head.len() > HEAD_LIMIT {
+            return First::Other(head.freeze());
+        }
+        let mut codec = Codec::new(worker.codec.clone());
         match codec.decode(&mut head.clone()) {
             Ok(Some(Message::Item(req))) if opens_a_stream(&codec, &req) => {
-                return First::Stream(req);
+                return First::Stream(req, codec);
             }
-            Ok(None) if head.len() < HEAD_LIMIT => {}
+            Ok(None) => {}
             _ => return First::Other(head.freeze()),
         }
     }
@@ -188,87 +209,61 @@ fn opens_a_stream(codec: &Codec, req: &Request) -> bool {
 
 /// Answers `req` through the route table and writes the response as its body comes, until it
 /// ends or the client leaves; then closes the connection.
-async fn stream(mut io: TcpStream, routes: &Routes, req: Request) {
-    let (mut reader, mut writer) = io.split();
+async fn stream(mut io: TcpStream, codec: Codec, routes: &Routes, req: Request) {
     let res = tokio::select! {
         res = routes.call(req) => res.unwrap_or_else(Response::from),
-        () = gone(&mut reader) => return,
+        () = gone(&mut io) => return,
     };
     let (res, mut body) = res.into_parts();
-    let status = res.status();
-    let size = match status {
-        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => BodySize::None,
-        _ => body.size(),
-    };
-    let head = head(&res, size);
-    // the response's head is pooled by actix-http: given back before the body's long wait
-    drop(res);
-    if writer.write_all(&head).await.is_err() {
+    let size = body.size();
+    // the response's head goes back to actix-http's pool before the body's long wait
+    let Ok(mut codec) = write_head(&mut io, codec, res, size).await else {
         return;
-    }
-    drop(head);
+    };
     loop {
         let next = tokio::select! {
             next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)) => next,
-            () = gone(&mut reader) => return,
+            () = gone(&mut io) => return,
         };
-        let done = next.is_none();
-        let written = match next {
+        let chunk = match next {
+            // an empty chunk would end a chunked body
             Some(Ok(chunk)) if chunk.is_empty() => continue,
-            Some(Ok(chunk)) if size == BodySize::Stream => {
-                let mut framed = Vec::with_capacity(chunk.len() + 12);
-                framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                framed.extend_from_slice(&chunk);
-                framed.extend_from_slice(b"\r\n");
-                writer.write_all(&framed).await
-            }
-            Some(Ok(chunk)) => writer.write_all(&chunk).await,
+            Some(Ok(chunk)) => Some(chunk),
             // the client sees a body cut short, not a whole one
             Some(Err(_)) => return,
-            None if size == BodySize::Stream => writer.write_all(b"0\r\n\r\n").await,
-            None => Ok(()),
+            None => None,
         };
-        if written.is_err() || done {
+        let done = chunk.is_none();
+        let mut out = BytesMut::new();
+        if codec.encode(Message::Chunk(chunk), &mut out).is_err()
+            || io.write_all(&out).await.is_err()
+            || done
+        {
             break;
         }
     }
-    let _ = writer.shutdown().await;
+    let _ = io.shutdown().await;
 }
 
-/// The status line and headers, with the body's framing, the date and `connection: close`.
-fn head(res: &Response<()>, size: BodySize) -> Vec<u8> {
-    let status = res.status();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or_default()
-    )
-    .into_bytes();
-    for (name, value) in res.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    match size {
-        BodySize::None => {}
-        BodySize::Sized(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        BodySize::Stream => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
-    head.extend_from_slice(format!("date: {date}\r\nconnection: close\r\n\r\n").as_bytes());
-    head
+/// Writes the status line and headers as actix-http would, with `connection: close`; the codec
+/// then frames the body.
+async fn write_head(
+    io: &mut TcpStream,
+    mut codec: Codec,
+    mut res: Response<()>,
+    size: BodySize,
+) -> io::Result<Codec> {
+    res.head_mut().set_connection_type(ConnectionType::Close);
+    let mut out = BytesMut::new();
+    codec.encode(Message::Item((res, size)), &mut out)?;
+    io.write_all(&out).await?;
+    Ok(codec)
 }
 
-/// Ends when the client closes its side or the connection fails; anything it sends after
-/// its request is dropped.
-async fn gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
-    let mut scratch = [0u8; 64];
-    while let Ok(n) = reader.read(&mut scratch).await {
-        if n == 0 {
-            return;
-        }
-    }
+/// Ends when the client closes its side, the connection fails, or the client sends anything:
+/// a stream's client sends nothing after its request.
+async fn gone(io: &mut TcpStream) {
+    let _ = io.read(&mut [0u8; 1]).await;
 }
 
 /// A connection whose first bytes were already read: they are read again first.

@@ -868,21 +868,55 @@ impl Raw {
         self.0.write_all(bytes.as_bytes()).await.unwrap();
     }
 
-    /// Reads until `seen` holds what was read so far, or the server closes (`true` then).
+    /// Reads until `seen` holds what was read so far, or the server closes or resets the
+    /// connection (`true` then).
     async fn read_until(&mut self, text: &mut String, seen: impl Fn(&str) -> bool) -> bool {
         use tokio::io::AsyncReadExt;
         let mut buf = [0u8; 4096];
         while !seen(text) {
-            let n = tokio::time::timeout(WAIT, self.0.read(&mut buf))
+            let within = facepair::http::server::HEAD_TIMEOUT + WAIT;
+            let n = tokio::time::timeout(within, self.0.read(&mut buf))
                 .await
-                .expect("an answer in time")
-                .unwrap();
+                .expect("an answer in time");
+            // a close with bytes of ours unread resets the connection
+            let n = match n {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                n => n.unwrap(),
+            };
             if n == 0 {
                 return true;
             }
             text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
         }
         false
+    }
+
+    /// Whether the server closes the connection within `within`, having sent nothing more.
+    async fn closed_within(&mut self, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        let read = tokio::io::AsyncReadExt::read(&mut self.0, &mut buf);
+        matches!(tokio::time::timeout(within, read).await, Ok(Ok(0)))
+    }
+}
+
+/// A chunked body's data, checking every chunk's length; `None` until its last chunk.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut data = String::new();
+    loop {
+        let (length, rest) = body.split_once("\r\n")?;
+        let length = usize::from_str_radix(length, 16).unwrap();
+        if length == 0 {
+            assert_eq!(rest, "\r\n", "nothing after the last chunk");
+            return Some(data);
+        }
+        let chunk = rest.get(..length)?;
+        assert_eq!(
+            rest.get(length..length + 2)?,
+            "\r\n",
+            "a chunk is its length"
+        );
+        data.push_str(chunk);
+        body = &rest[length + 2..];
     }
 }
 
@@ -908,8 +942,7 @@ async fn a_stream_on_a_fresh_connection_is_framed_and_closed(pool: PgPool) {
     let mut text = String::new();
     raw.read_until(&mut text, |t| t.contains("event: login_created"))
         .await;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let head = head.to_lowercase();
+    let head = text.split_once("\r\n\r\n").unwrap().0.to_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     for line in [
         "content-type: text/event-stream",
@@ -923,11 +956,6 @@ async fn a_stream_on_a_fresh_connection_is_framed_and_closed(pool: PgPool) {
         assert!(head.contains(line), "{line} in {head}");
     }
     assert!(!head.contains("content-length"), "{head}");
-    // every chunk is its length in hex, then the data
-    let first = body.split_once("\r\n").unwrap();
-    let length = usize::from_str_radix(first.0, 16).unwrap();
-    assert!(first.1.starts_with("retry: "), "{body}");
-    assert!(first.1.len() >= length, "{body}");
 
     let canceled = app
         .http
@@ -937,10 +965,23 @@ async fn a_stream_on_a_fresh_connection_is_framed_and_closed(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(canceled.status(), 200);
-    let closed = raw.read_until(&mut text, |_| false).await;
-    assert!(closed);
-    assert!(text.contains("event: login_canceled"), "{text}");
-    assert!(text.ends_with("\r\n0\r\n\r\n"), "{text}");
+    assert!(raw.read_until(&mut text, |_| false).await);
+    let body = dechunk(text.split_once("\r\n\r\n").unwrap().1).expect("a whole body");
+    assert!(body.starts_with("retry: "), "{body}");
+    let kinds: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["login_created", "attempt_canceled", "login_canceled"],
+        "{body}"
+    );
+    assert!(
+        body.contains("id: 1\nevent: login_created\ndata: {"),
+        "{body}"
+    );
+    assert!(body.ends_with("}\n\n"), "{body}");
     app.eventually(Duration::from_secs(3), || async {
         app.metric("facepair_sse_streams_open").await == 0.0
     })
@@ -972,53 +1013,103 @@ async fn a_refused_stream_request_gets_its_error_on_a_fresh_connection(pool: PgP
     assert_eq!(error["error"]["code"], "unauthorized", "{error}");
 }
 
-/// A stream opened on a connection that served another request first, and a request that
-/// only starts like a stream request, are served as every other request: the connection stays
-/// open between them.
+/// A first request that only looks like one opening a stream is served as every other
+/// request, and the connection stays open for the next; so does a stream opened on a
+/// connection that served another request first.
 #[sqlx::test]
-async fn streams_on_kept_alive_connections_and_look_alikes_are_served(pool: PgPool) {
+async fn look_alikes_and_streams_on_kept_alive_connections_are_served_as_before(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     app.mock_eligible().await;
     let login = app.login().await;
     let id = login["login_id"].as_str().unwrap();
+    let padding = "x".repeat(9 * 1024);
+    let look_alikes = [
+        (
+            format!("GET /v1/logins/{id}/events/ HTTP/1.1\r\nHost: f\r\n\r\n"),
+            "404",
+        ),
+        (
+            format!("HEAD /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\n\r\n"),
+            "405",
+        ),
+        (
+            format!(
+                "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nX-Padding: {padding}\r\n\r\n"
+            ),
+            "401",
+        ),
+        // sent in two pieces, the first a stream request's start
+        ("GE".to_owned(), "200"),
+    ];
+    for (request, status) in look_alikes {
+        let mut raw = Raw::connect(&app).await;
+        raw.send(&request).await;
+        if request == "GE" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            raw.send("T /health/live HTTP/1.1\r\nHost: f\r\n\r\n").await;
+        }
+        let mut text = String::new();
+        let whole = |t: &str| {
+            t.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                let length = head.lines().find_map(|l| {
+                    l.to_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|n| n.parse::<usize>().unwrap())
+                });
+                length.is_some_and(|n| body.len() >= n) || head.starts_with("HTTP/1.1 405")
+            })
+        };
+        raw.read_until(&mut text, whole).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:.60}: {text}"
+        );
+        assert!(!text.to_lowercase().contains("connection: close"), "{text}");
+        raw.send("GET /health/live HTTP/1.1\r\nHost: f\r\n\r\n")
+            .await;
+        let mut next = String::new();
+        raw.read_until(&mut next, |t| t.contains("\"ok\"")).await;
+        assert!(
+            next.starts_with("HTTP/1.1 200"),
+            "{request:.60}: then {next}"
+        );
+    }
+
+    // a stream request with a body: actix-http serves it, and keeps the connection
     let mut raw = Raw::connect(&app).await;
-    // a head sent in pieces that only turns out not to open a stream
-    raw.send("GE").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    raw.send("T /health/live HTTP/1.1\r\nHost: facepair\r\n\r\n")
-        .await;
-    let mut text = String::new();
-    raw.read_until(&mut text, |t| t.contains("\"ok\"")).await;
-    assert!(text.to_lowercase().starts_with("http/1.1 200"), "{text}");
-
     raw.send(&format!(
-        "GET /v1/logins/{id}/events/ HTTP/1.1\r\nHost: facepair\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
-    ))
-    .await;
-    let mut text = String::new();
-    raw.read_until(&mut text, |t| t.contains("\r\n\r\n") && t.contains('}'))
-        .await;
-    assert!(text.to_lowercase().starts_with("http/1.1 404"), "{text}");
-    assert!(!text.to_lowercase().contains("connection: close"), "{text}");
-
-    raw.send(&format!(
-        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: facepair\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: 2\r\n\r\n{{}}"
     ))
     .await;
     let mut text = String::new();
     raw.read_until(&mut text, |t| t.contains("event: login_created"))
         .await;
-    assert!(text.to_lowercase().starts_with("http/1.1 200"), "{text}");
-    assert!(
-        text.to_lowercase().contains("transfer-encoding: chunked"),
-        "{text}"
-    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.to_lowercase().contains("connection: close"), "{text}");
+
+    let mut raw = Raw::connect(&app).await;
+    raw.send("GET /health/live HTTP/1.1\r\nHost: f\r\n\r\n")
+        .await;
+    let mut text = String::new();
+    raw.read_until(&mut text, |t| t.contains("\"ok\"")).await;
+    raw.send(&format!(
+        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+    ))
+    .await;
+    let mut text = String::new();
+    raw.read_until(&mut text, |t| t.contains("event: login_created"))
+        .await;
+    let text = text.to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
 }
 
-/// A connection that never completes a request that may open a stream is closed after
-/// [`facepair::http::server::HEAD_TIMEOUT`], as one that sends nothing.
+/// A connection that has not completed a request within
+/// [`facepair::http::server::HEAD_TIMEOUT`] is answered 408 and closed, whether it sent part
+/// of a stream request or nothing.
 #[sqlx::test]
-async fn a_head_that_never_ends_is_closed(pool: PgPool) {
+async fn a_head_that_never_ends_is_answered_408(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (mut partial, mut silent) = (Raw::connect(&app).await, Raw::connect(&app).await);
     partial
@@ -1026,14 +1117,61 @@ async fn a_head_that_never_ends_is_closed(pool: PgPool) {
         .await;
     let started = tokio::time::Instant::now();
     for raw in [&mut partial, &mut silent] {
-        let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(
-            facepair::http::server::HEAD_TIMEOUT + Duration::from_secs(3),
-            tokio::io::AsyncReadExt::read(&mut raw.0, &mut buf),
-        )
-        .await
-        .expect("closed by the server");
-        assert_eq!(read.unwrap(), 0);
+        let mut text = String::new();
+        assert!(raw.read_until(&mut text, |_| false).await);
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
     }
-    assert!(started.elapsed() >= facepair::http::server::HEAD_TIMEOUT - Duration::from_millis(100));
+    let waited = started.elapsed();
+    assert!(
+        waited >= facepair::http::server::HEAD_TIMEOUT - Duration::from_millis(100),
+        "{waited:?}"
+    );
+}
+
+/// A stream's client that sends anything after its request is let go: nothing it sends is
+/// read as another request, and a flood of bytes costs one read.
+#[sqlx::test]
+async fn bytes_after_a_stream_request_end_the_stream(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    let login = app.login().await;
+    let id = login["login_id"].as_str().unwrap();
+    let mut raw = Raw::connect(&app).await;
+    raw.send(&format!(
+        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+    ))
+    .await;
+    let mut text = String::new();
+    raw.read_until(&mut text, |t| t.contains("event: login_created"))
+        .await;
+    assert_eq!(app.metric("facepair_sse_streams_open").await, 1.0);
+    raw.send("GET /health/live HTTP/1.1\r\nHost: f\r\n\r\n")
+        .await;
+    assert!(raw.read_until(&mut text, |_| false).await, "closed");
+    assert!(!text.contains("\"ok\""), "{text}");
+    app.eventually(Duration::from_secs(3), || async {
+        app.metric("facepair_sse_streams_open").await == 0.0
+    })
+    .await;
+}
+
+/// A connection that has sent nothing yet when the instance begins to stop is closed at once,
+/// not after the head timeout: stopping does not wait for it.
+#[sqlx::test]
+async fn a_silent_connection_is_closed_when_the_instance_stops(pool: PgPool) {
+    let mut app = TestApp::spawn(pool).await;
+    let mut raw = Raw::connect(&app).await;
+    // the connection is accepted and waiting for its first bytes
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    app.stop().await;
+    assert!(raw.closed_within(Duration::from_secs(1)).await);
+    assert!(
+        started.elapsed() < facepair::http::server::HEAD_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
 }
