@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use actix_web::web::Bytes;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use futures_util::stream;
 use serde::Deserialize;
@@ -67,7 +67,9 @@ pub fn description() -> String {
 }
 
 struct Stream {
-    state: Context,
+    /// Shared with the worker, not copied: a stream waits long, and a copy would hold
+    /// allocations of its own
+    state: web::Data<Context>,
     login_id: Uuid,
     audience: Audience,
     last_sent: i32,
@@ -85,7 +87,7 @@ enum Phase {
 
 /// Opens a stream for a login that exists; `last_event_id` is what the client saw last.
 pub async fn open(
-    state: &Context,
+    state: &web::Data<Context>,
     login_id: Uuid,
     audience: Audience,
     last_event_id: Option<i32>,
