@@ -138,7 +138,7 @@ where
             .map_err(drop),
         First::TimedOut(codec) => {
             let timeout = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
-            let _ = write_head(&mut io, codec, timeout, BodySize::None).await;
+            let _ = write_head(&mut io, codec, timeout, BodySize::Sized(0)).await;
             Ok(())
         }
         First::Gone => Ok(()),
@@ -169,24 +169,30 @@ async fn first_request<H>(io: &mut TcpStream, worker: &Worker<H>) -> First {
             Err(_) => return First::TimedOut(Codec::new(worker.codec.clone())),
             Ok(Ok(_)) => {}
         }
-        let started = |p: &[u8]| p.starts_with(&head[..head.len().min(p.len())]);
-        if !STREAMS.iter().any(|p| started(p)) {
-            return First::Other(head.freeze());
+        match judge(&head, &worker.codec) {
+            Some(Ok((req, codec))) => return First::Stream(req, codec),
+            Some(Err(())) => return First::Other(head.freeze()),
+            None => {}
         }
-        if !STREAMS.iter().any(|p| head.starts_with(p)) {
-            continue;
+    }
+}
+
+/// What the bytes read so far are: a request that opens a stream, with the codec that read it;
+/// `Err` anything else; `None` not known yet.
+fn judge(head: &BytesMut, config: &ServiceConfig) -> Option<Result<(Request, Codec), ()>> {
+    let started = |p: &[u8]| p.starts_with(&head[..head.len().min(p.len())]);
+    if !STREAMS.iter().any(|p| started(p)) || head.len() > HEAD_LIMIT {
+        return Some(Err(()));
+    }
+    let mut codec = Codec::new(config.clone());
+    let mut rest = head.clone();
+    match codec.decode(&mut rest) {
+        // bytes after the head (a pipelined request) leave it to actix-http, which queues
+        Ok(Some(Message::Item(req))) if rest.is_empty() && opens_a_stream(&codec, &req) => {
+            Some(Ok((req, codec)))
         }
-        if head.len() > HEAD_LIMIT {
-            return First::Other(head.freeze());
-        }
-        let mut codec = Codec::new(worker.codec.clone());
-        match codec.decode(&mut head.clone()) {
-            Ok(Some(Message::Item(req))) if opens_a_stream(&codec, &req) => {
-                return First::Stream(req, codec);
-            }
-            Ok(None) => {}
-            _ => return First::Other(head.freeze()),
-        }
+        Ok(None) => None,
+        _ => Some(Err(())),
     }
 }
 
@@ -318,5 +324,54 @@ impl AsyncWrite for Rewound {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(head: &str) -> Option<bool> {
+        let config = ServiceConfig::default();
+        judge(&BytesMut::from(head), &config).map(|r| r.is_ok())
+    }
+
+    #[actix_web::test]
+    async fn only_a_whole_bodiless_get_of_an_event_stream_is_taken() {
+        let host = "Host: f\r\n";
+        for path in ["/v1/logins/x/events", "/v1/watch/t/events?last_event_id=3"] {
+            assert_eq!(
+                judged(&format!("GET {path} HTTP/1.1\r\n{host}\r\n")),
+                Some(true),
+                "{path}"
+            );
+        }
+        for head in [
+            format!("GET /v1/logins/x/events/ HTTP/1.1\r\n{host}\r\n"),
+            format!("GET /v1/logins//events HTTP/1.1\r\n{host}\r\n"),
+            format!("GET /v1/logins/x/events HTTP/1.0\r\n{host}\r\n"),
+            format!("GET /v1/logins/x/events HTTP/1.1\r\n{host}Content-Length: 2\r\n\r\n{{}}"),
+            format!("GET /v1/logins/x/events HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n"),
+            format!("GET /v1/logins/x/events HTTP/1.1\r\n{host}Expect: 100-continue\r\n\r\n"),
+            format!(
+                "GET /v1/logins/x/events HTTP/1.1\r\n{host}Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+            ),
+            format!(
+                "GET /v1/logins/x/events HTTP/1.1\r\n{host}\r\nGET /health/live HTTP/1.1\r\n{host}\r\n"
+            ),
+            format!(
+                "GET /v1/logins/x/events HTTP/1.1\r\n{host}X-Padding: {}\r\n\r\n",
+                "x".repeat(HEAD_LIMIT)
+            ),
+            format!("HEAD /v1/logins/x/events HTTP/1.1\r\n{host}\r\n"),
+            format!("POST /v1/logins HTTP/1.1\r\n{host}\r\n"),
+            "GET /v1/logins/x/events HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(),
+        ] {
+            assert_eq!(judged(&head), Some(false), "{head:.120}");
+        }
+        // a start that may still become one is read further
+        for head in ["G", "GET /v1/wat", "GET /v1/logins/x/events HTTP/1.1\r\nHo"] {
+            assert_eq!(judged(head), None, "{head}");
+        }
     }
 }

@@ -1075,10 +1075,11 @@ async fn look_alikes_and_streams_on_kept_alive_connections_are_served_as_before(
         );
     }
 
-    // a stream request with a body: actix-http serves it, and keeps the connection
+    // a stream request with a request pipelined behind it in the same packet: actix-http
+    // serves it, and keeps the connection
     let mut raw = Raw::connect(&app).await;
     raw.send(&format!(
-        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: 2\r\n\r\n{{}}"
+        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\n\r\nGET /health/live HTTP/1.1\r\nHost: f\r\n\r\n"
     ))
     .await;
     let mut text = String::new();
@@ -1086,6 +1087,7 @@ async fn look_alikes_and_streams_on_kept_alive_connections_are_served_as_before(
         .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(!text.to_lowercase().contains("connection: close"), "{text}");
+    drop(raw);
 
     let mut raw = Raw::connect(&app).await;
     raw.send("GET /health/live HTTP/1.1\r\nHost: f\r\n\r\n")
@@ -1103,6 +1105,12 @@ async fn look_alikes_and_streams_on_kept_alive_connections_are_served_as_before(
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
     assert!(!text.contains("connection: close"), "{text}");
+    // a client that leaves a stream actix-http serves is noticed too
+    drop(raw);
+    app.eventually(Duration::from_secs(3), || async {
+        app.metric("facepair_sse_streams_open").await == 0.0
+    })
+    .await;
 }
 
 /// A connection that has not completed a request within
@@ -1123,6 +1131,9 @@ async fn a_head_that_never_ends_is_answered_408(pool: PgPool) {
             text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
             "{text}"
         );
+        // as actix-http answers it: an empty body of stated length
+        assert!(text.contains("content-length: 0\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
     }
     let waited = started.elapsed();
     assert!(
