@@ -899,6 +899,21 @@ impl Raw {
     }
 }
 
+/// A stream request for the platform, as a first request or after others.
+fn stream_request(id: &str) -> String {
+    format!(
+        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+    )
+}
+
+/// Waits until this instance has no stream open, for 3 s at most.
+async fn every_stream_closed(app: &TestApp) {
+    app.eventually(Duration::from_secs(3), || async {
+        app.metric("facepair_sse_streams_open").await == 0.0
+    })
+    .await;
+}
+
 /// A chunked body's data, checking every chunk's length; `None` until its last chunk.
 fn dechunk(mut body: &str) -> Option<String> {
     let mut data = String::new();
@@ -982,10 +997,7 @@ async fn a_stream_on_a_fresh_connection_is_framed_and_closed(pool: PgPool) {
         "{body}"
     );
     assert!(body.ends_with("}\n\n"), "{body}");
-    app.eventually(Duration::from_secs(3), || async {
-        app.metric("facepair_sse_streams_open").await == 0.0
-    })
-    .await;
+    every_stream_closed(&app).await;
 }
 
 /// A stream request the route table refuses is answered with its error, framed by its
@@ -1094,10 +1106,7 @@ async fn look_alikes_and_streams_on_kept_alive_connections_are_served_as_before(
         .await;
     let mut text = String::new();
     raw.read_until(&mut text, |t| t.contains("\"ok\"")).await;
-    raw.send(&format!(
-        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
-    ))
-    .await;
+    raw.send(&stream_request(id)).await;
     let mut text = String::new();
     raw.read_until(&mut text, |t| t.contains("event: login_created"))
         .await;
@@ -1107,10 +1116,7 @@ async fn look_alikes_and_streams_on_kept_alive_connections_are_served_as_before(
     assert!(!text.contains("connection: close"), "{text}");
     // a client that leaves a stream actix-http serves is noticed too
     drop(raw);
-    app.eventually(Duration::from_secs(3), || async {
-        app.metric("facepair_sse_streams_open").await == 0.0
-    })
-    .await;
+    every_stream_closed(&app).await;
 }
 
 /// A connection that has not completed a request within
@@ -1151,10 +1157,7 @@ async fn bytes_after_a_stream_request_end_the_stream(pool: PgPool) {
     let login = app.login().await;
     let id = login["login_id"].as_str().unwrap();
     let mut raw = Raw::connect(&app).await;
-    raw.send(&format!(
-        "GET /v1/logins/{id}/events HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
-    ))
-    .await;
+    raw.send(&stream_request(id)).await;
     let mut text = String::new();
     raw.read_until(&mut text, |t| t.contains("event: login_created"))
         .await;
@@ -1163,10 +1166,7 @@ async fn bytes_after_a_stream_request_end_the_stream(pool: PgPool) {
         .await;
     assert!(raw.read_until(&mut text, |_| false).await, "closed");
     assert!(!text.contains("\"ok\""), "{text}");
-    app.eventually(Duration::from_secs(3), || async {
-        app.metric("facepair_sse_streams_open").await == 0.0
-    })
-    .await;
+    every_stream_closed(&app).await;
 }
 
 /// A connection that has sent nothing yet when the instance begins to stop is closed at once,
