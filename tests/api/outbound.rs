@@ -776,15 +776,7 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
         receiver.seen().len() == 2
     })
     .await;
-    facepair::store::outbound::sync_configured(&mut conn, &[REMOVED.to_owned()], None)
-        .await
-        .unwrap();
-    let caught_up: Vec<uuid::Uuid> =
-        sqlx::query_scalar("select login_id from event_deliveries where endpoint_id = $1")
-            .bind(removed)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let caught_up = configure_again(&mut conn, &app, REMOVED, removed).await;
     assert_eq!(
         caught_up,
         [second["login_id"]
@@ -809,16 +801,26 @@ async fn an_endpoint_no_instance_configures_any_more_is_disabled(pool: PgPool) {
         .execute(&app.pool)
         .await
         .unwrap();
-    facepair::store::outbound::sync_configured(&mut conn, &[REMOVED.to_owned()], None)
+    let again = configure_again(&mut conn, &app, REMOVED, removed).await;
+    assert_eq!(again, caught_up);
+}
+
+/// Configures `url` again, as an instance starting with it would, and lists the logins whose
+/// events were queued for its endpoint.
+async fn configure_again(
+    conn: &mut sqlx::PgConnection,
+    app: &TestApp,
+    url: &str,
+    endpoint: uuid::Uuid,
+) -> Vec<uuid::Uuid> {
+    facepair::store::outbound::sync_configured(conn, &[url.to_owned()], None)
         .await
         .unwrap();
-    let again: Vec<uuid::Uuid> =
-        sqlx::query_scalar("select login_id from event_deliveries where endpoint_id = $1")
-            .bind(removed)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(again, caught_up);
+    sqlx::query_scalar("select login_id from event_deliveries where endpoint_id = $1")
+        .bind(endpoint)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
 }
 
 /// A claim handed back untried (its push was put off) is due again at once, its try not
