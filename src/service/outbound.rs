@@ -188,10 +188,14 @@ pub async fn run(ctx: Context, stop: CancellationToken) {
                 }
             }
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                // a push that panicked gives its endpoint's place back too
-                let task = done.map_or_else(|e| e.id(), |(id, ())| id);
-                if let Some(endpoint) = pushing.remove(&task) {
-                    release(&mut per_endpoint, endpoint);
+                // this push and every other one already over give their endpoint's place back
+                // (a push that panicked too), so that one claim fills all their places
+                let over = std::iter::from_fn(|| in_flight.try_join_next_with_id());
+                for done in std::iter::once(done).chain(over) {
+                    let task = done.map_or_else(|e| e.id(), |(id, ())| id);
+                    if let Some(endpoint) = pushing.remove(&task) {
+                        release(&mut per_endpoint, endpoint);
+                    }
                 }
                 if !more_due {
                     continue;

@@ -262,6 +262,64 @@ pub struct Claimed {
     pub stale: bool,
 }
 
+/// The claim behind [`claim`], with its parameters in that order: public so a test can read
+/// its plan.
+pub const CLAIM: &str = r#"
+    with eligible as (
+        select e.id, coalesce(r.left_, $3) as room
+        from event_endpoints e
+        left join unnest($4::uuid[], $5::int8[]) as r(id, left_) on r.id = e.id
+        where e.disabled_at is null and (e.retry_at is null or e.retry_at <= now())
+          and (e.origin <> 'config' or e.url = any($6::text[]))
+    ), candidates as (
+        -- each endpoint's first due deliveries, up to its room, from its own index range
+        select c.endpoint_id, c.event_id, c.next_attempt_at, c.position
+        from eligible e cross join lateral (
+            select d.endpoint_id, d.event_id, d.next_attempt_at, d.position
+            from event_deliveries d
+            where d.endpoint_id = e.id and d.state = 'pending'
+              and d.next_attempt_at <= now()
+              and (d.leased_until is null or d.leased_until < now())
+              -- the login's first pending one: its events arrive in order
+              and d.position = (
+                  select min(p.position) from event_deliveries p
+                  where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
+                    and p.state = 'pending')
+            order by d.next_attempt_at, d.position
+            limit e.room
+        ) c
+    ), due as (
+        -- each locked through its key alone (the limit keeps the checks out of the lookup,
+        -- which then cannot wander through an index of every pending delivery), then checked
+        -- again as locked: one settled or replayed meanwhile is left alone
+        select d.endpoint_id, d.event_id
+        from candidates c cross join lateral (
+            select d.endpoint_id, d.event_id, d.state, d.leased_until, d.next_attempt_at
+            from event_deliveries d
+            where d.endpoint_id = c.endpoint_id and d.event_id = c.event_id
+            limit 1
+            for update skip locked
+        ) d
+        where d.state = 'pending' and (d.leased_until is null or d.leased_until < now())
+          and d.next_attempt_at <= now()
+        order by c.next_attempt_at, c.position
+        limit $1
+    ), leased as (
+        update event_deliveries d
+        set leased_until = now() + make_interval(secs => $2), attempts = d.attempts + 1
+        from due where d.endpoint_id = due.endpoint_id and d.event_id = due.event_id
+        returning d.endpoint_id, d.event_id, d.attempts, d.login_id, d.leased_until
+    )
+    select l.endpoint_id, e.url, e.secrets, l.event_id, l.attempts,
+           l.leased_until as lease,
+           (o.type = 'login.approved'
+            and coalesce(g.approval_expires_at <= now(), true)) as stale
+    from leased l
+    join event_endpoints e on e.id = l.endpoint_id
+    join outbound_events o on o.id = l.event_id
+    join logins g on g.id = l.login_id
+"#;
+
 /// Leases up to `limit` due deliveries for `lease_seconds`, skipping rows another instance
 /// holds, endpoints backing off and configured endpoints not in this instance's
 /// `configured` list (its secrets sign for those); at most `room` of them per endpoint (`rooms` lists the
@@ -278,65 +336,16 @@ pub async fn claim(
     let (ids, left): (Vec<Uuid>, Vec<i64>) = rooms.iter().copied().unzip();
     // planned at each call, not once per connection: a plan made while the table was small
     // (a new deployment) scans it once per row when it has grown, and claims stall
-    sqlx::query_as::<_, Claimed>(
-        r#"
-        with eligible as (
-            select e.id, coalesce(r.left_, $3) as room
-            from event_endpoints e
-            left join unnest($4::uuid[], $5::int8[]) as r(id, left_) on r.id = e.id
-            where e.disabled_at is null and (e.retry_at is null or e.retry_at <= now())
-              and (e.origin <> 'config' or e.url = any($6::text[]))
-        ), candidates as (
-            -- each endpoint's first due deliveries, up to its room, from its own index range
-            select c.endpoint_id, c.event_id, c.next_attempt_at, c.position
-            from eligible e cross join lateral (
-                select d.endpoint_id, d.event_id, d.next_attempt_at, d.position
-                from event_deliveries d
-                where d.endpoint_id = e.id and d.state = 'pending'
-                  and d.next_attempt_at <= now()
-                  and (d.leased_until is null or d.leased_until < now())
-                  and not exists (
-                      select 1 from event_deliveries p
-                      where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
-                        and p.state = 'pending' and p.position < d.position)
-                order by d.next_attempt_at, d.position
-                limit e.room
-            ) c
-        ), due as (
-            select d.endpoint_id, d.event_id
-            from event_deliveries d
-            join candidates c on c.endpoint_id = d.endpoint_id and c.event_id = d.event_id
-            -- rechecked on the locked row: one settled or replayed meanwhile is left alone
-            where d.state = 'pending' and (d.leased_until is null or d.leased_until < now())
-              and d.next_attempt_at <= now()
-            order by c.next_attempt_at, c.position
-            limit $1
-            for update of d skip locked
-        ), leased as (
-            update event_deliveries d
-            set leased_until = now() + make_interval(secs => $2), attempts = d.attempts + 1
-            from due where d.endpoint_id = due.endpoint_id and d.event_id = due.event_id
-            returning d.endpoint_id, d.event_id, d.attempts, d.login_id, d.leased_until
-        )
-        select l.endpoint_id, e.url, e.secrets, l.event_id, l.attempts,
-               l.leased_until as lease,
-               (o.type = 'login.approved'
-                and coalesce(g.approval_expires_at <= now(), true)) as stale
-        from leased l
-        join event_endpoints e on e.id = l.endpoint_id
-        join outbound_events o on o.id = l.event_id
-        join logins g on g.id = l.login_id
-        "#,
-    )
-    .bind(limit)
-    .bind(lease_seconds)
-    .bind(room)
-    .bind(&ids)
-    .bind(&left)
-    .bind(configured)
-    .persistent(false)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as::<_, Claimed>(CLAIM)
+        .bind(limit)
+        .bind(lease_seconds)
+        .bind(room)
+        .bind(&ids)
+        .bind(&left)
+        .bind(configured)
+        .persistent(false)
+        .fetch_all(pool)
+        .await
 }
 
 /// What one try came to.

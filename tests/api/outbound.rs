@@ -885,6 +885,98 @@ async fn a_push_put_off_hands_its_try_back(pool: PgPool) {
     );
 }
 
+/// A claim reads the deliveries it claims, however many more are due and whether or not
+/// PostgreSQL's statistics have caught up with the backlog: a backlog does not slow each
+/// push down.
+#[sqlx::test]
+async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool) {
+    // configured on another instance only: this one's worker leaves it alone
+    const ELSEWHERE: &str = "https://elsewhere.example/hooks";
+    const BACKLOG: i64 = 20_000;
+    sqlx::query("insert into event_endpoints (url, origin) values ($1, 'config')")
+        .bind(ELSEWHERE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let app = TestApp::spawn(pool).await;
+    app.mock_eligible().await;
+    app.login().await;
+    app.eventually(Duration::from_secs(10), || async {
+        app.count("select count(*) from event_deliveries").await == 1
+    })
+    .await;
+    // a backlog for the same endpoint, every delivery due and of a login of its own: the rows
+    // alone matter here, so their events need not exist (this test's database is its own)
+    sqlx::query("alter table event_deliveries drop constraint event_deliveries_event_fk")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into event_deliveries (endpoint_id, event_id, login_id, position)
+        select d.endpoint_id, gen_random_uuid(), gen_random_uuid(), d.position + n
+        from event_deliveries d, generate_series(1, $1) n",
+    )
+    .bind(BACKLOG)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // as the backlog grew faster than statistics follow, then once they caught up
+    claim_reads_little(&app, ELSEWHERE).await;
+    sqlx::query("analyze event_deliveries, event_endpoints")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    claim_reads_little(&app, ELSEWHERE).await;
+}
+
+/// Claims as an instance with nothing in flight (64 in all, 8 for each endpoint), in a
+/// transaction rolled back, and checks what the claim read of `event_deliveries`.
+async fn claim_reads_little(app: &TestApp, configured: &str) {
+    let explain = format!(
+        "explain (analyze, format json) {}",
+        facepair::store::outbound::CLAIM
+    );
+    let mut tx = app.pool.begin().await.unwrap();
+    let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(explain))
+        .bind(64_i64)
+        .bind(60.0_f64)
+        .bind(8_i64)
+        .bind(Vec::<uuid::Uuid>::new())
+        .bind(Vec::<i64>::new())
+        .bind([configured.to_owned()])
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let leased: Vec<i64> = sqlx::query_scalar(
+        "select position from event_deliveries where leased_until is not null order by position",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    // rows each scan of event_deliveries produced or filtered out, over all its loops
+    fn read(node: &Value) -> f64 {
+        let n = |k: &str| node[k].as_f64().unwrap_or(0.0);
+        let own = match node["Relation Name"].as_str() {
+            Some("event_deliveries") => {
+                (n("Actual Rows") + n("Rows Removed by Filter") + n("Rows Removed by Join Filter"))
+                    * n("Actual Loops")
+            }
+            _ => 0.0,
+        };
+        let below = node["Plans"].as_array().into_iter().flatten().map(read);
+        own + below.sum::<f64>()
+    }
+    let rows = read(&plan[0]["Plan"]);
+    // the endpoint's room, its first eight in order
+    assert_eq!(leased.len(), 8, "{plan:#}");
+    assert_eq!(leased, (leased[0]..leased[0] + 8).collect::<Vec<_>>());
+    assert!(
+        rows < 200.0,
+        "{rows} rows of event_deliveries read to claim 8: {plan:#}"
+    );
+}
+
 /// 410 Gone disables the endpoint: its delivery stays pending for ops, and it is sent no more.
 #[sqlx::test]
 async fn a_receiver_answering_410_is_disabled(pool: PgPool) {
