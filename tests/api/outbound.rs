@@ -953,14 +953,18 @@ async fn claim_reads_little(app: &TestApp, configured: &str) {
     .fetch_all(&mut *tx)
     .await
     .unwrap();
+    let first: Vec<i64> =
+        sqlx::query_scalar("select position from event_deliveries order by position limit 8")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
     tx.rollback().await.unwrap();
     // rows each scan of event_deliveries produced or filtered out, over all its loops
     fn read(node: &Value) -> f64 {
         let n = |k: &str| node[k].as_f64().unwrap_or(0.0);
         let own = match node["Relation Name"].as_str() {
             Some("event_deliveries") => {
-                (n("Actual Rows") + n("Rows Removed by Filter") + n("Rows Removed by Join Filter"))
-                    * n("Actual Loops")
+                (n("Actual Rows") + n("Rows Removed by Filter")) * n("Actual Loops")
             }
             _ => 0.0,
         };
@@ -968,9 +972,8 @@ async fn claim_reads_little(app: &TestApp, configured: &str) {
         own + below.sum::<f64>()
     }
     let rows = read(&plan[0]["Plan"]);
-    // the endpoint's room, its first eight in order
-    assert_eq!(leased.len(), 8, "{plan:#}");
-    assert_eq!(leased, (leased[0]..leased[0] + 8).collect::<Vec<_>>());
+    // the endpoint's room: its first eight
+    assert_eq!(leased, first, "{plan:#}");
     assert!(
         rows < 200.0,
         "{rows} rows of event_deliveries read to claim 8: {plan:#}"
