@@ -272,7 +272,9 @@ pub const CLAIM: &str = r#"
         where e.disabled_at is null and (e.retry_at is null or e.retry_at <= now())
           and (e.origin <> 'config' or e.url = any($6::text[]))
     ), candidates as (
-        -- each endpoint's first due deliveries, up to its room, from its own index range
+        -- each endpoint's first due deliveries, up to its room, from its own index range: one
+        -- another instance holds is passed over for the next, and each is checked again as
+        -- locked, so one settled or replayed meanwhile is left alone
         select c.endpoint_id, c.event_id, c.next_attempt_at, c.position
         from eligible e cross join lateral (
             select d.endpoint_id, d.event_id, d.next_attempt_at, d.position
@@ -287,22 +289,11 @@ pub const CLAIM: &str = r#"
                     and p.state = 'pending')
             order by d.next_attempt_at, d.position
             limit e.room
+            for update skip locked
         ) c
     ), due as (
-        -- each locked through its key alone (the limit keeps the checks out of the lookup,
-        -- which then cannot wander through an index of every pending delivery), then checked
-        -- again as locked: one settled or replayed meanwhile is left alone
-        select d.endpoint_id, d.event_id
-        from candidates c cross join lateral (
-            select d.endpoint_id, d.event_id, d.state, d.leased_until, d.next_attempt_at
-            from event_deliveries d
-            where d.endpoint_id = c.endpoint_id and d.event_id = c.event_id
-            limit 1
-            for update skip locked
-        ) d
-        where d.state = 'pending' and (d.leased_until is null or d.leased_until < now())
-          and d.next_attempt_at <= now()
-        order by c.next_attempt_at, c.position
+        select endpoint_id, event_id from candidates
+        order by next_attempt_at, position
         limit $1
     ), leased as (
         update event_deliveries d

@@ -885,14 +885,12 @@ async fn a_push_put_off_hands_its_try_back(pool: PgPool) {
     );
 }
 
-/// A claim reads the deliveries it claims, however many more are due and whether or not
-/// PostgreSQL's statistics have caught up with the backlog: a backlog does not slow each
-/// push down.
-#[sqlx::test]
-async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool) {
-    // configured on another instance only: this one's worker leaves it alone
-    const ELSEWHERE: &str = "https://elsewhere.example/hooks";
-    const BACKLOG: i64 = 20_000;
+/// Configured on another instance only: the test app's worker leaves it alone.
+const ELSEWHERE: &str = "https://elsewhere.example/hooks";
+
+/// A test app with one login's delivery due to `ELSEWHERE`, behind which 20,000 more are due,
+/// each of a login of its own; statistics not yet gathered.
+async fn endpoint_with_backlog(pool: PgPool) -> TestApp {
     sqlx::query("insert into event_endpoints (url, origin) values ($1, 'config')")
         .bind(ELSEWHERE)
         .execute(&pool)
@@ -905,8 +903,7 @@ async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool
         app.count("select count(*) from event_deliveries").await == 1
     })
     .await;
-    // a backlog for the same endpoint, every delivery due and of a login of its own: the rows
-    // alone matter here, so their events need not exist (this test's database is its own)
+    // only the rows matter here, so their events need not exist (the database is the test's)
     sqlx::query("alter table event_deliveries drop constraint event_deliveries_event_fk")
         .execute(&app.pool)
         .await
@@ -914,12 +911,20 @@ async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool
     sqlx::query(
         "insert into event_deliveries (endpoint_id, event_id, login_id, position)
         select d.endpoint_id, gen_random_uuid(), gen_random_uuid(), d.position + n
-        from event_deliveries d, generate_series(1, $1) n",
+        from event_deliveries d, generate_series(1, 20000) n",
     )
-    .bind(BACKLOG)
     .execute(&app.pool)
     .await
     .unwrap();
+    app
+}
+
+/// A claim reads the deliveries it claims, however many more are due and whether or not
+/// PostgreSQL's statistics have caught up with the backlog: a backlog does not slow each
+/// push down.
+#[sqlx::test]
+async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool) {
+    let app = endpoint_with_backlog(pool).await;
     // as the backlog grew faster than statistics follow, then once they caught up
     claim_reads_little(&app, ELSEWHERE).await;
     sqlx::query("analyze event_deliveries, event_endpoints")
@@ -927,6 +932,41 @@ async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool
         .await
         .unwrap();
     claim_reads_little(&app, ELSEWHERE).await;
+}
+
+/// Two instances claiming at once: the second passes over what the first holds and takes the
+/// next due deliveries, rather than none.
+#[sqlx::test]
+async fn a_claim_passes_over_deliveries_another_claim_holds(pool: PgPool) {
+    let app = endpoint_with_backlog(pool).await;
+    let mut first = app.pool.begin().await.unwrap();
+    sqlx::query(facepair::store::outbound::CLAIM)
+        .bind(64_i64)
+        .bind(60.0_f64)
+        .bind(8_i64)
+        .bind(Vec::<uuid::Uuid>::new())
+        .bind(Vec::<i64>::new())
+        .bind([ELSEWHERE.to_owned()])
+        .execute(&mut *first)
+        .await
+        .unwrap();
+    // the second claim runs while the first still holds its eight
+    facepair::store::outbound::claim(&app.pool, 64, 60.0, 8, &[], &[ELSEWHERE.to_owned()])
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+    let leased: Vec<i64> = sqlx::query_scalar(
+        "select position from event_deliveries where leased_until is not null order by position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let due: Vec<i64> =
+        sqlx::query_scalar("select position from event_deliveries order by position limit 16")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(leased, due, "each claim leased eight, none twice");
 }
 
 /// Claims as an instance with nothing in flight (64 in all, 8 for each endpoint), in a
