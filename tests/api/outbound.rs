@@ -931,12 +931,12 @@ async fn endpoint_with_backlog(pool: PgPool) -> TestApp {
 async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool) {
     let app = endpoint_with_backlog(pool).await;
     // as the backlog grew faster than statistics follow, then once they caught up
-    claim_reads_little(&app, ELSEWHERE).await;
+    claim_reads_little(&app).await;
     sqlx::query("analyze event_deliveries, event_endpoints")
         .execute(&app.pool)
         .await
         .unwrap();
-    claim_reads_little(&app, ELSEWHERE).await;
+    claim_reads_little(&app).await;
 }
 
 /// Two instances claiming at once: the second passes over what the first holds and takes the
@@ -945,13 +945,7 @@ async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool
 async fn a_claim_passes_over_deliveries_another_claim_holds(pool: PgPool) {
     let app = endpoint_with_backlog(pool).await;
     let mut first = app.pool.begin().await.unwrap();
-    sqlx::query(facepair::store::outbound::CLAIM)
-        .bind(64_i64)
-        .bind(60.0_f64)
-        .bind(8_i64)
-        .bind(Vec::<uuid::Uuid>::new())
-        .bind(Vec::<i64>::new())
-        .bind([ELSEWHERE.to_owned()])
+    as_idle_instance(facepair::store::outbound::CLAIM.to_owned())
         .execute(&mut *first)
         .await
         .unwrap();
@@ -980,24 +974,30 @@ async fn a_claim_passes_over_deliveries_another_claim_holds(pool: PgPool) {
     );
 }
 
-/// Claims as an instance with nothing in flight (64 in all, 8 for each endpoint), in a
-/// transaction rolled back, and checks what the claim read of `event_deliveries`.
-async fn claim_reads_little(app: &TestApp, configured: &str) {
-    let explain = format!(
-        "explain (analyze, format json) {}",
-        facepair::store::outbound::CLAIM
-    );
-    let mut tx = app.pool.begin().await.unwrap();
-    let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(explain))
+/// `sql`, the claim or a statement around it, with the claim's parameters as an instance with
+/// nothing in flight sends them (64 in all, 8 for each endpoint), pushing to `ELSEWHERE`.
+fn as_idle_instance(
+    sql: String,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(64_i64)
         .bind(60.0_f64)
         .bind(8_i64)
         .bind(Vec::<uuid::Uuid>::new())
         .bind(Vec::<i64>::new())
-        .bind([configured.to_owned()])
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+        .bind([ELSEWHERE.to_owned()])
+}
+
+/// Claims as an idle instance, in a transaction rolled back, and checks what the claim read
+/// of `event_deliveries`.
+async fn claim_reads_little(app: &TestApp) {
+    let explain = format!(
+        "explain (analyze, format json) {}",
+        facepair::store::outbound::CLAIM
+    );
+    let mut tx = app.pool.begin().await.unwrap();
+    let row = as_idle_instance(explain).fetch_one(&mut *tx).await.unwrap();
+    let plan: Value = sqlx::Row::get(&row, 0);
     let leased: Vec<i64> = sqlx::query_scalar(
         "select position from event_deliveries where leased_until is not null order by position",
     )
