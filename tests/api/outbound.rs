@@ -944,6 +944,16 @@ async fn a_claim_reads_only_what_it_claims_however_long_the_backlog(pool: PgPool
 #[sqlx::test]
 async fn a_claim_passes_over_deliveries_another_claim_holds(pool: PgPool) {
     let app = endpoint_with_backlog(pool).await;
+    // the first login's next event, due before all others: it waits behind the first one,
+    // which the first claim is about to hold
+    sqlx::query(
+        "insert into event_deliveries (endpoint_id, event_id, login_id, position, next_attempt_at)
+        select endpoint_id, gen_random_uuid(), login_id, position + 100000, now() - interval '1 hour'
+        from event_deliveries order by position limit 1",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let mut first = app.pool.begin().await.unwrap();
     as_idle_instance(facepair::store::outbound::CLAIM.to_owned())
         .execute(&mut *first)
@@ -965,7 +975,10 @@ async fn a_claim_passes_over_deliveries_another_claim_holds(pool: PgPool) {
             .fetch_all(&app.pool)
             .await
             .unwrap();
-    assert_eq!(leased, due, "each claim leased eight");
+    assert_eq!(
+        leased, due,
+        "each claim leased eight, the login's second event none"
+    );
     assert_eq!(
         app.count("select count(*) from event_deliveries where attempts > 1")
             .await,
