@@ -5,6 +5,8 @@ use facepair::domain::WatchToken;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::scenario::Suite;
+
 pub async fn recreate(admin: &PgPool, base: &str, name: &str) -> anyhow::Result<String> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "drop database if exists {name} with (force)"
@@ -92,9 +94,36 @@ pub async fn seed(db: &PgPool, rows: usize) -> anyhow::Result<Seeded> {
     })
 }
 
-/// Starts a measured run from the same state: the dirty pages of the previous run (and of
-/// seeding) written out, so a checkpoint does not land in the middle of the next one.
-pub async fn settle(admin: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("checkpoint").execute(admin).await?;
+/// Autovacuum off on every table of `db`. Left on, its work, set off by whichever run wrote
+/// most (pgbench writes three times per round to facepair's once), lands in another run's
+/// seconds; each run vacuums what it wrote instead ([`vacuum`]).
+pub async fn without_autovacuum(db: &PgPool) -> anyhow::Result<()> {
+    let tables: Vec<String> =
+        sqlx::query_scalar("select relname::text from pg_class where relkind = 'r' and relnamespace = 'public'::regnamespace")
+            .fetch_all(db)
+            .await?;
+    for table in tables {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "alter table {table} set (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+        )))
+        .execute(db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes the dead rows of the run that just wrote to `db`, before its usage is read: the
+/// cost is that run's, and the next run starts from the same state.
+pub async fn vacuum(db: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("vacuum").execute(db).await?;
+    Ok(())
+}
+
+/// Starts a measured run from the same state: dead rows left by earlier runs removed, and
+/// dirty pages written out, so a checkpoint does not land in the middle of the next one.
+pub async fn settle(suite: &Suite) -> anyhow::Result<()> {
+    vacuum(&suite.app_db).await?;
+    vacuum(&suite.ref_db).await?;
+    sqlx::query("checkpoint").execute(&suite.admin).await?;
     Ok(())
 }

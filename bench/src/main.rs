@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use sqlx::PgPool;
 
-use crate::db::{recreate, seed};
+use crate::db::{recreate, seed, without_autovacuum};
 use crate::report::{print_table, redact};
 use crate::scenario::{Suite, creation, events, ingest, polls, startup, streams};
 use crate::server::start_simulator;
@@ -131,6 +131,7 @@ async fn run(args: Args, batch: bool) -> anyhow::Result<()> {
     seed(&ref_db, args.rows).await?;
     for db in [&app_db, &ref_db] {
         sqlx::query("vacuum analyze").execute(db).await?;
+        without_autovacuum(db).await?;
     }
     let sim_url = start_simulator(args.creates).await?;
     let http = reqwest::Client::builder()
@@ -142,6 +143,7 @@ async fn run(args: Args, batch: bool) -> anyhow::Result<()> {
         admin,
         app_url,
         ref_url,
+        app_db,
         ref_db,
         seeded,
         sim_url,

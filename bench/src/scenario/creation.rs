@@ -8,7 +8,7 @@ use anyhow::bail;
 use serde_json::json;
 
 use super::Suite;
-use crate::db::settle;
+use crate::db::{settle, vacuum};
 use crate::load::percentile;
 use crate::pgbench::pgbench;
 use crate::report::Row;
@@ -19,16 +19,17 @@ use crate::usage::Usage;
 pub async fn run(suite: &Suite, server: &Server) -> anyhow::Result<Vec<Row>> {
     let (admin, count) = (&suite.admin, suite.args.creates);
     let mut sim = simulator_alone(&suite.http, &suite.sim_url, count).await?;
-    settle(admin).await?;
+    settle(suite).await?;
     let before = Usage::now(server.pid, admin, None).await?;
     let started = Instant::now();
     let mut total = creates(&suite.http, &server.url, count).await?;
     let elapsed = started.elapsed();
+    vacuum(&suite.app_db).await?;
     let own = Usage::now(server.pid, admin, None)
         .await?
         .each(before, count as f64);
     // the reference at one client too, for as long as facepair took
-    settle(admin).await?;
+    settle(suite).await?;
     let before = Usage::now(server.pid, admin, None).await?;
     let secs = Duration::from_secs(elapsed.as_secs().max(1));
     let tps = pgbench(
@@ -38,6 +39,7 @@ pub async fn run(suite: &Suite, server: &Server) -> anyhow::Result<Vec<Row>> {
         1,
         secs,
     )?;
+    vacuum(&suite.ref_db).await?;
     let minimal = Usage::now(server.pid, admin, None)
         .await?
         .each(before, tps * secs.as_secs_f64());
@@ -123,7 +125,7 @@ async fn redeems(suite: &Suite, server: &Server, count: usize) -> anyhow::Result
             bail!("a webhook for a created login was not applied");
         }
     }
-    settle(&suite.admin).await?;
+    settle(suite).await?;
     let before = Usage::now(server.pid, &suite.admin, None).await?;
     for (id, _, _) in &created {
         let r = suite

@@ -23,7 +23,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<Row>> {
     let secs = suite.secs();
     // first without an endpoint, before one exists
-    settle(&suite.admin).await?;
+    settle(suite).await?;
     let without = webhooks(&server.url, next_token, CONCURRENCY, secs).await?;
     let (url, received) = receiver().await?;
     let pushing = suite
@@ -38,7 +38,7 @@ pub async fn run(
         ])
         .await?
         .0;
-    settle(&suite.admin).await?;
+    settle(suite).await?;
     let started = Instant::now();
     let before = received.load(Ordering::Relaxed);
     let with = webhooks(&pushing.url, next_token, CONCURRENCY, secs).await?;

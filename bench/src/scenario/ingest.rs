@@ -9,7 +9,7 @@ use facepair::idenfy::signature;
 use http_body_util::Full;
 
 use super::Suite;
-use crate::db::settle;
+use crate::db::{settle, vacuum};
 use crate::load::{Conn, Run, closed_loop, summarise, webhook_body};
 use crate::pgbench::pgbench;
 use crate::report::Row;
@@ -85,11 +85,12 @@ async fn round(
     concurrency: usize,
 ) -> anyhow::Result<Round> {
     let (args, admin, http, secs) = (&suite.args, &suite.admin, &suite.http, suite.secs());
-    settle(admin).await?;
+    settle(suite).await?;
     let before = Usage::now(server.pid, admin, disk).await?;
     let batches_before = metric(http, &server.url, NOTIFY_BATCHES).await?;
     let run = webhooks(&server.url, next_token, concurrency, secs).await?;
     let webhooks_sent = run.rate * secs.as_secs_f64();
+    vacuum(&suite.app_db).await?;
     let used = Usage::now(server.pid, admin, disk)
         .await?
         .each(before, webhooks_sent);
@@ -100,7 +101,7 @@ async fn round(
     let mut reference = [0.0; 2];
     let mut reference_used = used;
     for (notify, rate) in reference.iter_mut().enumerate() {
-        settle(admin).await?;
+        settle(suite).await?;
         let before = Usage::now(server.pid, admin, disk).await?;
         *rate = pgbench(
             &args.pgbench,
@@ -117,13 +118,14 @@ async fn round(
             secs,
         )?;
         if notify == 1 {
+            vacuum(&suite.ref_db).await?;
             reference_used = Usage::now(server.pid, admin, disk)
                 .await?
                 .each(before, *rate * secs.as_secs_f64());
         }
     }
     let [without_notify, with_notify] = reference;
-    settle(admin).await?;
+    settle(suite).await?;
     let before = Usage::now(server.pid, admin, disk).await?;
     let minimal = pgbench(
         &args.pgbench,
@@ -137,6 +139,7 @@ async fn round(
         concurrency,
         secs,
     )?;
+    vacuum(&suite.ref_db).await?;
     let minimal_used = Usage::now(server.pid, admin, disk)
         .await?
         .each(before, minimal * secs.as_secs_f64());

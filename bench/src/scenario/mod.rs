@@ -24,6 +24,7 @@ pub struct Suite {
     pub admin: PgPool,
     pub app_url: String,
     pub ref_url: String,
+    pub app_db: PgPool,
     pub ref_db: PgPool,
     pub seeded: Seeded,
     pub sim_url: String,
