@@ -94,9 +94,10 @@ pub async fn seed(db: &PgPool, rows: usize) -> anyhow::Result<Seeded> {
     })
 }
 
-/// Autovacuum off on every table of `db`. Left on, its work, set off by whichever run wrote
-/// most (pgbench writes three times per round to facepair's once), lands in another run's
-/// seconds; each run vacuums what it wrote instead ([`vacuum`]).
+/// Autovacuum (and with it autoanalyze) off on every table of `db` so far. Left on, its work,
+/// set off by whichever run wrote most (pgbench writes three times per round to facepair's
+/// once), lands in another run's seconds; each run vacuums what it wrote instead ([`vacuum`])
+/// and [`settle`] analyzes.
 pub async fn without_autovacuum(db: &PgPool) -> anyhow::Result<()> {
     let tables: Vec<String> =
         sqlx::query_scalar("select relname::text from pg_class where relkind = 'r' and relnamespace = 'public'::regnamespace")
@@ -119,11 +120,13 @@ pub async fn vacuum(db: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts a measured run from the same state: dead rows left by earlier runs removed, and
-/// dirty pages written out, so a checkpoint does not land in the middle of the next one.
+/// Starts a measured run from the same state: dead rows left by earlier runs removed,
+/// statistics current, and dirty pages written out, so a checkpoint does not land in the
+/// middle of the next one.
 pub async fn settle(suite: &Suite) -> anyhow::Result<()> {
-    vacuum(&suite.app_db).await?;
-    vacuum(&suite.ref_db).await?;
+    for db in [&suite.app_db, &suite.ref_db] {
+        sqlx::query("vacuum analyze").execute(db).await?;
+    }
     sqlx::query("checkpoint").execute(&suite.admin).await?;
     Ok(())
 }

@@ -140,6 +140,7 @@ async fn redeems(suite: &Suite, server: &Server, count: usize) -> anyhow::Result
         r.bytes().await?;
     }
     app.close().await;
+    vacuum(&suite.app_db).await?;
     Ok(Usage::now(server.pid, &suite.admin, None)
         .await?
         .each(before, count as f64))

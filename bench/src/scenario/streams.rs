@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::Suite;
-use crate::db::Seeded;
+use crate::db::{Seeded, settle};
 use crate::load::{percentile, send_webhook};
 use crate::report::Row;
 use crate::server::Server;
@@ -26,6 +26,7 @@ pub async fn run(suite: &Suite, next_token: usize) -> anyhow::Result<Vec<Row>> {
             args.rows
         );
     }
+    settle(suite).await?;
     // a fresh process: memory freed by the earlier scenarios would otherwise be reused
     // by the streams and hide part of their cost
     let (fresh, _) = suite.start_server().await?;
