@@ -76,7 +76,7 @@ impl Server {
             .env("FACEPAIR_LOGINS_PER_API_KEY_PER_MINUTE", "100000000")
             .env("FACEPAIR_LOGINS_PER_CLIENT_IP_PER_HOUR", "100000000")
             .env("FACEPAIR_EXPIRY_INTERVAL_MS", "1000")
-            // approvals outlive the suite: their expiries, two minutes after the webhooks that
+            // approvals outlive a run of the suite at its default lengths: their expiries, two minutes after the webhooks that
             // approved them, would land in whichever run is measured then, the reference's too
             .env("FACEPAIR_APPROVAL_TTL_SECONDS", "3600")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
