@@ -273,8 +273,9 @@ pub const CLAIM: &str = r#"
           and (e.origin <> 'config' or e.url = any($6::text[]))
     ), candidates as (
         -- each endpoint's first due deliveries, up to its room, from its own index range: one
-        -- another instance holds is passed over for the next, and each is checked again as
-        -- locked, so one settled or replayed meanwhile is left alone
+        -- another instance holds is passed over for the next, and PostgreSQL checks each again
+        -- at its newest version as it locks it (read committed), so one settled, leased or
+        -- replayed meanwhile is left alone
         select c.endpoint_id, c.event_id, c.next_attempt_at, c.position
         from eligible e cross join lateral (
             select d.endpoint_id, d.event_id, d.next_attempt_at, d.position
@@ -288,7 +289,7 @@ pub const CLAIM: &str = r#"
                   where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
                     and p.state = 'pending')
             order by d.next_attempt_at, d.position
-            limit e.room
+            limit least(e.room, $1)
             for update skip locked
         ) c
     ), due as (

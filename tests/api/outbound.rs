@@ -959,10 +959,15 @@ async fn a_claim_passes_over_deliveries_another_claim_holds(pool: PgPool) {
         .execute(&mut *first)
         .await
         .unwrap();
-    // the second claim runs while the first still holds its eight
-    facepair::store::outbound::claim(&app.pool, 64, 60.0, 8, &[], &[ELSEWHERE.to_owned()])
-        .await
-        .unwrap();
+    // the second claim runs while the first still holds its eight: one that waited for
+    // their locks would wait for the first's commit, after this
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        facepair::store::outbound::claim(&app.pool, 64, 60.0, 8, &[], &[ELSEWHERE.to_owned()]),
+    )
+    .await
+    .expect("the second claim waited for rows the first holds")
+    .unwrap();
     first.commit().await.unwrap();
     let leased: Vec<i64> = sqlx::query_scalar(
         "select position from event_deliveries where leased_until is not null order by position",
