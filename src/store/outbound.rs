@@ -283,11 +283,12 @@ pub const CLAIM: &str = r#"
             where d.endpoint_id = e.id and d.state = 'pending'
               and d.next_attempt_at <= now()
               and (d.leased_until is null or d.leased_until < now())
-              -- the login's first pending one: its events arrive in order
+              -- the login's first pending one: its events arrive in order. "Not settled", as
+              -- event_deliveries_unsettled_idx says it, so that no other index can serve this
               and d.position = (
                   select min(p.position) from event_deliveries p
                   where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id
-                    and p.state = 'pending')
+                    and p.state not in ('delivered', 'failed', 'skipped'))
             order by d.next_attempt_at, d.position
             limit least(e.room, $1)
             for update skip locked

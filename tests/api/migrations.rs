@@ -109,6 +109,12 @@ async fn check_constraints_admit_exactly_the_enums_names(pool: PgPool) {
     ] {
         assert_eq!(&admitted(&pool, constraint).await, names, "{constraint}");
     }
+    // the claim finds a login's first pending delivery as its first not settled one
+    // (event_deliveries_unsettled_idx): a new state must be named there too
+    assert_eq!(
+        admitted(&pool, "event_deliveries_state_check").await,
+        BTreeSet::from(["pending", "delivered", "failed", "skipped"].map(str::to_owned))
+    );
 }
 
 #[test]
