@@ -42,6 +42,8 @@ pub enum ApiError {
     EndpointNotFound,
     #[error("an event endpoint with this URL exists already")]
     EndpointExists,
+    #[error("{max} event endpoints are enabled, the most there may be; disable one first")]
+    TooManyEndpoints { max: i64 },
     #[error("no such route")]
     RouteNotFound,
     #[error("this route does not take that method")]
@@ -140,6 +142,7 @@ pub enum Code {
     WatchTokenNotFound,
     EndpointNotFound,
     EndpointExists,
+    TooManyEndpoints,
     RouteNotFound,
     MethodNotAllowed,
     UnknownScanRef,
@@ -164,7 +167,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 35] = [
+    pub const ALL: [Code; 36] = [
         Code::MalformedJson,
         Code::MalformedQuery,
         Code::InvalidCursor,
@@ -179,6 +182,7 @@ impl Code {
         Code::WatchTokenNotFound,
         Code::EndpointNotFound,
         Code::EndpointExists,
+        Code::TooManyEndpoints,
         Code::RouteNotFound,
         Code::MethodNotAllowed,
         Code::UnknownScanRef,
@@ -262,6 +266,11 @@ impl Code {
                 "endpoint_exists",
                 409,
                 "an event endpoint with this URL exists already",
+            ),
+            Code::TooManyEndpoints => (
+                "too_many_endpoints",
+                409,
+                "as many event endpoints are enabled as there may be; disable one first",
             ),
             Code::RouteNotFound => ("route_not_found", 404, "no such route"),
             Code::MethodNotAllowed => (
@@ -365,6 +374,7 @@ impl ApiError {
             Self::WatchTokenNotFound => Code::WatchTokenNotFound,
             Self::EndpointNotFound => Code::EndpointNotFound,
             Self::EndpointExists => Code::EndpointExists,
+            Self::TooManyEndpoints { .. } => Code::TooManyEndpoints,
             Self::RouteNotFound => Code::RouteNotFound,
             Self::MethodNotAllowed { .. } => Code::MethodNotAllowed,
             Self::UnknownScanRef => Code::UnknownScanRef,

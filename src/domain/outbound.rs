@@ -165,6 +165,10 @@ pub fn retry_delay(
     Some(retry_after.map_or(spread, |r| spread.max(r.min(MAX_RETRY_AFTER))))
 }
 
+/// Enabled endpoints, at most, for the platform API to add to: each takes a delivery of every
+/// event of its types, and a share of every claim of the push worker.
+pub const MAX_ENABLED_ENDPOINTS: i64 = 16;
+
 /// A `Retry-After` longer than this is read as this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 

@@ -154,7 +154,7 @@ pub struct CreateEndpoint {
         (status = 201, body = EndpointCreated, description = "created; keep `secret`, it is not shown again"),
         (status = 400, body = ErrorBody, description = "malformed_json"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
-        (status = 409, body = ErrorBody, description = "endpoint_exists"),
+        (status = 409, body = ErrorBody, description = "endpoint_exists; too_many_endpoints (16 enabled)"),
         (status = 413, body = ErrorBody, description = "payload_too_large"),
         (status = 415, body = ErrorBody, description = "unsupported_media_type"),
         (status = 422, body = ErrorBody, description = "invalid_field (`url`, `types`, `secret`)"),

@@ -598,14 +598,23 @@ pub async fn create_endpoint(
     });
     let types: Option<Vec<String>> =
         types.map(|t| t.iter().map(|t| t.as_str().to_owned()).collect());
-    let row = store::create_endpoint(
+    let added = store::create_endpoint(
         &ctx.pool,
         url.as_str(),
         types.as_deref(),
         std::slice::from_ref(&secret),
+        outbound::MAX_ENABLED_ENDPOINTS,
     )
-    .await?
-    .ok_or(ApiError::EndpointExists)?;
+    .await?;
+    let row = match added {
+        store::Added::New(row) => row,
+        store::Added::UrlTaken => return Err(ApiError::EndpointExists),
+        store::Added::Full => {
+            return Err(ApiError::TooManyEndpoints {
+                max: outbound::MAX_ENABLED_ENDPOINTS,
+            });
+        }
+    };
     tracing::info!(endpoint = %row.id, "event endpoint created");
     Ok(EndpointCreated {
         endpoint: row.into(),

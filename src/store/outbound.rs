@@ -594,27 +594,55 @@ pub struct EndpointRow {
     pub disabled_reason: Option<String>,
 }
 
-/// A new API endpoint; `None` if one has that URL already.
+/// What adding an endpoint came to.
+pub enum Added {
+    New(EndpointRow),
+    UrlTaken,
+    /// `max_enabled` endpoints are enabled already.
+    Full,
+}
+
+/// A new API endpoint, unless one has that URL or `max_enabled` are enabled. Under an advisory
+/// lock, so instances adding at once cannot pass the limit together: each statement after it
+/// sees what the one before committed.
 pub async fn create_endpoint(
-    conn: impl sqlx::PgExecutor<'_>,
+    pool: &PgPool,
     url: &str,
     types: Option<&[String]>,
     secrets: &[String],
-) -> Result<Option<EndpointRow>, sqlx::Error> {
-    sqlx::query_as!(
+    max_enabled: i64,
+) -> Result<Added, sqlx::Error> {
+    let mut tx = super::begin_locked(pool, super::lock_key("event_endpoints", b"")).await?;
+    let found = sqlx::query!(
+        r#"
+        select exists(select from event_endpoints where url = $1) as "taken!",
+               (select count(*) from event_endpoints where disabled_at is null) as "enabled!"
+        "#,
+        url
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if found.taken {
+        return Ok(Added::UrlTaken);
+    }
+    if found.enabled >= max_enabled {
+        return Ok(Added::Full);
+    }
+    let row = sqlx::query_as!(
         EndpointRow,
         r#"
         insert into event_endpoints (url, origin, types, secrets)
         values ($1, 'api', $2, $3)
-        on conflict (url) do nothing
         returning id, url, origin, types, created_at, disabled_at, disabled_reason
         "#,
         url,
         types,
         secrets
     )
-    .fetch_optional(conn)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Added::New(row))
 }
 
 /// Every endpoint, oldest first.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use facepair::config::Settings;
-use facepair::domain::outbound::WebhookSecret;
+use facepair::domain::outbound::{MAX_ENABLED_ENDPOINTS, WebhookSecret};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -1540,6 +1540,78 @@ async fn endpoints_made_by_api_get_their_types_signed_with_their_secret(pool: Pg
 /// A filter that matches nothing still moves the cursor past what it read, so a consumer of
 /// a rare type does not read the same events again at every poll; and an event that comes
 /// later is still listed.
+/// The API adds endpoints while fewer than `MAX_ENABLED_ENDPOINTS` are enabled, counted under
+/// a lock: two instances taking the last place at once add one endpoint, not two.
+#[sqlx::test]
+async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(pool: PgPool) {
+    let a = TestApp::spawn(pool).await;
+    let b = a.second_instance().await;
+    let create = |app: &TestApp, name: &str| {
+        app.http
+            .post(app.url("/v1/event-endpoints"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"url": format!("https://{name}.example/hooks")}))
+            .send()
+    };
+    let mut ids = Vec::new();
+    for i in 1..MAX_ENABLED_ENDPOINTS {
+        let created = create(&a, &format!("hooks-{i}")).await.unwrap();
+        assert_eq!(created.status(), 201);
+        ids.push(created.json::<Value>().await.unwrap()["id"].clone());
+    }
+    // both wait for the lock held here, then run one after the other
+    let key = facepair::store::lock_key("event_endpoints", b"");
+    let mut held = a.pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let (first, second) = (create(&a, "last-a"), create(&b, "last-b"));
+    let both = tokio::spawn(async move { tokio::join!(first, second) });
+    a.eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_locks where locktype = 'advisory' and not granted
+             and classid::int8 = ($1 >> 32) & 4294967295 and objid::int8 = $1 & 4294967295",
+        )
+        .bind(key)
+        .fetch_one(&a.pool)
+        .await
+        .unwrap()
+            == 2
+    })
+    .await;
+    held.commit().await.unwrap();
+    let (first, second) = both.await.unwrap();
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
+    let refused: Value = if first.status() == 409 { first } else { second }
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["error"]["code"], "too_many_endpoints");
+    assert_eq!(
+        a.count("select count(*) from event_endpoints where disabled_at is null")
+            .await,
+        MAX_ENABLED_ENDPOINTS
+    );
+    // a URL taken is named as such, however full
+    let taken = create(&b, "hooks-1").await.unwrap();
+    assert_eq!(taken.status(), 409);
+    assert_eq!(
+        taken.json::<Value>().await.unwrap()["error"]["code"],
+        "endpoint_exists"
+    );
+    // a disabled endpoint frees its place
+    let id = ids[0].as_str().unwrap();
+    let disabled = a.post(&format!("/v1/event-endpoints/{id}/disable")).await;
+    assert_eq!(disabled.status(), 200);
+    assert_eq!(create(&b, "after-disable").await.unwrap().status(), 201);
+    assert_eq!(create(&a, "one-too-many").await.unwrap().status(), 409);
+}
+
 #[sqlx::test]
 async fn a_filter_matching_nothing_moves_the_cursor_past_what_it_read(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
