@@ -628,21 +628,23 @@ pub async fn create_endpoint(
     if found.enabled >= max_enabled {
         return Ok(Added::Full);
     }
+    // an instance confirming its configured endpoints takes no lock: it may add the URL first
     let row = sqlx::query_as!(
         EndpointRow,
         r#"
         insert into event_endpoints (url, origin, types, secrets)
         values ($1, 'api', $2, $3)
+        on conflict (url) do nothing
         returning id, url, origin, types, created_at, disabled_at, disabled_reason
         "#,
         url,
         types,
         secrets
     )
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Added::New(row))
+    Ok(row.map_or(Added::UrlTaken, Added::New))
 }
 
 /// Every endpoint, oldest first.

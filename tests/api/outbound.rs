@@ -1537,14 +1537,19 @@ async fn endpoints_made_by_api_get_their_types_signed_with_their_secret(pool: Pg
     assert_eq!(queued, 1, "nothing queued after it was disabled");
 }
 
-/// A filter that matches nothing still moves the cursor past what it read, so a consumer of
-/// a rare type does not read the same events again at every poll; and an event that comes
-/// later is still listed.
 /// The API adds endpoints while fewer than `MAX_ENABLED_ENDPOINTS` are enabled, counted under
 /// a lock: two instances taking the last place at once add one endpoint, not two.
 #[sqlx::test]
 async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(pool: PgPool) {
-    let a = TestApp::spawn(pool).await;
+    // a configured endpoint takes a place too
+    let receiver = Receiver::ok().start().await;
+    let a = TestApp::spawn_with(pool, pushing_to(&[&receiver])).await;
+    a.eventually(Duration::from_secs(10), || async {
+        a.count("select count(*) from event_endpoints where origin = 'config'")
+            .await
+            == 1
+    })
+    .await;
     let b = a.second_instance().await;
     let create = |app: &TestApp, name: &str| {
         app.http
@@ -1554,7 +1559,7 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
             .send()
     };
     let mut ids = Vec::new();
-    for i in 1..MAX_ENABLED_ENDPOINTS {
+    for i in 2..MAX_ENABLED_ENDPOINTS {
         let created = create(&a, &format!("hooks-{i}")).await.unwrap();
         assert_eq!(created.status(), 201);
         ids.push(created.json::<Value>().await.unwrap()["id"].clone());
@@ -1572,6 +1577,7 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
     a.eventually(Duration::from_secs(10), || async {
         sqlx::query_scalar::<_, i64>(
             "select count(*) from pg_locks where locktype = 'advisory' and not granted
+             and database = (select oid from pg_database where datname = current_database())
              and classid::int8 = ($1 >> 32) & 4294967295 and objid::int8 = $1 & 4294967295",
         )
         .bind(key)
@@ -1598,7 +1604,7 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
         MAX_ENABLED_ENDPOINTS
     );
     // a URL taken is named as such, however full
-    let taken = create(&b, "hooks-1").await.unwrap();
+    let taken = create(&b, "hooks-2").await.unwrap();
     assert_eq!(taken.status(), 409);
     assert_eq!(
         taken.json::<Value>().await.unwrap()["error"]["code"],
@@ -1609,9 +1615,17 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
     let disabled = a.post(&format!("/v1/event-endpoints/{id}/disable")).await;
     assert_eq!(disabled.status(), 200);
     assert_eq!(create(&b, "after-disable").await.unwrap().status(), 201);
-    assert_eq!(create(&a, "one-too-many").await.unwrap().status(), 409);
+    let full = create(&a, "one-too-many").await.unwrap();
+    assert_eq!(full.status(), 409);
+    assert_eq!(
+        full.json::<Value>().await.unwrap()["error"]["code"],
+        "too_many_endpoints"
+    );
 }
 
+/// A filter that matches nothing still moves the cursor past what it read, so a consumer of
+/// a rare type does not read the same events again at every poll; and an event that comes
+/// later is still listed.
 #[sqlx::test]
 async fn a_filter_matching_nothing_moves_the_cursor_past_what_it_read(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
