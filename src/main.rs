@@ -196,7 +196,13 @@ async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
         ..database
     };
     let pool = connect(&direct).await?;
-    MIGRATOR.run(&pool).await?;
+    let mut conn = pool.acquire().await?;
+    // an index built CONCURRENTLY first waits for every older transaction, however long; a
+    // migration that alters a table sets its own (checked by the migrations test)
+    sqlx::raw_sql("set lock_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    MIGRATOR.run(&mut *conn).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -56,6 +56,36 @@ fn new_migrations_do_not_block_webhooks() {
     );
 }
 
+/// `facepair migrate` waits as long as an index built CONCURRENTLY needs (it first waits for
+/// every older transaction), rather than give up after the pool's 5 s lock_timeout and leave
+/// an invalid index behind that the next run cannot build again.
+#[sqlx::test(migrations = false)]
+async fn migrate_waits_for_older_transactions_to_build_an_index(pool: PgPool) {
+    let mut older = pool.acquire().await.unwrap();
+    sqlx::raw_sql("begin isolation level repeatable read; select 1")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"))
+        .arg("migrate")
+        .env("DATABASE_URL", crate::ops_tools::database_url(&pool))
+        .output();
+    let migrate = tokio::spawn(migrate);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    sqlx::raw_sql("commit").execute(&mut *older).await.unwrap();
+    let output = migrate.await.unwrap().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let invalid: i64 = sqlx::query_scalar("select count(*) from pg_index where not indisvalid")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(invalid, 0);
+}
+
 /// The values a check constraint of the form `column in ('a', 'b', ...)` admits.
 async fn admitted(pool: &PgPool, constraint: &str) -> BTreeSet<String> {
     let definition: String = sqlx::query_scalar(
@@ -109,12 +139,29 @@ async fn check_constraints_admit_exactly_the_enums_names(pool: PgPool) {
     ] {
         assert_eq!(&admitted(&pool, constraint).await, names, "{constraint}");
     }
-    // the claim finds a login's first pending delivery as its first not settled one
-    // (event_deliveries_unsettled_idx): a new state must be named there too
-    assert_eq!(
-        admitted(&pool, "event_deliveries_state_check").await,
-        BTreeSet::from(["pending", "delivered", "failed", "skipped"].map(str::to_owned))
-    );
+    // the claim finds a login's first pending delivery as its first not settled one, in
+    // event_deliveries_unsettled_idx: both must name every state but pending
+    let predicate: String = sqlx::query_scalar(
+        "select pg_get_expr(indpred, indrelid) from pg_index
+         where indexrelid = 'event_deliveries_unsettled_idx'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut states = admitted(&pool, "event_deliveries_state_check").await;
+    assert!(states.remove("pending"));
+    let claim = facepair::store::outbound::CLAIM;
+    let named = |text: &str| {
+        text.split('\'')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| states.contains(*w))
+            .count()
+    };
+    assert_eq!(named(&predicate), states.len(), "{predicate}");
+    let lookup = &claim[claim.find("p.state not in").expect("the claim's lookup")..];
+    let lookup = &lookup[..lookup.find(')').unwrap()];
+    assert_eq!(named(lookup), states.len(), "{lookup}");
 }
 
 #[test]
@@ -188,6 +235,8 @@ fn the_rule_refuses_what_blocks_webhooks() {
              alter table deliveries validate constraint deliveries_verdict_check;",
             "later migration",
         ),
+        ("alter table logins add column tier text;", "lock_timeout"),
+        ("drop index logins_created_idx;", "CONCURRENTLY"),
         ("cluster logins using logins_created_idx;", "rewrites"),
         ("reindex table logins;", "CONCURRENTLY"),
     ];
@@ -206,6 +255,7 @@ fn the_rule_accepts_migrations_written_the_right_way() {
         // a new table, its indexes and constraints, and columns added without a rewrite
         "-- create index in a comment; alter column x type y
          /* and /* nested */ create index here */
+         set local lock_timeout = '2s';
          create table webhook_endpoints (
              id uuid primary key,
              url text not null,
@@ -228,15 +278,19 @@ fn the_rule_accepts_migrations_written_the_right_way() {
          create or replace function f() returns trigger language plpgsql as $$
          begin create index nope on logins (id); return new; end $$;",
         // changing deliveries' CHECK: the new rule without a scan, validated in a later migration
-        "alter table deliveries drop constraint deliveries_verdict_check;
+        "set local lock_timeout = '2s';
+         alter table deliveries drop constraint deliveries_verdict_check;
          alter table deliveries add constraint deliveries_verdict_check check (verdict in
              ('applied', 'duplicate', 'unknown_token', 'scan_ref_mismatch', 'attempt_terminal',
               'late', 'unknown_status', 'unparseable', 'replayed')) not valid;",
-        "alter table deliveries validate constraint deliveries_verdict_check;",
+        "set local lock_timeout = '2s';
+         alter table deliveries validate constraint deliveries_verdict_check;",
         // an index on an existing table, alone in a migration that runs outside a transaction
         "-- no-transaction\ncreate index concurrently if not exists logins_state_idx on logins (state);\n",
         "-- no-transaction\n-- the index behind a unique constraint\ncreate unique index concurrently logins_state_key on logins (state)",
-        "alter table logins add constraint logins_state_key unique using index logins_state_key;",
+        "set local lock_timeout = '2s';
+         alter table logins add constraint logins_state_key unique using index logins_state_key;",
+        "-- no-transaction\ndrop index concurrently logins_state_idx;",
     ];
     for sql in accepted {
         assert_eq!(violations(sql), Vec::<String>::new(), "{sql}");
@@ -268,6 +322,7 @@ fn violations(sql: &str) -> Vec<String> {
     }
     let mut created: HashSet<String> = HashSet::new();
     let mut not_valid: HashSet<String> = HashSet::new();
+    let mut lock_timeout = false;
     for (n, s) in statements.iter().enumerate() {
         let text = s.join(" ");
         let mut problem = |what: String| found.push(format!("statement {}: {what}: {text}", n + 1));
@@ -286,6 +341,10 @@ fn violations(sql: &str) -> Vec<String> {
                     );
                 }
             }
+            ["set", "local", "lock_timeout", ..] => lock_timeout = true,
+            ["drop", "index", ..] if !words.contains(&"concurrently") => {
+                problem("DROP INDEX without CONCURRENTLY blocks writes to its table".into());
+            }
             ["reindex", ..] if !words.contains(&"concurrently") => {
                 problem("REINDEX without CONCURRENTLY blocks writes".into());
             }
@@ -298,6 +357,13 @@ fn violations(sql: &str) -> Vec<String> {
                 };
                 if created.contains(&table) {
                     continue;
+                }
+                if !lock_timeout {
+                    problem(
+                        "no `SET LOCAL lock_timeout` before it: `facepair migrate` sets none, so \
+                         behind a long transaction it would wait with every write queued behind it"
+                            .into(),
+                    );
                 }
                 let start = rest
                     .iter()

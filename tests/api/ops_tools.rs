@@ -165,7 +165,7 @@ async fn the_views_answer_ops_questions(pool: PgPool) {
     assert_eq!(mismatches, [row("failed"), row("succeeded")]);
 }
 
-fn database_url(pool: &PgPool) -> String {
+pub(crate) fn database_url(pool: &PgPool) -> String {
     let base = std::env::var("DATABASE_URL").unwrap();
     let db = pool.connect_options().get_database().unwrap().to_owned();
     format!("{}/{db}", base.rsplit_once('/').unwrap().0)
