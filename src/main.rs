@@ -178,9 +178,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let settings = args.settings()?;
     let pool = connect(&args.database).await?;
+    schema_is_current(&pool).await?;
     let session = direct_options(&args.database)?;
     let app = Application::build_with(settings, pool, session).await?;
     app.run_until_stopped().await?;
+    Ok(())
+}
+
+/// Refuses a database older than this build's migrations: its statements would fail, or run
+/// without the indexes they were written for. A newer one (a deploy under way) is served.
+async fn schema_is_current(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+            .fetch_one(pool)
+            .await
+            .or_else(|e| match e.as_database_error().and_then(|d| d.code()) {
+                // undefined_table: never migrated
+                Some(code) if code == "42P01" => Ok(None),
+                _ => Err(e),
+            })?;
+    if applied.unwrap_or(0) < needed {
+        anyhow::bail!(
+            "the database's schema is at migration {}, this facepair needs {needed}: run `facepair migrate` first",
+            applied.unwrap_or(0)
+        );
+    }
     Ok(())
 }
 

@@ -86,6 +86,32 @@ async fn migrate_waits_for_older_transactions_to_build_an_index(pool: PgPool) {
     assert_eq!(invalid, 0);
 }
 
+/// `facepair serve` refuses a database its migrations have not reached, and says what to run.
+#[sqlx::test(migrations = false)]
+async fn serve_refuses_a_database_behind_its_migrations(pool: PgPool) {
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"))
+        .arg("serve")
+        .env("DATABASE_URL", crate::ops_tools::database_url(&pool))
+        .env("FACEPAIR_LISTEN", "127.0.0.1:0")
+        .env("FACEPAIR_API_KEYS", crate::helpers::API_KEY)
+        .env("FACEPAIR_IDENFY_BASE_URL", "http://127.0.0.1:9")
+        .env("FACEPAIR_IDENFY_API_KEY", "idenfy-key")
+        .env("FACEPAIR_IDENFY_API_SECRET", "idenfy-secret")
+        .env("FACEPAIR_IDENFY_SIGNING_KEYS", crate::helpers::SIGNING_KEY)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), serve)
+        .await
+        .expect("serve started on an empty database")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("at migration 0") && stderr.contains("run `facepair migrate` first"),
+        "{stderr}"
+    );
+}
+
 /// The values a check constraint of the form `column in ('a', 'b', ...)` admits.
 async fn admitted(pool: &PgPool, constraint: &str) -> BTreeSet<String> {
     let definition: String = sqlx::query_scalar(
