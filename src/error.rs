@@ -42,7 +42,7 @@ pub enum ApiError {
     EndpointNotFound,
     #[error("an event endpoint with this URL exists already")]
     EndpointExists,
-    #[error("{max} event endpoints are enabled, the most there may be; disable one first")]
+    #[error("{max} event endpoints are enabled, the most the API adds to; disable one first")]
     TooManyEndpoints { max: i64 },
     #[error("no such route")]
     RouteNotFound,
@@ -270,7 +270,7 @@ impl Code {
             Code::TooManyEndpoints => (
                 "too_many_endpoints",
                 409,
-                "as many event endpoints are enabled as there may be; disable one first",
+                "as many event endpoints are enabled as the API adds to; disable one first",
             ),
             Code::RouteNotFound => ("route_not_found", 404, "no such route"),
             Code::MethodNotAllowed => (

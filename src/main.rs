@@ -185,26 +185,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses a database older than this build's migrations: its statements would fail, or run
-/// without the indexes they were written for. A newer one (a deploy under way) is served.
+/// Refuses a database that lacks one of this build's migrations: its statements would fail,
+/// or run without the indexes they were written for. Newer ones (a deploy under way) are fine.
 async fn schema_is_current(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
-            .fetch_one(pool)
+    let applied: Vec<i64> =
+        sqlx::query_scalar("select version from _sqlx_migrations where success")
+            .fetch_all(pool)
             .await
             .or_else(|e| match e.as_database_error().and_then(|d| d.code()) {
                 // undefined_table: never migrated
-                Some(code) if code == "42P01" => Ok(None),
+                Some(code) if code == "42P01" => Ok(Vec::new()),
                 _ => Err(e),
             })?;
-    if applied.unwrap_or(0) < needed {
-        anyhow::bail!(
-            "the database's schema is at migration {}, this facepair needs {needed}: run `facepair migrate` first",
-            applied.unwrap_or(0)
-        );
-    }
-    Ok(())
+    let Some(missing) = MIGRATOR.iter().find(|m| !applied.contains(&m.version)) else {
+        return Ok(());
+    };
+    // a concurrent index build that failed (behind a long transaction) leaves its index
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "select indexrelid::regclass::text from pg_index where not indisvalid order by 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let hint = match invalid.is_empty() {
+        true => String::new(),
+        false => format!(
+            " (first drop {}, left invalid by a failed run)",
+            invalid.join(", ")
+        ),
+    };
+    anyhow::bail!(
+        "the database lacks migration {} ({}): run `facepair migrate`{hint}",
+        missing.version,
+        missing.description
+    )
 }
 
 async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
@@ -219,13 +232,7 @@ async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
         ..database
     };
     let pool = connect(&direct).await?;
-    let mut conn = pool.acquire().await?;
-    // an index built CONCURRENTLY first waits for every older transaction, however long; a
-    // migration that alters a table sets its own (checked by the migrations test)
-    sqlx::raw_sql("set lock_timeout = 0")
-        .execute(&mut *conn)
-        .await?;
-    MIGRATOR.run(&mut *conn).await?;
+    MIGRATOR.run(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -284,7 +284,7 @@ pub const CLAIM: &str = r#"
               and d.next_attempt_at <= now()
               and (d.leased_until is null or d.leased_until < now())
               -- the login's first pending one: its events arrive in order. "Not settled", as
-              -- event_deliveries_unsettled_idx says it, so that no other index can serve this
+              -- event_deliveries_unsettled_idx says it, so that the due index cannot serve this
               and d.position = (
                   select min(p.position) from event_deliveries p
                   where p.endpoint_id = d.endpoint_id and p.login_id = d.login_id

@@ -1623,6 +1623,45 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
     );
 }
 
+/// A URL an instance's configuration adds while a create is adding it is `endpoint_exists`,
+/// not a failure: instances confirming their configured endpoints take no lock.
+#[sqlx::test]
+async fn a_url_configured_during_a_create_is_endpoint_exists(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let url = "https://meanwhile.example/hooks";
+    let mut configuring = app.pool.begin().await.unwrap();
+    sqlx::query("insert into event_endpoints (url, origin) values ($1, 'config')")
+        .bind(url)
+        .execute(&mut *configuring)
+        .await
+        .unwrap();
+    let create = app
+        .http
+        .post(app.url("/v1/event-endpoints"))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "url": url }))
+        .send();
+    let create = tokio::spawn(create);
+    // the create's insert waits for the uncommitted row with its URL
+    app.eventually(Duration::from_secs(10), || async {
+        app.count(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'
+               and query like '%insert into event_endpoints (url, origin, types, secrets)%'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    configuring.commit().await.unwrap();
+    let response = create.await.unwrap().unwrap();
+    assert_eq!(response.status(), 409);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "endpoint_exists"
+    );
+}
+
 /// A filter that matches nothing still moves the cursor past what it read, so a consumer of
 /// a rare type does not read the same events again at every poll; and an event that comes
 /// later is still listed.
