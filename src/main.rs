@@ -178,18 +178,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let settings = args.settings()?;
     let pool = connect(&args.database).await?;
-    schema_is_current(&pool).await?;
+    // a PostgreSQL that stops answering would otherwise hold the start-up here, unlogged
+    tokio::time::timeout(std::time::Duration::from_secs(30), schema_is_current(&pool))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("PostgreSQL did not answer which migrations it has within 30 s")
+        })??;
     let session = direct_options(&args.database)?;
     let app = Application::build_with(settings, pool, session).await?;
     app.run_until_stopped().await?;
     Ok(())
 }
 
-/// Refuses a database that lacks one of this build's migrations: its statements would fail,
-/// or run without the indexes they were written for. Newer ones (a deploy under way) are fine.
+/// Refuses a database that lacks one of this build's migrations, or holds one applied from
+/// other SQL: its statements would fail, or run without the indexes they were written for.
+/// Newer ones (a deploy under way) are fine.
 async fn schema_is_current(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    let applied: Vec<i64> =
-        sqlx::query_scalar("select version from _sqlx_migrations where success")
+    let applied: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("select version, checksum from _sqlx_migrations where success")
             .fetch_all(pool)
             .await
             .or_else(|e| match e.as_database_error().and_then(|d| d.code()) {
@@ -197,27 +203,25 @@ async fn schema_is_current(pool: &sqlx::PgPool) -> anyhow::Result<()> {
                 Some(code) if code == "42P01" => Ok(Vec::new()),
                 _ => Err(e),
             })?;
-    let Some(missing) = MIGRATOR.iter().find(|m| !applied.contains(&m.version)) else {
-        return Ok(());
-    };
-    // a concurrent index build that failed (behind a long transaction) leaves its index
-    let invalid: Vec<String> = sqlx::query_scalar(
-        "select indexrelid::regclass::text from pg_index where not indisvalid order by 1",
-    )
-    .fetch_all(pool)
-    .await?;
-    let hint = match invalid.is_empty() {
-        true => String::new(),
-        false => format!(
-            " (first drop {}, left invalid by a failed run)",
-            invalid.join(", ")
-        ),
-    };
-    anyhow::bail!(
-        "the database lacks migration {} ({}): run `facepair migrate`{hint}",
-        missing.version,
-        missing.description
-    )
+    for m in MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+    {
+        match applied.iter().find(|(version, _)| *version == m.version) {
+            None => anyhow::bail!(
+                "the database lacks migration {} ({}): run `facepair migrate`",
+                m.version,
+                m.description
+            ),
+            Some((_, checksum)) if checksum[..] != m.checksum[..] => anyhow::bail!(
+                "the database's migration {} ({}) was applied from other SQL than this build's",
+                m.version,
+                m.description
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {

@@ -51,8 +51,9 @@ struct Args {
     /// Logins created in scenario 4.
     #[arg(long, default_value_t = 2_000)]
     creates: usize,
-    /// Pending attempts seeded for webhook ingest (must exceed what the runs consume).
-    #[arg(long, default_value_t = 500_000)]
+    /// Pending attempts seeded for webhook ingest (must exceed what the runs consume: pgbench's
+    /// three scripts took 650,000 of them in a full run at this machine's faster hours).
+    #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
     /// Interleaved facepair/pgbench rounds per comparison; the median round is reported.
     #[arg(long, default_value_t = 5)]

@@ -56,50 +56,86 @@ fn new_migrations_do_not_block_webhooks() {
     );
 }
 
-/// `facepair serve` refuses a database that lacks one of its migrations, says which and what
-/// to run, and names an index a failed concurrent build left invalid.
+/// `facepair serve` refuses a database that lacks one of its migrations (a gap too) or holds
+/// one applied from other SQL, and says which; one with newer migrations it serves.
 #[sqlx::test(migrations = false)]
 async fn serve_refuses_a_database_behind_its_migrations(pool: PgPool) {
-    let refusal = || async {
-        let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"))
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serve = || {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_facepair"));
+        command
             .arg("serve")
+            .env_clear()
             .env("DATABASE_URL", crate::ops_tools::database_url(&pool))
-            .env_remove("FACEPAIR_DIRECT_DATABASE_URL")
-            .env("FACEPAIR_LISTEN", "127.0.0.1:0")
+            .env("FACEPAIR_LISTEN", format!("127.0.0.1:{port}"))
             .env("FACEPAIR_API_KEYS", crate::helpers::API_KEY)
             .env("FACEPAIR_IDENFY_BASE_URL", "http://127.0.0.1:9")
             .env("FACEPAIR_IDENFY_API_KEY", "idenfy-key")
             .env("FACEPAIR_IDENFY_API_SECRET", "idenfy-secret")
             .env("FACEPAIR_IDENFY_SIGNING_KEYS", crate::helpers::SIGNING_KEY)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(std::time::Duration::from_secs(20), serve)
+            .kill_on_drop(true);
+        command
+    };
+    let refusal = || async {
+        let output = tokio::time::timeout(std::time::Duration::from_secs(20), serve().output())
             .await
-            .expect("serve started on a database behind its migrations")
+            .expect("serve started on a database it should refuse")
             .unwrap();
         assert!(!output.status.success());
         String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let run = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::raw_sql(sql).execute(&pool).await.unwrap() }
     };
     let empty = refusal().await;
     assert!(empty.contains("lacks migration 1 "), "{empty}");
     assert!(empty.contains("run `facepair migrate`"), "{empty}");
 
-    // one missing in the middle, with the index its failed run left invalid
     facepair::MIGRATOR.run(&pool).await.unwrap();
-    sqlx::raw_sql(
-        "delete from _sqlx_migrations where version = 14;
-         create table scratch (x int); insert into scratch values (1), (1);",
+    run(
+        "create table kept as select * from _sqlx_migrations where version = 13;
+         update _sqlx_migrations set checksum = '\\x00' where version = 13",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::raw_sql("create unique index concurrently scratch_x on scratch (x)")
-        .execute(&pool)
+    .await;
+    let other = refusal().await;
+    assert!(
+        other.contains("migration 13 ") && other.contains("other SQL"),
+        "{other}"
+    );
+
+    // a newer migration than this build knows: a deploy under way
+    run(
+        "update _sqlx_migrations m set checksum = k.checksum from kept k where m.version = 13;
+         insert into _sqlx_migrations (version, description, success, checksum, execution_time)
+         select 9999, 'from a newer build', true, checksum, 0 from kept",
+    )
+    .await;
+    let serving = serve().spawn().unwrap();
+    let http = reqwest::Client::new();
+    let live = format!("http://127.0.0.1:{port}/health/live");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !http
+        .get(&live)
+        .send()
         .await
-        .unwrap_err();
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(serving);
+
+    run("delete from _sqlx_migrations where version = 14").await;
     let behind = refusal().await;
     assert!(behind.contains("lacks migration 14 "), "{behind}");
-    assert!(behind.contains("first drop scratch_x"), "{behind}");
 }
 
 /// The values a check constraint of the form `column in ('a', 'b', ...)` admits.
