@@ -11,8 +11,8 @@ use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    API_KEY, SCAN_REF, SIGNING_KEY, TestApp, lock_waiters, mock_check_status, mock_sessions,
-    webhook_body,
+    API_KEY, SCAN_REF, SIGNING_KEY, TestApp, hold_lock, lock_waiters, mock_check_status,
+    mock_sessions, webhook_body,
 };
 
 /// A client that gives up after `after`: its request's future is dropped wherever it waits.
@@ -34,21 +34,6 @@ async fn idle_in_transaction(pool: &PgPool) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
-}
-
-/// A transaction of the test's own holding the advisory lock `key`, on a connection outside
-/// facepair's pools.
-async fn hold_lock(pool: &PgPool, key: i64) -> PgConnection {
-    let mut conn = PgConnection::connect_with(&pool.connect_options())
-        .await
-        .unwrap();
-    sqlx::query("begin").execute(&mut conn).await.unwrap();
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(key)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn
 }
 
 /// Waits until a facepair connection waits on a lock in a statement containing `sql`.

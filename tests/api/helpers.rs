@@ -9,7 +9,7 @@ use facepair::domain::Lifetime;
 use facepair::idenfy::signature;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -158,6 +158,17 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// `POST /v1/event-endpoints` with `body`.
+    pub async fn create_endpoint(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/event-endpoints"))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn create_login(&self, body: Value) -> reqwest::Response {
@@ -427,4 +438,26 @@ pub async fn lock_waiters(app: &TestApp, sql: &str, n: i64) {
             >= n
     })
     .await;
+}
+
+/// A transaction of the test's own holding the advisory lock `key`, on a connection outside
+/// facepair's pools.
+pub async fn hold_lock(pool: &PgPool, key: i64) -> PgConnection {
+    let mut conn = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("begin").execute(&mut conn).await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// The URL of the test's own database, for the `facepair` binary.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    format!("{}/{db}", base.rsplit_once('/').unwrap().0)
 }

@@ -70,7 +70,7 @@ async fn serve_refuses_a_database_behind_its_migrations(pool: PgPool) {
         command
             .arg("serve")
             .env_clear()
-            .env("DATABASE_URL", crate::ops_tools::database_url(&pool))
+            .env("DATABASE_URL", crate::helpers::database_url(&pool))
             .env("FACEPAIR_LISTEN", format!("127.0.0.1:{port}"))
             .env("FACEPAIR_API_KEYS", crate::helpers::API_KEY)
             .env("FACEPAIR_IDENFY_BASE_URL", "http://127.0.0.1:9")

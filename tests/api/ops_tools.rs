@@ -165,12 +165,6 @@ async fn the_views_answer_ops_questions(pool: PgPool) {
     assert_eq!(mismatches, [row("failed"), row("succeeded")]);
 }
 
-pub(crate) fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let db = pool.connect_options().get_database().unwrap().to_owned();
-    format!("{}/{db}", base.rsplit_once('/').unwrap().0)
-}
-
 pub(crate) fn cli(pool: &PgPool, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_facepair"))
         .args(args)

@@ -1399,17 +1399,10 @@ async fn endpoints_made_by_api_get_their_types_signed_with_their_secret(pool: Pg
     .await;
     app.mock_eligible().await;
     let endpoints = app.url("/v1/event-endpoints");
-    let create = |body: Value| {
-        app.http
-            .post(&endpoints)
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send()
-    };
     let url = format!("{}/hooks", server.uri());
-    let response = create(json!({"url": url, "types": ["login.canceled"], "secret": SECRET}))
-        .await
-        .unwrap();
+    let response = app
+        .create_endpoint(json!({"url": url, "types": ["login.canceled"], "secret": SECRET}))
+        .await;
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await.unwrap();
     assert_eq!(created["secret"], SECRET);
@@ -1417,9 +1410,9 @@ async fn endpoints_made_by_api_get_their_types_signed_with_their_secret(pool: Pg
     assert_eq!(created["types"], json!(["login.canceled"]));
     let id = created["id"].as_str().unwrap().to_owned();
     // a second endpoint, with a secret made by facepair
-    let other: Value = create(json!({"url": format!("{}/other", server.uri())}))
+    let other: Value = app
+        .create_endpoint(json!({"url": format!("{}/other", server.uri())}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -1460,7 +1453,7 @@ async fn endpoints_made_by_api_get_their_types_signed_with_their_secret(pool: Pg
             None,
         ),
     ] {
-        let response = create(body.clone()).await.unwrap();
+        let response = app.create_endpoint(body.clone()).await;
         assert_eq!(response.status(), status, "{body}");
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], code, "{body}");
@@ -1551,45 +1544,24 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
     })
     .await;
     let b = a.second_instance().await;
-    let create = |app: &TestApp, name: &str| {
-        app.http
-            .post(app.url("/v1/event-endpoints"))
-            .bearer_auth(API_KEY)
-            .json(&json!({"url": format!("https://{name}.example/hooks")}))
-            .send()
-    };
+    let named = |name: &str| json!({"url": format!("https://{name}.example/hooks")});
     let mut ids = Vec::new();
     for i in 2..MAX_ENABLED_ENDPOINTS {
-        let created = create(&a, &format!("hooks-{i}")).await.unwrap();
+        let created = a.create_endpoint(named(&format!("hooks-{i}"))).await;
         assert_eq!(created.status(), 201);
         ids.push(created.json::<Value>().await.unwrap()["id"].clone());
     }
     // both wait for the lock held here, then run one after the other
     let key = facepair::store::lock_key("event_endpoints", b"");
-    let mut held = a.pool.begin().await.unwrap();
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(key)
-        .execute(&mut *held)
-        .await
-        .unwrap();
-    let (first, second) = (create(&a, "last-a"), create(&b, "last-b"));
-    let both = tokio::spawn(async move { tokio::join!(first, second) });
-    a.eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_locks where locktype = 'advisory' and not granted
-             and database = (select oid from pg_database where datname = current_database())
-             and classid::int8 = ($1 >> 32) & 4294967295 and objid::int8 = $1 & 4294967295",
-        )
-        .bind(key)
-        .fetch_one(&a.pool)
-        .await
-        .unwrap()
-            == 2
-    })
-    .await;
-    held.commit().await.unwrap();
-    let (first, second) = both.await.unwrap();
-    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut held = hold_lock(&a.pool, key).await;
+    let (first, second, ()) = tokio::join!(
+        a.create_endpoint(named("last-a")),
+        b.create_endpoint(named("last-b")),
+        async {
+            lock_waiters(&a, &format!("pg_advisory_xact_lock({key})"), 2).await;
+            sqlx::query("commit").execute(&mut held).await.unwrap();
+        }
+    );
     let mut statuses = [first.status().as_u16(), second.status().as_u16()];
     statuses.sort();
     assert_eq!(statuses, [201, 409]);
@@ -1604,7 +1576,7 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
         MAX_ENABLED_ENDPOINTS
     );
     // a URL taken is named as such, however full
-    let taken = create(&b, "hooks-2").await.unwrap();
+    let taken = b.create_endpoint(named("hooks-2")).await;
     assert_eq!(taken.status(), 409);
     assert_eq!(
         taken.json::<Value>().await.unwrap()["error"]["code"],
@@ -1614,8 +1586,11 @@ async fn the_api_adds_endpoints_up_to_the_limit_even_from_two_instances_at_once(
     let id = ids[0].as_str().unwrap();
     let disabled = a.post(&format!("/v1/event-endpoints/{id}/disable")).await;
     assert_eq!(disabled.status(), 200);
-    assert_eq!(create(&b, "after-disable").await.unwrap().status(), 201);
-    let full = create(&a, "one-too-many").await.unwrap();
+    assert_eq!(
+        b.create_endpoint(named("after-disable")).await.status(),
+        201
+    );
+    let full = a.create_endpoint(named("one-too-many")).await;
     assert_eq!(full.status(), 409);
     assert_eq!(
         full.json::<Value>().await.unwrap()["error"]["code"],
@@ -1635,26 +1610,16 @@ async fn a_url_configured_during_a_create_is_endpoint_exists(pool: PgPool) {
         .execute(&mut *configuring)
         .await
         .unwrap();
-    let create = app
-        .http
-        .post(app.url("/v1/event-endpoints"))
-        .bearer_auth(API_KEY)
-        .json(&json!({ "url": url }))
-        .send();
-    let create = tokio::spawn(create);
-    // the create's insert waits for the uncommitted row with its URL
-    app.eventually(Duration::from_secs(10), || async {
-        app.count(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'
-               and query like '%insert into event_endpoints (url, origin, types, secrets)%'",
+    let (response, ()) = tokio::join!(app.create_endpoint(json!({ "url": url })), async {
+        // the create's insert waits for the uncommitted row with its URL
+        lock_waiters(
+            &app,
+            "insert into event_endpoints (url, origin, types, secrets)",
+            1,
         )
-        .await
-            == 1
-    })
-    .await;
-    configuring.commit().await.unwrap();
-    let response = create.await.unwrap().unwrap();
+        .await;
+        configuring.commit().await.unwrap();
+    });
     assert_eq!(response.status(), 409);
     assert_eq!(
         response.json::<Value>().await.unwrap()["error"]["code"],
